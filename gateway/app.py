@@ -1,0 +1,359 @@
+"""The gateway process: wires the sources, the store, the engine and the WebSocket server.
+
+Data flows one way: a source's reports -> its LineTracker -> changed device states ->
+:class:`Publisher` -> Redis (entity + change log) -> every process's log follower ->
+:class:`~gateway.panels.engine.Engine` -> deltas -> :class:`~gateway.server.hub.Hub` ->
+client outboxes. Client requests that change state (softphone, selected device, presence,
+logins) take the same path through Redis, so every process sees the same changes in the
+same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+from .calls import LineTracker
+from .clients import Clients
+from .config import Config, ConfigError, load_config, parse_hostport
+from .model import DeviceState
+from .panels.engine import Engine
+from .server.hub import Hub
+from .server.http import HttpRoutes
+from .server.login import Auth
+from .server.session import Session
+from .store import EmbeddedRedis, RedisError, Store, encode_device, wait_for_redis
+from .tapi.bridge import TapiBridgeServer
+
+__all__ = ["Gateway", "Publisher"]
+
+log = logging.getLogger("gateway")
+
+
+class Publisher:
+    """Publishes device states, newest per device, in batches; retries while Redis is away.
+
+    Sources call :meth:`put` without waiting; one task writes whatever accumulated while the
+    previous round trip was in flight, so a burst becomes a few pipelined round trips.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._dirty: dict[str, DeviceState] = {}
+        self._wake = asyncio.Event()
+        self.published = 0
+        self.healthy = True
+
+    def put(self, states: list[DeviceState]) -> None:
+        for s in states:
+            self._dirty.pop(s.device, None)
+            self._dirty[s.device] = s
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                batch = self._dirty
+                self._dirty = {}
+                items = [("device", d, encode_device(s)) for d, s in batch.items()]
+                try:
+                    for i in range(0, len(items), 1000):
+                        await self.store.publish(items[i : i + 1000])
+                    self.published += len(items)
+                    self.healthy = True
+                except (RedisError, OSError) as exc:
+                    self.healthy = False
+                    # Keep what failed, unless a newer state for the device came meanwhile.
+                    for d, s in batch.items():
+                        self._dirty.setdefault(d, s)
+                    log.warning("publishing %d device state(s) failed (%s); will retry",
+                                len(batch), exc)
+                    await wait_for_redis(self.store)
+
+
+class Gateway:
+    """One gateway process. `run()` until `stop()` (or SIGINT/SIGTERM in the CLI)."""
+
+    def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
+        self.config = config
+        self.config_path = Path(config_path) if config_path else None
+        self.log = log
+        self.metrics: Counter[str] = Counter()
+        self.started = time.time()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.embedded: EmbeddedRedis | None = None
+        self.redis_up = False
+        self.trackers: dict[str, LineTracker] = {}
+        self.bridge: TapiBridgeServer | None = None
+        self.ready = asyncio.Event()
+        self.ws_port: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._start()
+            self.ready.set()
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        if cfg.redis is None:
+            self.embedded = EmbeddedRedis(cfg.path(cfg.state.dir))
+            url = await asyncio.to_thread(self.embedded.start)
+        else:
+            url = cfg.redis.url
+        self.store = Store(url)
+        await wait_for_redis(self.store, self._stop)
+        self.redis_up = True
+        config_seq = await self.store.stamp_config(cfg.digest)
+        self.engine = Engine(cfg, config_seq)
+        self.hub = Hub(cfg)
+        self.clients = Clients(self)
+        self.auth = Auth(self)
+        self.publisher = Publisher(self.store)
+        self._log_pos = await self._load_state()
+
+        # Sources: a new connection knows nothing yet, so their devices start unknown.
+        if cfg.sources.tapi_bridge is not None:
+            tracker = self.trackers["tapi_bridge"] = LineTracker(self._devices_of("tapi_bridge"))
+            host, port = parse_hostport(cfg.sources.tapi_bridge.listen)
+            self.bridge = TapiBridgeServer(
+                host, port, tracker, lambda: self._lines("tapi_bridge"), self.publisher.put,
+                max_line_bytes=cfg.sources.tapi_bridge.max_line_bytes,
+            )
+            await self.bridge.start()
+            self.publisher.put([tracker.state(d) for d in tracker.devices])
+        for name in ("ami", "sip"):
+            if getattr(cfg.sources, name) is not None:
+                log.warning("source %r is configured but not available in this version; "
+                            "its devices stay unknown", name)
+
+        self.http = HttpRoutes(self)
+        from websockets.asyncio.server import serve
+
+        host, port = parse_hostport(cfg.server.listen)
+        self.ws_server = await serve(
+            self._ws_handler,
+            host,
+            port,
+            process_request=self.http.process_request,
+            max_size=cfg.server.max_message_bytes,
+            compression=None,
+            ping_interval=20,
+            ping_timeout=20,
+            max_queue=16,
+        )
+        self.ws_port = self.ws_server.sockets[0].getsockname()[1]
+        log.info("WebSocket and web panel on http://%s:%d/ (ws path /ws)", host, self.ws_port)
+
+        for coro in (self.publisher.run(), self._follow_log(), self._watch_config(),
+                     self._timers()):
+            self._tasks.append(asyncio.create_task(coro))
+
+    async def _shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if getattr(self, "ws_server", None) is not None:
+            self.ws_server.close()
+            try:
+                await asyncio.wait_for(self.ws_server.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                pass
+        if self.bridge is not None:
+            await self.bridge.close()
+        if getattr(self, "store", None) is not None:
+            try:
+                # Leave the source's devices unknown: nobody reports them while we are down.
+                states = [s for t in self.trackers.values() for s in t.connection_lost()]
+                if states:
+                    await asyncio.wait_for(
+                        self.store.publish([("device", s.device, encode_device(s))
+                                            for s in states]), 2)
+            except (RedisError, OSError, asyncio.TimeoutError):
+                pass
+            await self.store.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+        log.info("gateway stopped")
+
+    # -- configuration --------------------------------------------------------------------
+
+    def _devices_of(self, source: str) -> list[str]:
+        return [d.id for d in self.config.devices if d.source == source]
+
+    def _lines(self, source: str) -> dict[str, tuple[str, str]]:
+        cache = getattr(self, "_lines_cache", None)
+        if cache is None or cache[0] is not self.config:
+            mapping: dict[str, dict[str, tuple[str, str]]] = {}
+            for d in self.config.devices:
+                mapping.setdefault(d.source, {})[d.line_name] = (d.id, d.number)
+            cache = self._lines_cache = (self.config, mapping)
+        return cache[1].get(source, {})
+
+    async def _watch_config(self) -> None:
+        if self.config_path is None:
+            return
+        path = self.config_path
+
+        def stamp() -> tuple[int, int] | None:
+            try:
+                st = path.stat()
+                return st.st_mtime_ns, st.st_size
+            except OSError:
+                return None
+
+        seen = stamp()
+        while True:
+            await asyncio.sleep(0.5)
+            now = stamp()
+            if now == seen:
+                continue
+            seen = now
+            try:
+                new = load_config(path)
+            except ConfigError as exc:
+                log.error("configuration %s NOT applied, keeping the last good one:\n  %s",
+                          path, "\n  ".join(exc.errors))
+                self.metrics["config_rejected"] += 1
+                continue
+            if new.digest == self.config.digest:
+                continue
+            try:
+                await self.apply_config(new)
+            except (RedisError, OSError) as exc:
+                log.error("configuration change not applied (Redis away: %s); will retry", exc)
+                seen = None
+
+    async def apply_config(self, new: Config) -> None:
+        old = self.config
+        for key in ("server", "redis", "state", "sources"):
+            if key != "server" and getattr(old, key) != getattr(new, key):
+                log.warning("configuration: [%s] changed; that takes a restart", key)
+        if old.server.listen != new.server.listen:
+            log.warning("configuration: server.listen changed; that takes a restart")
+        seq = await self.store.stamp_config(new.digest)
+        self.config = new
+        deltas, reshaped = self.engine.reconfigure(new, seq)
+        self.hub.reconfigure(new)
+        for source, tracker in self.trackers.items():
+            wanted = set(self._devices_of(source))
+            for d in set(tracker.devices) - wanted:
+                tracker.remove_device(d)
+            for d in wanted - set(tracker.devices):
+                tracker.add_device(d)
+                self.publisher.put([tracker.state(d)])
+        for session in [s for subs in self.clients.sessions.values() for s in subs]:
+            session.revalidate(reshaped)
+        self.hub.deliver(deltas)
+        self.metrics["config_reloads"] += 1
+        log.info("configuration reloaded (%d devices, %d clients, %d groups)",
+                 len(new.devices), len(new.clients), len(new.groups))
+
+    # -- shared state ---------------------------------------------------------------------
+
+    async def _load_state(self) -> int:
+        last, devices, clients = await self.store.load_all()
+        known = self.config.device_by_id
+        self.engine.load([(s, q) for s, q in devices if s.device in known], clients)
+        return last
+
+    async def _follow_log(self) -> None:
+        after = self._log_pos
+        while True:
+            try:
+                changes = await self.store.read_log(after, block_ms=1000)
+            except (RedisError, OSError) as exc:
+                after = await self._redis_lost(exc)
+                continue
+            if changes and after and changes[0].seq != after + 1:
+                log.warning("change log moved past us (%d -> %d): reloading all state",
+                            after, changes[0].seq)
+                after = await self._reload()
+                continue
+            deltas = []
+            for ch in changes:
+                after = ch.seq
+                self.metrics["changes_in"] += 1
+                if ch.kind == "device":
+                    if ch.id in self.config.device_by_id:
+                        deltas.extend(self.engine.update_device(ch.state, ch.seq))  # type: ignore[arg-type]
+                elif ch.kind == "client":
+                    deltas.extend(self.engine.update_client(ch.state, ch.seq))  # type: ignore[arg-type]
+            if deltas:
+                self.hub.deliver(deltas)
+
+    async def _redis_lost(self, exc: Exception) -> int:
+        log.error("lost Redis (%s): every lamp is unknown until it is back", exc)
+        self.redis_up = False
+        self.hub.deliver(self.engine.set_trusted(False))
+        await wait_for_redis(self.store)
+        log.info("Redis is back: reloading the shared state")
+        return await self._reload()
+
+    async def _reload(self) -> int:
+        last = await self.store.last_seq()
+        if last < self.engine.seq:
+            # Redis lost its data (restarted without persistence): start the views afresh.
+            log.warning("Redis lost its state (seq %d < %d): rebuilding", last, self.engine.seq)
+            config_seq = await self.store.stamp_config(self.config.digest)
+            self.engine = Engine(self.config, config_seq)
+        last, devices, clients = await self.store.load_all()
+        known = self.config.device_by_id
+        deltas = self.engine.load([(s, q) for s, q in devices if s.device in known], clients)
+        deltas += self.engine.set_trusted(True)
+        self.redis_up = True
+        self.hub.deliver(deltas)
+        # What our sources and sessions know may be missing from a Redis that restarted.
+        for tracker in self.trackers.values():
+            self.publisher.put([tracker.state(d) for d in tracker.devices])
+        await self.clients.republish()
+        return last
+
+    async def _timers(self) -> None:
+        """Deadlines of the pure parts (ended-call memory), without a busy loop."""
+        while True:
+            now = time.time()
+            deadlines = [d for t in self.trackers.values() if (d := t.next_deadline())]
+            for t in self.trackers.values():
+                t.tick(now)
+            nxt = min(deadlines, default=now + 5.0)
+            await asyncio.sleep(min(max(nxt - now, 0.05), 5.0))
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def _ws_handler(self, ws) -> None:  # noqa: ANN001 - websockets' ServerConnection
+        self.metrics["connections"] += 1
+        session = Session(self, ws)
+        await session.run()
+
+
+def install_signal_handlers(gw: Gateway) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, gw.stop)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+
+def pid_info() -> str:
+    return f"pid {os.getpid()}"

@@ -1,0 +1,277 @@
+"""Call tracking, pure: what a line source (or a softphone) says about calls -> device state.
+
+Every source (TAPI bridge, AMI, SIP, softphone reports) is translated by its adapter into
+:class:`CallReport` and :class:`ServiceReport` values. :class:`LineTracker` applies them with
+the one transitions table below and returns the device states that changed. It takes `now`
+from the caller and exposes :meth:`LineTracker.next_deadline`, so every timeout is tested
+without sleeping. It imports no asyncio, redis or sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from .model import Call, CallState, DeviceState, DeviceStatus, Direction
+
+__all__ = [
+    "Phase",
+    "CallReport",
+    "ServiceReport",
+    "TRANSITIONS",
+    "CallTable",
+    "LineTracker",
+    "TOMBSTONE_SECONDS",
+]
+
+
+class Phase(str, Enum):
+    """What a source reports a call has become. ENDED removes the call."""
+
+    RINGING = "ringing"
+    DIALING = "dialing"
+    CONNECTED = "connected"
+    HELD = "held"
+    ENDED = "ended"
+
+
+# The transitions table: for a call in phase FROM (None: the call is not known), the reports
+# that are accepted and why. Anything not listed is out of order or impossible: it changes
+# nothing (the adapter logs it at debug level). A report of the phase a call is already in is
+# always accepted: it may bring a number or name that arrived late.
+TRANSITIONS: dict[Phase | None, dict[Phase, str]] = {
+    None: {
+        Phase.RINGING: "a new incoming call is alerting",
+        Phase.DIALING: "a new outgoing call is being set up",
+        # A source re-sending its full state after a (re)connect reports calls that are
+        # already up or on hold; so does a monitor that started in the middle of a call.
+        Phase.CONNECTED: "a call already connected when the source (re)synced",
+        Phase.HELD: "a call already on hold when the source (re)synced",
+        # Phase.ENDED is absent: ending a call we never saw (or already ended) changes nothing.
+    },
+    Phase.RINGING: {
+        Phase.RINGING: "still alerting (late caller id)",
+        Phase.CONNECTED: "answered",
+        Phase.ENDED: "missed, cancelled by the caller, or picked up elsewhere",
+        # DIALING: an incoming call never becomes outgoing. HELD: an unanswered call cannot
+        # be put on hold. Both can only be late or garbled reports.
+    },
+    Phase.DIALING: {
+        Phase.DIALING: "still setting up (ringback, proceeding, busy tone)",
+        Phase.CONNECTED: "the called party answered",
+        Phase.ENDED: "abandoned, busy or rejected",
+        # RINGING: an outgoing call does not start alerting here. HELD: not answered yet.
+    },
+    Phase.CONNECTED: {
+        Phase.CONNECTED: "still talking (conference, new connected id)",
+        Phase.HELD: "put on hold",
+        Phase.ENDED: "hung up",
+        # RINGING / DIALING after CONNECTED: a late report of an earlier phase; ignoring it
+        # keeps the lamp from flickering back to ringing after an answer.
+    },
+    Phase.HELD: {
+        Phase.HELD: "still on hold",
+        Phase.CONNECTED: "taken off hold",
+        Phase.ENDED: "hung up while on hold",
+    },
+}
+
+# How long an ended call's id is remembered, so that late reports for it (a TAPI IDLE after
+# DISCONNECTED, a reordered CONNECTED) cannot bring it back.
+TOMBSTONE_SECONDS = 120.0
+
+_PHASE_STATE = {
+    Phase.RINGING: CallState.RINGING,
+    Phase.DIALING: CallState.DIALING,
+    Phase.CONNECTED: CallState.CONNECTED,
+    Phase.HELD: CallState.HELD,
+}
+_STATE_PHASE = {v: k for k, v in _PHASE_STATE.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class CallReport:
+    """A source's word about one call on one device.
+
+    `direction` may be None where the source does not say; it is then taken from the first
+    phase (ringing: in, dialing: out). `remote`/`remote_name` None means "not told", not
+    "withheld": a later report may fill them in. `link` is a cross-source call identity.
+    `conn` names the source connection that reported it (for a bridge with several
+    connections, only the one that reported a device makes it unknown when it drops).
+    """
+
+    device: str
+    call: str
+    phase: Phase
+    direction: Direction | None = None
+    remote: str | None = None
+    remote_name: str | None = None
+    link: str | None = None
+    withheld: bool = False
+    conn: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceReport:
+    """A device went in or out of service (TAPI LINEDEVSTATE, registration, hint state)."""
+
+    device: str
+    in_service: bool
+    conn: str = ""
+
+
+class CallTable:
+    """The calls of one owner (a device, or a client's softphone), keyed by the source's id."""
+
+    __slots__ = ("prefix", "calls", "tombstones")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.calls: dict[str, Call] = {}
+        self.tombstones: dict[str, float] = {}
+
+    def apply(self, report: CallReport, now: float) -> bool:
+        """Apply one report; return True if the calls changed."""
+        key = report.call
+        current = self.calls.get(key)
+        if current is None and key in self.tombstones:
+            return False  # a late word about a call that already ended
+        phase_from = _STATE_PHASE[current.state] if current else None
+        if report.phase not in TRANSITIONS[phase_from]:
+            return False
+        if report.phase is Phase.ENDED:
+            del self.calls[key]
+            self.tombstones[key] = now + TOMBSTONE_SECONDS
+            return True
+        state = _PHASE_STATE[report.phase]
+        if current is None:
+            direction = report.direction or (
+                Direction.OUT if report.phase is Phase.DIALING else Direction.IN
+            )
+            call = Call(
+                id=f"{self.prefix}/{key}",
+                direction=direction,
+                state=state,
+                since=now,
+                remote=None if report.withheld else report.remote,
+                remote_name=None if report.withheld else report.remote_name,
+                link=report.link,
+            )
+        else:
+            call = current
+            if call.state is not state:
+                call = replace(call, state=state, since=now)
+            if report.withheld:
+                call = replace(call, remote=None, remote_name=None)
+            else:
+                if report.remote is not None and report.remote != call.remote:
+                    call = replace(call, remote=report.remote)
+                if report.remote_name is not None and report.remote_name != call.remote_name:
+                    call = replace(call, remote_name=report.remote_name)
+            if report.link is not None and call.link is None:
+                call = replace(call, link=report.link)
+            if call == current:
+                return False
+        self.calls[key] = call
+        return True
+
+    def clear(self) -> bool:
+        had = bool(self.calls)
+        self.calls.clear()
+        return had
+
+    def expire(self, now: float) -> None:
+        for key in [k for k, t in self.tombstones.items() if t <= now]:
+            del self.tombstones[key]
+
+    def next_deadline(self) -> float | None:
+        return min(self.tombstones.values(), default=None)
+
+    def snapshot(self) -> tuple[Call, ...]:
+        return tuple(sorted(self.calls.values(), key=lambda c: (c.since, c.id)))
+
+    def load(self, calls: tuple[Call, ...]) -> None:
+        """Restore calls stored earlier (their ids carry the prefix; keys are the suffix)."""
+        self.calls = {c.id.split("/", 1)[1] if "/" in c.id else c.id: c for c in calls}
+
+
+class LineTracker:
+    """Device states of one line source, from its reports.
+
+    A device is UNKNOWN until the source has said something about it; a connection that
+    drops takes its devices back to UNKNOWN (their calls forgotten) until the source has
+    re-sent its state. Returns the device states that changed.
+    """
+
+    def __init__(self, devices: list[str] | tuple[str, ...] = ()) -> None:
+        self._tables: dict[str, CallTable] = {}
+        self._status: dict[str, DeviceStatus] = {}
+        self._owner: dict[str, str] = {}  # device -> connection that last reported it
+        for d in devices:
+            self.add_device(d)
+
+    def add_device(self, device: str) -> None:
+        if device not in self._tables:
+            self._tables[device] = CallTable(device)
+            self._status[device] = DeviceStatus.UNKNOWN
+
+    def remove_device(self, device: str) -> None:
+        self._tables.pop(device, None)
+        self._status.pop(device, None)
+        self._owner.pop(device, None)
+
+    @property
+    def devices(self) -> list[str]:
+        return list(self._tables)
+
+    def state(self, device: str) -> DeviceState:
+        return DeviceState(device, self._status[device], self._tables[device].snapshot())
+
+    def call(self, report: CallReport, now: float) -> list[DeviceState]:
+        table = self._tables.get(report.device)
+        if table is None:
+            return []
+        self._owner[report.device] = report.conn
+        changed = table.apply(report, now)
+        if self._status[report.device] is not DeviceStatus.ONLINE:
+            # A source that reports a call on a line tells us the line works.
+            self._status[report.device] = DeviceStatus.ONLINE
+            changed = True
+        return [self.state(report.device)] if changed else []
+
+    def service(self, report: ServiceReport, now: float) -> list[DeviceState]:
+        if report.device not in self._tables:
+            return []
+        self._owner[report.device] = report.conn
+        status = DeviceStatus.ONLINE if report.in_service else DeviceStatus.OFFLINE
+        changed = False
+        if not report.in_service:
+            # An out-of-service line has no calls we could trust.
+            changed = self._tables[report.device].clear()
+        if self._status[report.device] is not status:
+            self._status[report.device] = status
+            changed = True
+        return [self.state(report.device)] if changed else []
+
+    def connection_lost(self, conn: str | None = None) -> list[DeviceState]:
+        """The source (or one of its connections; None: all) went away."""
+        out = []
+        for device, table in self._tables.items():
+            if conn is not None and self._owner.get(device) != conn:
+                continue
+            self._owner.pop(device, None)
+            had_calls = table.clear()
+            if had_calls or self._status[device] is not DeviceStatus.UNKNOWN:
+                self._status[device] = DeviceStatus.UNKNOWN
+                out.append(self.state(device))
+        return out
+
+    def tick(self, now: float) -> None:
+        for table in self._tables.values():
+            table.expire(now)
+
+    def next_deadline(self) -> float | None:
+        return min(
+            (d for t in self._tables.values() if (d := t.next_deadline()) is not None),
+            default=None,
+        )

@@ -1,0 +1,301 @@
+"""The command line (contract section 3): run, demo, check, password, status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config, parse_hostport
+
+__all__ = ["main"]
+
+EPILOG = """\
+examples:
+  blf-gateway demo                                  try it: a demo office with simulated calls
+  blf-gateway check --config gateway.toml           validate a configuration
+  blf-gateway run --config gateway.toml             run the gateway
+  blf-gateway password alice --config gateway.toml --generate
+  echo 'S3cret!pass' | blf-gateway password alice --config gateway.toml --stdin
+  blf-gateway password alice --config gateway.toml --at-next-login
+
+Passwords never stand in the configuration file in clear text: this command stores a scrypt
+hash in the gateway's state (Redis). A running gateway uses it at the next login.
+"""
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: the configuration is invalid ({len(exc.errors)} problem(s)):",
+              file=sys.stderr)
+        for e in exc.errors:
+            print(f"  - {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+
+
+def _run_gateway(config: Config, config_path: str | Path | None, extra=None) -> int:
+    from .app import Gateway, install_signal_handlers
+
+    async def main() -> None:
+        gw = Gateway(config, config_path)
+        install_signal_handlers(gw)
+        task = asyncio.create_task(gw.run())
+        ready = asyncio.create_task(gw.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done() and extra is not None:
+            side = asyncio.create_task(extra(gw))
+        else:
+            side = None
+        await task
+        if side is not None:
+            side.cancel()
+
+    _use_uvloop()
+    try:
+        asyncio.run(main())
+    except (RuntimeError, OSError) as exc:
+        logging.getLogger("gateway").error("%s", exc)
+        return 1
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    config = _load(args.config)
+    return _run_gateway(config, args.config)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: {len(exc.errors)} problem(s):")
+        for e in exc.errors:
+            print(f"  - {e}")
+        return 1
+    sources = [s for s in ("tapi_bridge", "ami", "sip") if getattr(cfg.sources, s) is not None]
+    print(f"{args.config}: OK: {len(cfg.devices)} devices, {len(cfg.clients)} clients, "
+          f"{len(cfg.groups)} groups; sources: {', '.join(sources) or 'none'}; "
+          f"state: {'Redis at ' + cfg.redis.url if cfg.redis else 'embedded Redis in ' + str(cfg.path(cfg.state.dir))}")
+    return 0
+
+
+async def _with_store(cfg: Config, work):
+    from .store import EmbeddedRedis, Store
+
+    embedded = None
+    url = cfg.redis.url if cfg.redis else None
+    if url is None:
+        embedded = EmbeddedRedis(cfg.path(cfg.state.dir))
+        url = await asyncio.to_thread(embedded.start)
+    store = Store(url)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def cmd_password(args: argparse.Namespace) -> int:
+    from .auth import generate_password, hash_password
+
+    _setup_logging("warning")
+    cfg = _load(args.config)
+    client = cfg.client_by_name.get(args.client)
+    if client is None:
+        print(f"no client {args.client!r} in {args.config}", file=sys.stderr)
+        return 2
+    if client.type == "nologin":
+        print(f"client {args.client!r} is of type nologin: it never logs in", file=sys.stderr)
+        return 2
+    if not (args.stdin or args.generate or args.at_next_login):
+        print("give --stdin, --generate or --at-next-login (see --help)", file=sys.stderr)
+        return 2
+    if args.stdin and args.generate:
+        print("--stdin and --generate exclude each other", file=sys.stderr)
+        return 2
+    password = None
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if len(password) < 8:
+            print("the password must have at least 8 characters", file=sys.stderr)
+            return 2
+    elif args.generate:
+        password = generate_password()
+    hashed = hash_password(password) if password is not None else None
+
+    async def work(store) -> None:
+        await store.set_password(args.client, hashed, at_next_login=args.at_next_login,
+                                 transfer=password if args.at_next_login else None)
+
+    try:
+        asyncio.run(_with_store(cfg, work))
+    except Exception as exc:  # Redis unreachable, no redis-server...
+        print(f"could not store the password: {exc}", file=sys.stderr)
+        return 1
+    if args.generate:
+        print(password)
+    what = "password set" if hashed else "password unchanged"
+    if args.at_next_login:
+        what += "; it is sent to the client at its next login (that login is not checked)"
+    print(f"{args.client}: {what}", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _setup_logging("warning")
+    cfg = _load(args.config)
+
+    async def work(store):
+        _, _, clients = await store.load_all()
+        return {s.client: s for s, _ in clients}
+
+    try:
+        states = asyncio.run(_with_store(cfg, work))
+    except Exception as exc:
+        print(f"could not read the gateway's state: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'client':<20} {'status':<16} devices")
+    for c in cfg.clients:
+        st = states.get(c.name)
+        if st is not None and st.logged_in:
+            status = "Active"
+        elif c.offline_monitor:
+            status = "Offline monitor"
+        else:
+            status = "Offline"
+        print(f"{c.name:<20} {status:<16} {', '.join(c.devices)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_LOGINS, SimulatedPbx, demo_config_text
+
+    _setup_logging(args.log_level)
+    state = Path(args.state).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    cfg_path = state / "demo.toml"
+    if not cfg_path.exists() or args.reset:
+        cfg_path.write_text(demo_config_text(args.listen, args.bridge))
+    config = _load(str(cfg_path))
+
+    async def side(gw) -> None:
+        from .auth import hash_password
+        from .config import parse_hostport
+
+        for name, pw in DEMO_LOGINS.items():
+            record = await gw.store.get_password(name)
+            if "hash" not in record:
+                await gw.store.set_password(name, await asyncio.to_thread(hash_password, pw),
+                                            at_next_login=False)
+        host, _ = parse_hostport(gw.config.server.listen)
+        url = f"http://{host}:{gw.ws_port}/"
+        print("\n" + "=" * 64, file=sys.stderr)
+        print(f"  BLF gateway demo is running. Switchboard: {url}", file=sys.stderr)
+        print(f"  WebSocket: ws://{host}:{gw.ws_port}/ws", file=sys.stderr)
+        print(f"  Configuration (edit it live): {cfg_path}", file=sys.stderr)
+        print("  Demo logins (client / password):", file=sys.stderr)
+        for name, pw in DEMO_LOGINS.items():
+            print(f"    {name:<10} {pw}", file=sys.stderr)
+        print("  Stop with Ctrl+C.", file=sys.stderr)
+        print("=" * 64 + "\n", file=sys.stderr, flush=True)
+        lines = [(d.line_name, d.number) for d in gw.config.devices]
+        await SimulatedPbx(gw.bridge.host, gw.bridge.port, lines, pace=args.pace).run()
+
+    return _run_gateway(config, cfg_path, side)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="blf-gateway",
+        description="Real-time busy lamp field gateway: line state from TAPI bridges, "
+        "Asterisk and SIP, kept in Redis, pushed to CTI clients and the browser switchboard "
+        "over WebSockets.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", "-c", required=True, metavar="FILE",
+                        help="the gateway's TOML configuration file")
+
+    sp = sub.add_parser("run", help="run the gateway")
+    with_config(sp)
+    sp.add_argument("--log-level", default="info",
+                    choices=["debug", "info", "warning", "error"])
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("demo", help="run with a built-in demo office and simulated calls",
+                        description="Writes a demo configuration into --state (unless one "
+                        "is there), starts an embedded Redis and the gateway, and plays "
+                        "simulated PBX traffic into its TAPI bridge listener.")
+    sp.add_argument("--state", default="./blf-demo", metavar="DIR",
+                    help="where the demo keeps its configuration and data (default ./blf-demo)")
+    sp.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT",
+                    help="web panel and WebSocket address (default 127.0.0.1:8765)")
+    sp.add_argument("--bridge", default="127.0.0.1:7001", metavar="HOST:PORT",
+                    help="TAPI bridge listener (default 127.0.0.1:7001)")
+    sp.add_argument("--pace", type=float, default=1.0,
+                    help="stretch (>1) or squeeze (<1) the simulated call timings")
+    sp.add_argument("--reset", action="store_true", help="rewrite the demo configuration")
+    sp.add_argument("--log-level", default="info",
+                    choices=["debug", "info", "warning", "error"])
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("check", help="validate a configuration; exit 1 if anything is wrong")
+    with_config(sp)
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("password", help="set a client's password (stored hashed)",
+                        description="Set or reset a client's password. Give at least one of "
+                        "--stdin, --generate, --at-next-login.")
+    sp.add_argument("client", help="the client's name (computer name for type=computer)")
+    with_config(sp)
+    sp.add_argument("--stdin", action="store_true",
+                    help="read the new password from standard input (one line)")
+    sp.add_argument("--generate", action="store_true",
+                    help="generate a password and print it once")
+    sp.add_argument("--at-next-login", action="store_true",
+                    help="do not check the next login; send the client its password then "
+                    "(a generated one if none was given here)")
+    sp.set_defaults(func=cmd_password)
+
+    sp = sub.add_parser("status", help="list clients: Active, Offline or Offline monitor")
+    with_config(sp)
+    sp.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""Client run-time state owned by this process: sessions, selected device, softphone calls.
+
+Every change is a read-modify-publish of the client's full :class:`ClientState`, serialised
+per client by a lock, so two quick requests of one client never overwrite each other. The
+state read is the newer of what this process last published and what the shared log says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
+
+from .calls import CallReport, CallTable, Phase
+from .model import ClientState, Direction, Presence
+from .store import encode_client
+
+if TYPE_CHECKING:
+    from .app import Gateway
+    from .server.session import Session
+    from .server.wire import Softphone
+
+__all__ = ["Clients"]
+
+
+class Clients:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.sessions: dict[str, set[Session]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._mine: dict[str, tuple[ClientState, int]] = {}  # last published by us, its seq
+        self._softphones: dict[str, CallTable] = {}
+
+    def current(self, client: str) -> ClientState:
+        engine = self.gw.engine
+        mine = self._mine.get(client)
+        shared = engine.client_state(client)
+        if mine is not None and mine[1] > engine._client_seq.get(client, 0):
+            return mine[0]
+        return shared
+
+    async def _update(self, client: str, change: Callable[[ClientState], ClientState]) -> None:
+        lock = self._locks.setdefault(client, asyncio.Lock())
+        async with lock:
+            old = self.current(client)
+            new = change(old)
+            if new == old:
+                return
+            (seq, _), = await self.gw.store.publish([("client", client, encode_client(new))])
+            self._mine[client] = (new, seq)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def session_started(self, session: Session) -> None:
+        name = session.client
+        assert name is not None
+        self.sessions.setdefault(name, set()).add(session)
+        await self._update(name, lambda s: replace(s, logged_in=True))
+
+    async def session_ended(self, session: Session) -> None:
+        name = session.client
+        assert name is not None
+        live = self.sessions.get(name, set())
+        live.discard(session)
+        if live:
+            return
+        self.sessions.pop(name, None)
+        self._softphones.pop(name, None)
+        # The last session is gone: nobody selects a device any more, and the softphone that
+        # reported calls is no longer there to report their end.
+        try:
+            await self._update(
+                name,
+                lambda s: replace(s, logged_in=False, current_device=None, softphone=()),
+            )
+        except Exception:  # Redis away: the state is republished when it returns
+            self.gw.log.warning("could not record the logout of %s (Redis away)", name)
+
+    async def select_device(self, client: str, device: str) -> None:
+        await self._update(client, lambda s: replace(s, current_device=device))
+
+    async def presence(self, client: str, status: str, info: str | None) -> None:
+        await self._update(client, lambda s: replace(s, presence=Presence(status, info)))
+
+    async def softphone(self, client: str, req: Softphone) -> None:
+        table = self._softphones.get(client)
+        if table is None:
+            table = self._softphones[client] = CallTable(f"sp:{client}")
+            table.load(self.current(client).softphone)
+        report = CallReport(
+            device=client,
+            call=req.call,
+            phase=Phase(req.state),
+            direction=Direction(req.direction),
+            remote=req.remote,
+            remote_name=req.remote_name,
+            link=req.link,
+        )
+        now = time.time()
+        table.expire(now)
+        if table.apply(report, now):
+            calls = table.snapshot()
+            await self._update(client, lambda s: replace(s, softphone=calls))
+
+    async def republish(self) -> None:
+        """After Redis came back: make sure what our sessions told us is there again."""
+        for client in list(self.sessions):
+            mine = self._mine.get(client)
+            if mine is not None:
+                (seq, _), = await self.gw.store.publish(
+                    [("client", client, encode_client(mine[0]))]
+                )
+                self._mine[client] = (mine[0], seq)

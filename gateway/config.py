@@ -1,0 +1,355 @@
+"""The admin's TOML configuration (contract section 3): pydantic models, full validation.
+
+:func:`load_config` returns a :class:`Config` or raises :class:`ConfigError` carrying every
+problem found, each as ``key.path: reason``. Relative paths in the file (state dir, secret
+files) are taken relative to the file's own folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DeviceCfg",
+    "ClientCfg",
+    "GroupCfg",
+    "RightsCfg",
+    "MonitorCfg",
+    "load_config",
+    "parse_config",
+    "parse_hostport",
+]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` lists each problem as "key: reason"."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+def _check_hostport(v: str) -> str:
+    parse_hostport(v)
+    return v
+
+
+class ServerCfg(_Model):
+    listen: str = "127.0.0.1:8765"
+    max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    messages_per_second: float = Field(20.0, gt=0)  # per connection, sustained
+    message_burst: int = Field(60, ge=1)
+    max_subscriptions: int = Field(500, ge=1)  # per connection
+    login_attempts_per_minute: int = Field(20, ge=1)  # per remote address
+    token_idle_seconds: int = Field(8 * 3600, ge=60)
+    queue_limit: int = Field(10000, ge=100)  # pending messages per client before cut-off
+
+    _v_listen = field_validator("listen")(_check_hostport)
+
+
+class RedisCfg(_Model):
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return v
+
+
+class StateCfg(_Model):
+    dir: str = "./state"
+
+
+class TapiBridgeCfg(_Model):
+    listen: str = "127.0.0.1:7001"
+    max_line_bytes: int = Field(65536, ge=256)
+
+    _v_listen = field_validator("listen")(_check_hostport)
+
+
+class AmiCfg(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(5038, ge=1, le=65535)
+    username: str
+    secret_file: str
+    pickup: Literal["redirect", "pickupchan"] = "redirect"
+    context: str = "default"
+
+
+class SipCfg(_Model):
+    bind: str = "127.0.0.1:5070"
+
+    _v_bind = field_validator("bind")(_check_hostport)
+
+
+class SourcesCfg(_Model):
+    tapi_bridge: TapiBridgeCfg | None = None
+    ami: AmiCfg | None = None
+    sip: SipCfg | None = None
+
+
+SOURCES = ("tapi_bridge", "ami", "sip")
+
+
+class DeviceCfg(_Model):
+    id: Name
+    name: str = ""
+    number: str = ""
+    source: Literal["tapi_bridge", "ami", "sip"] = "tapi_bridge"
+    line: str | None = None
+    computer: str | None = None
+    journal: bool = False
+
+    @property
+    def line_name(self) -> str:
+        """The source's own name for this device (default: its id)."""
+        return self.line or self.id
+
+
+class BlfCfg(_Model):
+    devices: Literal["all", "current", "first"] = "all"
+    softphone: bool = True
+
+
+class MonitorCfg(_Model):
+    device: Name
+    clip: bool = False
+    pickup: bool = False
+
+
+class ClientCfg(_Model):
+    name: Name
+    type: Literal["computer", "user", "nologin"] = "user"
+    first_name: str = ""
+    last_name: str = ""
+    email: str = ""
+    number: str = ""
+    sip_user: str = ""
+    department: str = ""
+    devices: list[Name] = []
+    offline_monitor: bool = False
+    devices_by_computer: bool = False
+    journal: Literal["", "r", "w", "rw"] = ""
+    blf: BlfCfg = BlfCfg()
+    monitor: list[MonitorCfg] = []
+    # A hash made by `blf-gateway password` (scrypt); never a clear-text password.
+    password_hash: str | None = None
+
+    @property
+    def display(self) -> str:
+        full = f"{self.first_name} {self.last_name}".strip()
+        return full or self.name
+
+
+class RightsCfg(_Model):
+    """What members of a group may see of each other. Defaults are the cautious ones."""
+
+    visible: bool = True
+    calls: bool = True
+    numbers: Literal["none", "inbound", "all"] = "none"
+    pickup: bool = False
+    presence: bool = True
+
+
+class GroupCfg(_Model):
+    name: Name
+    members: list[Name] = []
+    rights: RightsCfg = RightsCfg()
+
+
+class Config(_Model):
+    server: ServerCfg = ServerCfg()
+    redis: RedisCfg | None = None
+    state: StateCfg = StateCfg()
+    sources: SourcesCfg = SourcesCfg()
+    devices: list[DeviceCfg] = []
+    clients: list[ClientCfg] = []
+    groups: list[GroupCfg] = []
+
+    # Set by load_config: where relative paths start, and a digest of the file's content.
+    base_dir: str = "."
+    digest: str = ""
+
+    _device_by_id: dict[str, DeviceCfg] = PrivateAttr(default_factory=dict)
+    _client_by_name: dict[str, ClientCfg] = PrivateAttr(default_factory=dict)
+    _group_by_name: dict[str, GroupCfg] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, __context: object) -> None:
+        self._device_by_id = {d.id: d for d in self.devices}
+        self._client_by_name = {c.name: c for c in self.clients}
+        self._group_by_name = {g.name: g for g in self.groups}
+
+    @property
+    def device_by_id(self) -> dict[str, DeviceCfg]:
+        return self._device_by_id
+
+    @property
+    def client_by_name(self) -> dict[str, ClientCfg]:
+        return self._client_by_name
+
+    @property
+    def group_by_name(self) -> dict[str, GroupCfg]:
+        return self._group_by_name
+
+    def path(self, p: str) -> Path:
+        path = Path(p)
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+    def groups_of(self, client: str) -> list[GroupCfg]:
+        return [g for g in self.groups if client in g.members]
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _reason(err: dict) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = err["msg"]
+    return msg.removeprefix("Value error, ")
+
+
+def _cross_check(cfg: Config) -> list[str]:
+    errors: list[str] = []
+    configured = {s for s in SOURCES if getattr(cfg.sources, s) is not None}
+
+    def dupes(items: list[str]) -> set[str]:
+        return {k for k, n in Counter(items).items() if n > 1}
+
+    dup_dev = dupes([d.id for d in cfg.devices])
+    seen: set[str] = set()
+    lines: dict[tuple[str, str], str] = {}
+    for i, d in enumerate(cfg.devices):
+        if d.id in dup_dev and d.id in seen:
+            errors.append(f"devices[{i}].id: duplicate device id {d.id!r}")
+        seen.add(d.id)
+        if d.source not in configured:
+            errors.append(
+                f"devices[{i}].source: source {d.source!r} is not configured "
+                f"(add a [sources.{d.source}] section)"
+            )
+        key = (d.source, d.line_name)
+        if key in lines and lines[key] != d.id:
+            errors.append(
+                f"devices[{i}].line: line {d.line_name!r} of source {d.source!r} "
+                f"is already device {lines[key]!r}"
+            )
+        lines.setdefault(key, d.id)
+
+    devices = {d.id for d in cfg.devices}
+    dup_cli = dupes([c.name for c in cfg.clients])
+    seen = set()
+    for i, c in enumerate(cfg.clients):
+        if c.name in dup_cli and c.name in seen:
+            errors.append(f"clients[{i}].name: duplicate client name {c.name!r}")
+        seen.add(c.name)
+        for j, dev in enumerate(c.devices):
+            if dev not in devices:
+                errors.append(f"clients[{i}].devices[{j}]: unknown device {dev!r}")
+        for j, dev in enumerate(dupes(c.devices)):
+            errors.append(f"clients[{i}].devices: device {dev!r} is listed twice")
+        for j, m in enumerate(c.monitor):
+            if m.device not in devices:
+                errors.append(f"clients[{i}].monitor[{j}].device: unknown device {m.device!r}")
+        if c.type == "nologin" and c.password_hash:
+            errors.append(
+                f"clients[{i}].password_hash: client {c.name!r} is of type nologin "
+                "and can never log in, so it cannot have a password"
+            )
+        if c.password_hash and not c.password_hash.startswith("scrypt$"):
+            errors.append(
+                f"clients[{i}].password_hash: not a hash made by 'blf-gateway password' "
+                "(clear-text passwords are never accepted in the configuration)"
+            )
+
+    clients = {c.name for c in cfg.clients}
+    dup_grp = dupes([g.name for g in cfg.groups])
+    seen = set()
+    for i, g in enumerate(cfg.groups):
+        if g.name in dup_grp and g.name in seen:
+            errors.append(f"groups[{i}].name: duplicate group name {g.name!r}")
+        seen.add(g.name)
+        for j, m in enumerate(g.members):
+            if m not in clients:
+                errors.append(f"groups[{i}].members[{j}]: unknown client {m!r}")
+        for m in dupes(g.members):
+            errors.append(f"groups[{i}].members: client {m!r} is listed twice")
+    return errors
+
+
+def parse_config(text: str, *, base_dir: str | Path = ".", source: str = "config") -> Config:
+    """Validate a configuration given as TOML text; raise ConfigError with every problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    for i, c in enumerate(raw.get("clients", []) if isinstance(raw.get("clients"), list) else []):
+        if isinstance(c, dict) and "password" in c:
+            raise ConfigError(
+                [
+                    f"clients[{i}].password: passwords never stand in the configuration in clear "
+                    "text; set them with 'blf-gateway password CLIENT --config FILE'"
+                ]
+            )
+    for key in ("base_dir", "digest"):
+        raw.pop(key, None)
+    try:
+        cfg = Config.model_validate(
+            {
+                **raw,
+                "base_dir": str(base_dir),
+                "digest": hashlib.sha256(text.encode()).hexdigest()[:16],
+            }
+        )
+    except ValidationError as exc:
+        raise ConfigError([f"{_loc(e['loc'])}: {_reason(e)}" for e in exc.errors()]) from None
+    errors = _cross_check(cfg)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    return parse_config(text, base_dir=path.resolve().parent, source=str(path))

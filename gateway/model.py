@@ -1,0 +1,134 @@
+"""The gateway's inner vocabulary: frozen values shared by the core and the adapters.
+
+Nothing here does I/O. Adapters translate their peers' messages into these values at the
+border; the core (:mod:`gateway.calls`, :mod:`gateway.panels`) works on nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+__all__ = [
+    "Lamp",
+    "CallState",
+    "Direction",
+    "DeviceStatus",
+    "Call",
+    "DeviceState",
+    "Presence",
+    "ClientState",
+    "LAMP_PRIORITY",
+    "PRESENCE_STATUSES",
+]
+
+
+class Lamp(str, Enum):
+    """What a BLF lamp says (contract section 2)."""
+
+    UNKNOWN = "unknown"
+    OFFLINE = "offline"
+    IDLE = "idle"
+    RINGING = "ringing"
+    OUTGOING = "outgoing"
+    BUSY = "busy"
+    HELD = "held"
+
+
+# Merge order of contract section 2: ringing > busy > held > outgoing > idle > offline > unknown.
+# A higher number wins when several devices (or calls) feed one lamp.
+LAMP_PRIORITY: dict[Lamp, int] = {
+    Lamp.UNKNOWN: 0,
+    Lamp.OFFLINE: 1,
+    Lamp.IDLE: 2,
+    Lamp.OUTGOING: 3,
+    Lamp.HELD: 4,
+    Lamp.BUSY: 5,
+    Lamp.RINGING: 6,
+}
+
+
+class CallState(str, Enum):
+    """A call's phase as the gateway tells it (the `state` of a call on the wire)."""
+
+    DIALING = "dialing"  # outgoing, not yet answered: dial tone, dialing, ringback, proceeding
+    RINGING = "ringing"  # incoming and alerting: this is the call a colleague can pick up
+    CONNECTED = "connected"  # talking, also conferenced
+    HELD = "held"
+
+
+class Direction(str, Enum):
+    IN = "in"
+    OUT = "out"
+
+
+class DeviceStatus(str, Enum):
+    """Whether a device's line state can be trusted (independent of its calls)."""
+
+    UNKNOWN = "unknown"  # source down, or not yet re-synced since it came back
+    OFFLINE = "offline"  # out of service / not registered
+    ONLINE = "online"  # in service: the calls say the rest
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call leg as seen on one device (or reported by one softphone).
+
+    `id` is unique within the gateway. `link` is an identity that another source may report
+    for the same call (e.g. Asterisk's Linkedid, a SIP Call-ID): when both carry one, the
+    shown-once rule matches on it instead of number and time.
+    """
+
+    id: str
+    direction: Direction
+    state: CallState
+    since: float
+    remote: str | None = None
+    remote_name: str | None = None
+    link: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """Everything the gateway knows about one device's line at one moment."""
+
+    device: str
+    status: DeviceStatus = DeviceStatus.UNKNOWN
+    calls: tuple[Call, ...] = ()
+
+
+PRESENCE_STATUSES = (
+    "available",
+    "away",
+    "brb",
+    "pause",
+    "busy",
+    "meeting",
+    "offwork",
+    "extwork",
+    "dnd",
+    "holiday",
+    "message",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    status: str = "available"
+    info: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientState:
+    """A client's run-time state: what its sessions told the gateway.
+
+    `sessions` counts live WebSocket sessions across all gateway processes' reports;
+    `current_device` is the device its CTI client selected (None: not chosen);
+    `softphone` holds the calls its own SIP softphone reported.
+    """
+
+    client: str
+    logged_in: bool | str = False  # True, False or "locked"
+    current_device: str | None = None
+    presence: Presence = field(default_factory=Presence)
+    softphone: tuple[Call, ...] = ()

@@ -1,0 +1,1 @@
+"""The pure BLF core: lamp rules, the engine (states -> views), rights (views -> audiences)."""

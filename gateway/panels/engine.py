@@ -1,0 +1,344 @@
+"""The BLF engine, pure: device and client states in, member and device views out.
+
+Every gateway process runs one :class:`Engine`. It is fed, in the order of the shared change
+log, the full new state of one device or one client at a time, each stamped with the global
+`seq` under which it was published; it returns :class:`Delta` values only for the views that
+changed. It never sees sockets, rights or Redis: the fan-out renders each delta once per
+audience (see :mod:`gateway.panels.rights`).
+
+What it decides:
+
+- which devices feed a member's lamp (`blf.devices`: all, current, first);
+- whether the client's own softphone calls feed it (`blf.softphone`), and the shown-once
+  rule: a softphone call that is the same call as one on a feeding line is dropped, the line's
+  report being the one shown (matched by a shared call identity where both carry one, else by
+  direction, remote number and time);
+- the member's number (its own, or live from its device when it has none);
+- for each panel and each member, the `seq` of its last change, so a client resuming with
+  `since` gets exactly the members it missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..config import ClientCfg, Config
+from ..model import Call, ClientState, DeviceState, Lamp, Presence
+from .lamps import call_lamp, device_lamp, merge_lamps
+
+__all__ = [
+    "Engine",
+    "MemberView",
+    "DeviceView",
+    "Delta",
+    "SHOWN_ONCE_WINDOW",
+    "same_call",
+]
+
+# Two reports of one call (a softphone's and a line's) start within this many seconds of each
+# other: both sides see the same SIP messages, apart from network and processing delays.
+SHOWN_ONCE_WINDOW = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """A member's lamp as every watcher would see it with full rights."""
+
+    client: str
+    display: str
+    number: str
+    lamp: Lamp
+    calls: tuple[Call, ...]
+    presence: Presence
+    logged_in: bool | str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    device: str
+    name: str
+    number: str
+    lamp: Lamp
+    calls: tuple[Call, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One view changed. `kind` is "member" (key: client name) or "device" (key: device id)."""
+
+    kind: str
+    key: str
+    view: MemberView | DeviceView
+    seq: int
+
+
+def _digits(number: str | None) -> str:
+    return "".join(ch for ch in number or "" if ch.isdigit()).lstrip("0")
+
+
+def _numbers_match(a: str | None, b: str | None) -> bool:
+    """One number, perhaps written with and without a trunk or country prefix."""
+    if a is None or b is None:
+        return a is None and b is None  # both withheld (or both not told)
+    da, db = _digits(a), _digits(b)
+    if not da or not db:
+        return a == b
+    short, long_ = sorted((da, db), key=len)
+    return da == db or (len(short) >= 6 and long_.endswith(short))
+
+
+def same_call(softphone: Call, line: Call, window: float = SHOWN_ONCE_WINDOW) -> bool:
+    """Whether a softphone's call and a line's call are one call seen twice."""
+    if softphone.link and line.link:
+        return softphone.link == line.link
+    return (
+        softphone.direction is line.direction
+        and abs(softphone.since - line.since) <= window
+        and _numbers_match(softphone.remote, line.remote)
+    )
+
+
+def _sort_calls(calls: Iterable[Call]) -> tuple[Call, ...]:
+    return tuple(sorted(calls, key=lambda c: (c.since, c.id)))
+
+
+class Engine:
+    """Computes member and device views from states; see the module docstring."""
+
+    def __init__(self, config: Config, config_seq: int = 0) -> None:
+        self.seq = config_seq  # highest seq applied
+        self.trusted = True  # False while the shared state (Redis) is unreachable
+        self._devices: dict[str, DeviceState] = {}
+        self._device_seq: dict[str, int] = {}
+        self._clients: dict[str, ClientState] = {}
+        self._client_seq: dict[str, int] = {}
+        self._members: dict[str, MemberView] = {}
+        self._member_seq: dict[str, int] = {}
+        self._dviews: dict[str, DeviceView] = {}
+        self._dview_seq: dict[str, int] = {}
+        self._panel_seq: dict[str, int] = {}
+        self.config = config
+        self._index(config)
+        self._config_seq = config_seq
+        self._recompute_all(config_seq, initial=True)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def _index(self, config: Config) -> None:
+        self._clients_of_device: dict[str, list[str]] = {}
+        for c in config.clients:
+            for d in c.devices:
+                self._clients_of_device.setdefault(d, []).append(c.name)
+
+    @staticmethod
+    def _panel_shape(config: Config, name: str) -> object:
+        g = config.group_by_name.get(name)
+        return None if g is None else (tuple(g.members), g.rights)
+
+    def reconfigure(self, config: Config, seq: int) -> tuple[list[Delta], set[str]]:
+        """Adopt a new configuration. Returns the views that changed and the panels whose
+        members or rights changed (their subscribers need a fresh snapshot)."""
+        old = self.config
+        self.config = config
+        self._index(config)
+        self._config_seq = max(self._config_seq, seq)
+        self.seq = max(self.seq, seq)
+        reshaped = {
+            name
+            for name in set(old.group_by_name) | set(config.group_by_name)
+            if self._panel_shape(old, name) != self._panel_shape(config, name)
+        }
+        for name in reshaped:
+            self._panel_seq[name] = seq
+        for name in set(self._members) - set(config.client_by_name):
+            del self._members[name]
+            self._member_seq.pop(name, None)
+        for dev in set(self._dviews) - set(config.device_by_id):
+            del self._dviews[dev]
+            self._dview_seq.pop(dev, None)
+        return self._recompute_all(seq), reshaped
+
+    # -- state updates -------------------------------------------------------------------
+
+    def update_device(self, state: DeviceState, seq: int) -> list[Delta]:
+        if seq <= self._device_seq.get(state.device, -1):
+            return []  # an older state than the one we hold (replayed log): ignore
+        self._devices[state.device] = state
+        self._device_seq[state.device] = seq
+        self.seq = max(self.seq, seq)
+        out = self._recompute_device(state.device, seq)
+        for client in self._clients_of_device.get(state.device, ()):
+            out.extend(self._recompute_member(client, seq))
+        return out
+
+    def update_client(self, state: ClientState, seq: int) -> list[Delta]:
+        if seq <= self._client_seq.get(state.client, -1):
+            return []
+        self._clients[state.client] = state
+        self._client_seq[state.client] = seq
+        self.seq = max(self.seq, seq)
+        return self._recompute_member(state.client, seq)
+
+    def set_trusted(self, trusted: bool, seq: int | None = None) -> list[Delta]:
+        """While the shared state is unreachable every lamp is `unknown` (no calls)."""
+        if trusted == self.trusted:
+            return []
+        self.trusted = trusted
+        if seq is not None:
+            self.seq = max(self.seq, seq)
+        return self._recompute_all(self.seq)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def device_state(self, device: str) -> DeviceState:
+        return self._devices.get(device) or DeviceState(device)
+
+    def client_state(self, client: str) -> ClientState:
+        return self._clients.get(client) or ClientState(client)
+
+    def member(self, client: str) -> MemberView:
+        return self._members[client]
+
+    def member_seq(self, client: str) -> int:
+        return self._member_seq.get(client, 0)
+
+    def device_view(self, device: str) -> DeviceView:
+        return self._dviews[device]
+
+    def device_view_seq(self, device: str) -> int:
+        return self._dview_seq.get(device, 0)
+
+    def panel(self, name: str) -> list[MemberView]:
+        group = self.config.group_by_name[name]
+        return [self._members[m] for m in group.members]
+
+    def panel_changes_since(self, name: str, since: int) -> list[MemberView] | None:
+        """Members of a panel that changed after `since`, or None when the client must take
+        a full snapshot instead (the panel itself changed, or `since` is not one of ours)."""
+        if since > self.seq or since < self._panel_seq.get(name, self._config_seq):
+            return None
+        group = self.config.group_by_name[name]
+        return [self._members[m] for m in group.members if self._member_seq.get(m, 0) > since]
+
+    # -- computation ---------------------------------------------------------------------
+
+    def feeding_devices(self, cfg: ClientCfg, state: ClientState) -> list[str]:
+        mode = cfg.blf.devices
+        if mode == "first" or (mode == "current" and state.current_device not in cfg.devices):
+            # `current` before the client has chosen (or while it is logged out): its first
+            # device, so the lamp never goes blank just because nobody is logged in.
+            return cfg.devices[:1]
+        if mode == "current":
+            return [state.current_device]  # type: ignore[list-item]
+        return list(cfg.devices)
+
+    def _compute_member(self, cfg: ClientCfg) -> MemberView:
+        state = self.client_state(cfg.name)
+        feeding = self.feeding_devices(cfg, state)
+        number = cfg.number or next(
+            (n for d in feeding or cfg.devices if (n := self.config.device_by_id[d].number)),
+            "",
+        )
+        if not self.trusted:
+            return MemberView(
+                cfg.name, cfg.display, number, Lamp.UNKNOWN, (), state.presence, state.logged_in
+            )
+        lamps: list[Lamp] = []
+        line_calls: list[Call] = []
+        for d in feeding:
+            dstate = self.device_state(d)
+            lamps.append(device_lamp(dstate))
+            line_calls.extend(dstate.calls)
+        shown_sp: list[Call] = []
+        if cfg.blf.softphone:
+            taken: set[str] = set()
+            for sp in state.softphone:
+                match = next(
+                    (c for c in line_calls if c.id not in taken and same_call(sp, c)), None
+                )
+                if match is None:
+                    shown_sp.append(sp)
+                else:
+                    taken.add(match.id)
+        lamps.extend(call_lamp(c) for c in shown_sp)
+        if not feeding:
+            # No line feeds this lamp: whether the client is there is all we know.
+            lamps.append(Lamp.IDLE if state.logged_in else Lamp.OFFLINE)
+        lamp = merge_lamps(lamps)
+        calls = _sort_calls(line_calls + shown_sp)
+        return MemberView(
+            cfg.name, cfg.display, number, lamp, calls, state.presence, state.logged_in
+        )
+
+    def _compute_device(self, device: str) -> DeviceView:
+        dcfg = self.config.device_by_id[device]
+        state = self.device_state(device)
+        if not self.trusted:
+            return DeviceView(device, dcfg.name, dcfg.number, Lamp.UNKNOWN, ())
+        return DeviceView(device, dcfg.name, dcfg.number, device_lamp(state), state.calls)
+
+    def _recompute_member(self, client: str, seq: int) -> list[Delta]:
+        cfg = self.config.client_by_name.get(client)
+        if cfg is None:
+            return []
+        view = self._compute_member(cfg)
+        if self._members.get(client) == view:
+            return []
+        self._members[client] = view
+        self._member_seq[client] = seq
+        return [Delta("member", client, view, seq)]
+
+    def _recompute_device(self, device: str, seq: int) -> list[Delta]:
+        if device not in self.config.device_by_id:
+            return []
+        view = self._compute_device(device)
+        if self._dviews.get(device) == view:
+            return []
+        self._dviews[device] = view
+        self._dview_seq[device] = seq
+        return [Delta("device", device, view, seq)]
+
+    def _recompute_all(self, seq: int, initial: bool = False) -> list[Delta]:
+        out: list[Delta] = []
+        for d in self.config.device_by_id:
+            out.extend(self._recompute_device(d, seq))
+        for c in self.config.client_by_name:
+            out.extend(self._recompute_member(c, seq))
+        return [] if initial else out
+
+    def load(
+        self,
+        devices: Iterable[tuple[DeviceState, int]],
+        clients: Iterable[tuple[ClientState, int]],
+    ) -> list[Delta]:
+        """Take the states stored in Redis, at start-up or after Redis came back.
+
+        A view that changed takes as its seq the highest seq of what it depends on (and the
+        config's), so a client resuming with `since` gets every view that may have changed
+        after it. Returns the deltas (ignored at start-up, when nobody is subscribed)."""
+        for state, seq in devices:
+            self._devices[state.device] = state
+            self._device_seq[state.device] = seq
+            self.seq = max(self.seq, seq)
+        for state, seq in clients:
+            self._clients[state.client] = state
+            self._client_seq[state.client] = seq
+            self.seq = max(self.seq, seq)
+        out: list[Delta] = []
+        for d in self.config.device_by_id:
+            view = self._compute_device(d)
+            if self._dviews.get(d) != view:
+                seq = max(self._device_seq.get(d, 0), self._config_seq)
+                self._dviews[d] = view
+                self._dview_seq[d] = seq
+                out.append(Delta("device", d, view, seq))
+        for cfg in self.config.clients:
+            view = self._compute_member(cfg)
+            if self._members.get(cfg.name) != view:
+                deps = [self._device_seq.get(d, 0) for d in cfg.devices]
+                seq = max([self._config_seq, self._client_seq.get(cfg.name, 0), *deps])
+                self._members[cfg.name] = view
+                self._member_seq[cfg.name] = seq
+                out.append(Delta("member", cfg.name, view, seq))
+        return out

@@ -1,0 +1,130 @@
+"""Who may see what, and the one place where rights are applied to what leaves the gateway.
+
+An *audience* is a topic (a panel, or a device) together with the :class:`Rights` its
+watchers hold on it. Every change is rendered once per audience by :func:`render_member` or
+:func:`render_device`; all the sockets of that audience get the same bytes. A number the
+audience may not see is removed here and so never leaves the gateway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ClientCfg, Config, GroupCfg
+from ..model import Call, Direction
+from .engine import DeviceView, MemberView
+
+__all__ = [
+    "Rights",
+    "FULL_RIGHTS",
+    "panel_rights",
+    "device_rights",
+    "visible_panels",
+    "watchable_devices",
+    "render_call",
+    "render_member",
+    "render_device",
+    "rights_json",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Rights:
+    """What one audience may see of a topic.
+
+    calls: see the calls at all (else the lamp only); numbers: "none", "inbound" (numbers of
+    incoming calls only) or "all"; pickup: may take a ringing call over; presence: see the
+    members' presence status and logged-in state.
+    """
+
+    calls: bool = True
+    numbers: str = "none"
+    pickup: bool = False
+    presence: bool = False
+
+
+# A client's own devices: it sees everything of them.
+FULL_RIGHTS = Rights(calls=True, numbers="all", pickup=False, presence=True)
+
+
+def panel_rights(group: GroupCfg) -> Rights:
+    r = group.rights
+    return Rights(calls=r.calls, numbers=r.numbers, pickup=r.pickup, presence=r.presence)
+
+
+def visible_panels(config: Config, client: str) -> list[str]:
+    """Panels a client may subscribe: visible groups it belongs to."""
+    return [g.name for g in config.groups if client in g.members and g.rights.visible]
+
+
+def device_rights(cfg: ClientCfg, device: str) -> Rights | None:
+    """A client's rights on one device: full on its own, per its monitor right on a foreign
+    one (clip: may see numbers), None where it may not watch it."""
+    if device in cfg.devices:
+        return FULL_RIGHTS
+    for m in cfg.monitor:
+        if m.device == device:
+            return Rights(calls=True, numbers="all" if m.clip else "none", pickup=m.pickup)
+    return None
+
+
+def watchable_devices(cfg: ClientCfg) -> list[str]:
+    return list(dict.fromkeys([*cfg.devices, *(m.device for m in cfg.monitor)]))
+
+
+def _may_see_number(call: Call, rights: Rights) -> bool:
+    if rights.numbers == "all":
+        return True
+    return rights.numbers == "inbound" and call.direction is Direction.IN
+
+
+def render_call(call: Call, rights: Rights) -> dict:
+    visible = _may_see_number(call, rights)
+    return {
+        "id": call.id,
+        "direction": call.direction.value,
+        "state": call.state.value,
+        "since": round(call.since, 3),
+        "remote": call.remote if visible else None,
+        "remote_name": call.remote_name if visible else None,
+    }
+
+
+def _render_calls(calls: tuple[Call, ...], rights: Rights) -> list[dict]:
+    if not rights.calls:
+        return []
+    return [render_call(c, rights) for c in calls]
+
+
+def render_member(view: MemberView, rights: Rights) -> dict:
+    """A member as an audience may see it (the `members` items and `lamp` fields)."""
+    out: dict = {
+        "client": view.client,
+        "display": view.display,
+        "number": view.number,
+        "lamp": view.lamp.value,
+        "calls": _render_calls(view.calls, rights),
+    }
+    if rights.presence:
+        out["presence"] = {"status": view.presence.status, "info": view.presence.info}
+        out["logged_in"] = view.logged_in
+    return out
+
+
+def render_device(view: DeviceView, rights: Rights) -> dict:
+    return {
+        "device": view.device,
+        "name": view.name,
+        "number": view.number,
+        "lamp": view.lamp.value,
+        "calls": _render_calls(view.calls, rights),
+    }
+
+
+def rights_json(rights: Rights) -> dict:
+    return {
+        "calls": rights.calls,
+        "numbers": rights.numbers,
+        "pickup": rights.pickup,
+        "presence": rights.presence,
+    }

@@ -1,0 +1,1 @@
+"""The WebSocket and HTTP side: sessions, fan-out, wire messages."""

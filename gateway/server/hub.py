@@ -1,0 +1,136 @@
+"""Fan-out: engine deltas -> one rendered frame per audience -> per-client outboxes.
+
+Rights are applied here, once per audience (topic + rights), never per socket. Each client
+has an :class:`Outbox` that keeps, for every lamp, only the newest frame not yet written:
+a client that reads slowly gets the latest state of each lamp, not a backlog, and a client
+that falls too far behind is cut off; either way the others never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from ..config import Config
+from ..panels.engine import Delta, DeviceView, MemberView
+from ..panels.rights import Rights, render_device, render_member
+
+__all__ = ["Outbox", "Hub", "Topic", "Subscriber"]
+
+log = logging.getLogger("gateway.hub")
+
+Topic = tuple[str, str]  # ("panel", name) or ("device", id)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class Outbox:
+    """Frames waiting to be written to one client, coalesced by key.
+
+    A keyed frame (a lamp) replaces the pending frame with the same key and moves to the
+    end, so frames leave in seq order and a client never sees an older state after a newer
+    one. Unkeyed frames (replies) are kept in order. `overflowed` turns true when more than
+    `limit` frames are pending: the connection is then closed as too slow.
+    """
+
+    __slots__ = ("pending", "limit", "wakeup", "overflowed", "_n")
+
+    def __init__(self, limit: int) -> None:
+        self.pending: dict[Any, str] = {}
+        self.limit = limit
+        self.wakeup = asyncio.Event()
+        self.overflowed = False
+        self._n = 0
+
+    def put(self, frame: str, key: Any = None) -> None:
+        if key is None:
+            self._n += 1
+            key = self._n
+        else:
+            self.pending.pop(key, None)
+        self.pending[key] = frame
+        if len(self.pending) > self.limit:
+            self.overflowed = True
+        self.wakeup.set()
+
+    def take(self) -> list[str]:
+        frames = list(self.pending.values())
+        self.pending.clear()
+        self.wakeup.clear()
+        return frames
+
+
+class Subscriber(Protocol):
+    outbox: Outbox
+
+
+class Hub:
+    """Audiences and their subscribers; renders each delta once per audience."""
+
+    def __init__(self, config: Config) -> None:
+        # topic -> rights -> subscribers
+        self._audiences: dict[Topic, dict[Rights, set[Subscriber]]] = {}
+        self.deliveries = 0
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        self._panels_of: dict[str, list[str]] = {}
+        for g in config.groups:
+            for m in g.members:
+                self._panels_of.setdefault(m, []).append(g.name)
+
+    def add(self, sub: Subscriber, topic: Topic, rights: Rights) -> None:
+        self._audiences.setdefault(topic, {}).setdefault(rights, set()).add(sub)
+
+    def remove(self, sub: Subscriber, topic: Topic, rights: Rights) -> None:
+        by_rights = self._audiences.get(topic)
+        if not by_rights:
+            return
+        subs = by_rights.get(rights)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del by_rights[rights]
+        if not by_rights:
+            del self._audiences[topic]
+
+    def topics(self) -> list[Topic]:
+        return list(self._audiences)
+
+    def audiences(self, topic: Topic) -> dict[Rights, set[Subscriber]]:
+        return self._audiences.get(topic, {})
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for by in self._audiences.values() for s in by.values())
+
+    def deliver(self, deltas: Iterable[Delta]) -> None:
+        for d in deltas:
+            if d.kind == "member":
+                view: MemberView = d.view  # type: ignore[assignment]
+                for panel in self._panels_of.get(d.key, ()):
+                    by_rights = self._audiences.get(("panel", panel))
+                    if not by_rights:
+                        continue
+                    for rights, subs in by_rights.items():
+                        msg = {"type": "lamp", "panel": panel, "member": d.key,
+                               **render_member(view, rights), "seq": d.seq}
+                        del msg["client"]
+                        self._send(subs, dumps(msg), ("p", panel, d.key))
+            else:
+                dview: DeviceView = d.view  # type: ignore[assignment]
+                by_rights = self._audiences.get(("device", d.key))
+                if not by_rights:
+                    continue
+                for rights, subs in by_rights.items():
+                    msg = {"type": "lamp", **render_device(dview, rights), "seq": d.seq}
+                    self._send(subs, dumps(msg), ("d", d.key))
+
+    def _send(self, subs: set[Subscriber], frame: str, key: Any) -> None:
+        for s in subs:
+            s.outbox.put(frame, key)
+        self.deliveries += len(subs)

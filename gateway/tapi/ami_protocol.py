@@ -1,0 +1,312 @@
+"""Asterisk Manager Interface wire format, pure: bytes in, messages out (and back).
+
+No sockets and no asyncio: :class:`AmiParser` is fed whatever the transport read and returns
+the complete messages, keeping the unparsed rest for the next call. The wire format:
+
+- one banner line on connect, ``Asterisk Call Manager/X.Y.Z`` (no empty line after it);
+- then messages of ``Key: Value`` lines ended by an empty line. Lines end in CRLF; a bare LF
+  is tolerated. A message starting with ``Event:`` is an event, ``Response:`` a response,
+  ``Action:`` an action (what a client sends; the test peer parses those).
+
+The parser never raises out of :meth:`AmiParser.feed` and never holds more than one line
+(``max_line``) plus one message (``max_message``) of a misbehaving peer: an oversized line or
+message, or a block that is no AMI message at all, is skipped and reported in the returned
+list as an :class:`AmiProtocolError` value (and counted in :attr:`AmiParser.errors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "AmiFields",
+    "AmiMessage",
+    "AmiProtocolError",
+    "AmiParser",
+    "format_action",
+    "format_message",
+    "BANNER_PREFIX",
+]
+
+BANNER_PREFIX = "Asterisk Call Manager/"
+
+Kind = Literal["event", "response", "banner", "action"]
+
+# The key that opens a message decides its kind.
+_KIND_KEYS: dict[str, Kind] = {"event": "event", "response": "response", "action": "action"}
+
+
+class AmiFields(Mapping[str, str]):
+    """Read-only, case-insensitive view of a message's fields: the first value of each key.
+
+    Asterisk treats keys case-insensitively and its own spelling varies between versions
+    (``Uniqueid`` / ``UniqueID``), so lookups ignore case; iteration yields keys as sent.
+    """
+
+    __slots__ = ("_d", "_hash")
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        d: dict[str, tuple[str, str]] = {}
+        for k, v in pairs:
+            d.setdefault(k.lower(), (k, v))
+        self._d = d
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> str:
+        return self._d[key.lower()][1]
+
+    def get(self, key: str, default=None):  # type: ignore[override]
+        item = self._d.get(key.lower())
+        return default if item is None else item[1]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._d
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._d.values())
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AmiFields):
+            return self._d == other._d
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(tuple(self._d.values()))
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"AmiFields({dict(self.items())!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class AmiMessage:
+    """One complete AMI message.
+
+    `kind` is ``event``, ``response``, ``banner`` or ``action``; `name` is the event name, the
+    response status (``Success``, ``Error``, ``Goodbye``, ...), the banner's version
+    (``9.0.0``) or the action name. `fields` holds the first value of every key
+    (case-insensitive); `pairs` every line in order, so repeated keys such as several
+    ``ChanVariable:`` lines are all kept.
+    """
+
+    kind: Kind
+    name: str
+    fields: AmiFields = field(default_factory=AmiFields)
+    pairs: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def action_id(self) -> str | None:
+        """The ActionID echoed by Asterisk (None for events that answer no action)."""
+        return self.fields.get("ActionID")
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """A field's first value (case-insensitive key)."""
+        return self.fields.get(key, default)
+
+    def values(self, key: str) -> list[str]:
+        """All values of a (possibly repeated) key, in order."""
+        k = key.lower()
+        return [v for kk, v in self.pairs if kk.lower() == k]
+
+
+@dataclass(frozen=True, slots=True)
+class AmiProtocolError:
+    """Something the peer sent that is no AMI message; it was skipped.
+
+    `reason` says why (``line too long``, ``message too long``, ``line without key``, ...);
+    `sample` holds at most the first 80 bytes of the offending data, for a log line.
+    """
+
+    reason: str
+    sample: bytes = b""
+
+
+def _decode(raw: bytes) -> str:
+    # Asterisk passes caller names through as the phones sent them: mostly UTF-8, sometimes
+    # Latin-1. Latin-1 decodes any byte string, so this never fails.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+class AmiParser:
+    """Incremental AMI parser (see the module docstring for the format and the limits)."""
+
+    def __init__(self, *, max_line: int = 8 * 1024, max_message: int = 64 * 1024) -> None:
+        self.max_line = max_line
+        self.max_message = max_message
+        self.errors = 0  # how many AmiProtocolError items feed() has returned in all
+        self.messages = 0  # how many messages feed() has returned in all
+        self._buf = bytearray()
+        self._skip_line = False  # dropping the rest of an oversized line, up to its LF
+        self._pairs: list[tuple[str, str]] = []
+        self._kind: Kind | None = None
+        self._size = 0
+        self._bad = False  # the message being collected was reported broken: drop it
+
+    def reset(self) -> None:
+        """Forget everything buffered (a new connection starts clean)."""
+        self._buf.clear()
+        self._skip_line = False
+        self._start_message()
+
+    def _start_message(self) -> None:
+        self._pairs = []
+        self._kind = None
+        self._size = 0
+        self._bad = False
+
+    def feed(self, data: bytes) -> list[AmiMessage | AmiProtocolError]:
+        """Parse `data` after what earlier calls left; return complete messages and errors."""
+        out: list[AmiMessage | AmiProtocolError] = []
+        buf = self._buf
+        buf += data
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                break
+            if self._skip_line:
+                # The tail of a line that was already reported as too long.
+                self._skip_line = False
+                pos = nl + 1
+                continue
+            end = nl
+            if end > pos and buf[end - 1] == 0x0D:  # CRLF; a bare LF is tolerated too
+                end -= 1
+            if end - pos > self.max_line:
+                self._line_too_long(bytes(buf[pos : pos + 80]), out)
+                pos = nl + 1
+                continue
+            self._line(bytes(buf[pos:end]), out)
+            pos = nl + 1
+        del buf[:pos]
+        if len(buf) > self.max_line + 1:
+            # No line end in sight: keep nothing of the oversized line, skip up to its LF.
+            self._line_too_long(bytes(buf[:80]), out)
+            buf.clear()
+            self._skip_line = True
+        return out
+
+    def _error(self, reason: str, sample: bytes, out: list) -> None:
+        self.errors += 1
+        out.append(AmiProtocolError(reason, sample[:80]))
+
+    def _line_too_long(self, sample: bytes, out: list) -> None:
+        self._error("line too long", sample, out)
+        if self._pairs:
+            # The message lost a line: it cannot be trusted; drop it at its end.
+            self._bad = True
+
+    def _line(self, raw: bytes, out: list) -> None:
+        if not raw:
+            self._end_message(out)
+            return
+        if self._bad:
+            return  # inside a message that is being dropped (reported once already)
+        if not self._pairs and raw.startswith(b"Asterisk Call Manager/"):
+            version = _decode(raw[len(BANNER_PREFIX) :]).strip()
+            self.messages += 1
+            out.append(AmiMessage("banner", version, AmiFields(), ()))
+            return
+        colon = raw.find(b":")
+        if colon <= 0:
+            # A line that is no "Key: Value". Before a message starts it is noise on its
+            # own; inside one the message is broken.
+            self._error("line without key", raw, out)
+            self._bad = bool(self._pairs)
+            return
+        key = _decode(raw[:colon]).strip()
+        value = _decode(raw[colon + 1 :]).strip()
+        if not key or not key.isprintable():
+            self._error("invalid key", raw, out)
+            self._bad = bool(self._pairs)
+            return
+        kind = _KIND_KEYS.get(key.lower())
+        if kind is not None:
+            if self._kind is not None:
+                # A second Event:/Response:/Action: means the empty line between two messages
+                # was lost: the earlier one may be cut short, so it is dropped, and a new
+                # message starts here.
+                self._error("message boundary missing", raw, out)
+                self._start_message()
+            elif self._pairs:
+                # Lines before the kind line belong to no message (noise such as "Foo: bar"
+                # without an empty line after it): drop them, keep the message.
+                self._error("lines before message start", raw, out)
+                self._start_message()
+            self._kind = kind
+        self._size += len(raw) + 2
+        if self._size > self.max_message:
+            self._error("message too long", raw[:80], out)
+            self._bad = True
+            self._pairs = []
+            return
+        self._pairs.append((key, value))
+
+    def _end_message(self, out: list) -> None:
+        pairs, kind, bad = self._pairs, self._kind, self._bad
+        self._start_message()
+        if bad:
+            return
+        if not pairs:
+            return  # stray empty line between messages: harmless
+        if kind is None:
+            self._error("message without Event, Response or Action", _sample(pairs), out)
+            return
+        name = ""
+        for k, v in pairs:
+            if k.lower() == kind:
+                name = v
+                break
+        self.messages += 1
+        out.append(AmiMessage(kind, name, AmiFields(pairs), tuple(pairs)))
+
+
+def _sample(pairs: list[tuple[str, str]]) -> bytes:
+    return "; ".join(f"{k}: {v}" for k, v in pairs[:3]).encode("utf-8", "replace")
+
+
+def _check(text: str, what: str) -> str:
+    # A CR or LF inside a value would let a caller-controlled string (a number, a name)
+    # inject a whole extra action; refuse it rather than guess.
+    if "\r" in text or "\n" in text:
+        raise ValueError(f"AMI {what} must not contain line breaks: {text[:40]!r}")
+    return text
+
+
+def format_message(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """Serialize `Key: Value` pairs as one AMI message (CRLF lines, empty line at the end).
+
+    Raises ValueError if a key or value contains a line break.
+    """
+    parts = []
+    for k, v in pairs:
+        parts.append(f"{_check(str(k), 'key')}: {_check(str(v), 'value')}\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("utf-8")
+
+
+def format_action(name: str, action_id: str, **fields: object) -> bytes:
+    """One action as bytes: ``Action: name``, ``ActionID: action_id``, then `fields`.
+
+    A None value is left out; a list or tuple value repeats the key (e.g. several
+    ``Variable`` lines for Originate). Raises ValueError on a line break in any text.
+    """
+    pairs: list[tuple[str, str]] = [("Action", name), ("ActionID", action_id)]
+    for k, v in fields.items():
+        if v is None:
+            continue
+        if isinstance(v, (list, tuple)):
+            pairs.extend((k, str(x)) for x in v)
+        else:
+            pairs.append((k, str(v)))
+    return format_message(pairs)

@@ -1,0 +1,461 @@
+"""Asterisk Manager events -> the core's CallReport / ServiceReport values, pure.
+
+:class:`AmiTranslator` is fed parsed :class:`~gateway.tapi.ami_protocol.AmiMessage` values in
+the order Asterisk sent them (live events and re-sync list items alike) and returns the
+reports they imply. It keeps a small state: which device each channel belongs to, the
+channel's last state and what was last reported for it (so an event that changes nothing
+yields nothing), and the devices behind each watched hint. :meth:`AmiTranslator.reset`
+forgets all of it; the client calls it on every (re)connect, before the re-sync lists.
+
+Lines. A device's `line` is either an Asterisk device (``PJSIP/201``, ``SIP/201``; the
+technology is matched case-insensitively) or a hint extension (``201`` or ``201@context``).
+A channel ``PJSIP/201-0000002a`` belongs to the device line ``PJSIP/201``. For a hint line the
+channel belongs to the devices of the hint as ExtensionStatus reports them (``Hint:
+PJSIP/201&SIP/201``); until a hint has been seen, a channel whose resource equals the
+extension (``PJSIP/201`` for ``201``) is taken as the hint's, the usual naming.
+Service state: a device line follows DeviceStateChange, a hint line ExtensionStatus.
+
+Calls. ``call`` is the channel's Uniqueid and ``link`` its Linkedid. ChannelState gives the
+phase: 5 Ringing / 9 Pre-ring -> RINGING (the device is alerting: incoming), 4 Ring /
+2 Off-hook / 3 Dialing / 8 Dialing off-hook / 7 Busy -> DIALING (the device placed the call),
+6 Up -> CONNECTED, or HELD between Hold and Unhold. A channel in 0 Down / 1 Rsrvd reports
+nothing until it rings, is answered, or dials out (it is the source of a DialBegin).
+Direction: the first phase decides (RINGING in, DIALING out); a channel first seen already
+up is ``out`` when it is the dialing side (DialBegin source, Application ``Dial``, or its
+Uniqueid equals its Linkedid) and ``in`` otherwise. ``remote``/``remote_name`` come from
+ConnectedLineNum/Name; until Asterisk fills those (``<unknown>`` = not known), a callee's
+channel takes the caller's CallerIDNum/Name from DialBegin, and a caller's channel the
+callee's DestCallerIDNum/Name, then the dialled Exten. Hangup -> ENDED.
+
+Re-sync. CoreShowChannel items are channels already up or ringing; ExtensionStatus items
+and DeviceStateChange items (answers to ExtensionStateList and DeviceStateList) are service
+states. CoreShowChannel does not say whether a call is on hold: when the list completes, an
+up channel on a device whose state is ONHOLD (hint status 16) is reported HELD.
+
+Deliberately ignored: channels of no watched device (trunks, Local/ channels: they are
+only read as the other side of a DialBegin); Newexten, VarSet, DTMF, RTCP, CDR/CEL,
+BridgeCreate/Destroy, AttendedTransfer/BlindTransfer (their effects arrive as Hangup,
+Newchannel and ConnectedLine events of the legs), MusicOnHold, Pickup (the picker's channel
+and the picked one report their own states), ParkedCall, queue and agent events; the busy /
+ringing / in-use meaning of DeviceStateChange and ExtensionStatus (calls come from channel
+events, device states only say in or out of service); caller id presentation (AMI events do
+not carry it, so `withheld` is never set); unknown events and fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from ..calls import CallReport, Phase, ServiceReport
+from ..model import Direction
+from .ami_protocol import AmiMessage
+
+__all__ = [
+    "AmiTranslator",
+    "channel_device",
+    "channel_phase",
+    "OUT_OF_SERVICE_DEVICE_STATES",
+    "OUT_OF_SERVICE_EXTENSION_STATUSES",
+]
+
+Report = CallReport | ServiceReport
+
+# DeviceStateChange State values that mean "this line cannot take calls".
+OUT_OF_SERVICE_DEVICE_STATES = frozenset({"UNAVAILABLE", "INVALID"})
+# ExtensionStatus Status values: -2 extension removed, -1 hint removed, 4 unavailable.
+OUT_OF_SERVICE_EXTENSION_STATUSES = frozenset({"-2", "-1", "4"})
+
+_RINGING_STATES = frozenset({5, 9})  # Ringing, Pre-ring: the device alerts
+_DIALING_STATES = frozenset({2, 3, 4, 7, 8})  # OffHook, Dialing, Ring, Busy, Dialing Offhook
+_UP = 6
+_HOLD_DEVICE_STATES = frozenset({"ONHOLD"})
+_HOLD_EXTENSION_STATUSES = frozenset({"16"})
+
+_UNKNOWN = frozenset({"", "<unknown>", "<Unknown>", "unknown"})
+
+
+def _known(value: str | None) -> str | None:
+    """An AMI caller id field, or None where Asterisk says it does not know."""
+    if value is None:
+        return None
+    value = value.strip()
+    return None if value in _UNKNOWN else value
+
+
+def channel_device(channel: str) -> str:
+    """The device part of a channel name: ``PJSIP/201-0000002a`` -> ``PJSIP/201``.
+
+    Suffixes Asterisk adds while it replaces a channel (``<ZOMBIE>``, ``<MASQ>``) and the
+    ``;1``/``;2`` of Local channels are dropped. A name without ``-`` is returned whole.
+    """
+    name = channel.split("<", 1)[0].split(";", 1)[0]
+    slash = name.find("/")
+    dash = name.rfind("-")
+    if dash > slash >= 0:
+        name = name[:dash]
+    return name
+
+
+def _norm_device(dev: str) -> str:
+    # The technology is case-insensitive in Asterisk (pjsip/201 == PJSIP/201); the resource
+    # is not.
+    tech, sep, res = dev.strip().partition("/")
+    return f"{tech.lower()}{sep}{res}" if sep else dev.strip()
+
+
+def channel_phase(state: int | None, held: bool) -> Phase | None:
+    """The phase of a channel in ChannelState `state` (None: not enough to report yet)."""
+    if state is None:
+        return None
+    if state == _UP:
+        return Phase.HELD if held else Phase.CONNECTED
+    if state in _RINGING_STATES:
+        return Phase.RINGING
+    if state in _DIALING_STATES:
+        return Phase.DIALING
+    return None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class _Chan:
+    """What the translator remembers about one channel of a watched device."""
+
+    __slots__ = (
+        "uniqueid", "name", "devices", "linkedid", "state", "held", "dialing_out",
+        "direction", "connected_num", "connected_name", "other_num", "other_name",
+        "exten", "application", "last",
+    )
+
+    def __init__(self, uniqueid: str, name: str, devices: tuple[str, ...]) -> None:
+        self.uniqueid = uniqueid
+        self.name = name
+        self.devices = devices
+        self.linkedid: str | None = None
+        self.state: int | None = None
+        self.held = False
+        self.dialing_out = False  # the source of a DialBegin
+        self.direction: Direction | None = None
+        self.connected_num: str | None = None
+        self.connected_name: str | None = None
+        self.other_num: str | None = None  # the other side's CallerIDNum from DialBegin
+        self.other_name: str | None = None
+        self.exten: str | None = None
+        self.application: str | None = None
+        self.last: tuple | None = None  # (phase, remote, remote_name) last reported
+
+
+class AmiTranslator:
+    """Stateful translator of AMI events for the devices of one AMI source.
+
+    `lines` maps each watched AMI line (``PJSIP/201``, ``SIP/201``, ``201``,
+    ``201@from-internal``) to its device id. `conn` is put in every report's ``conn``.
+    """
+
+    def __init__(self, lines: Mapping[str, str], conn: str = "ami") -> None:
+        self.conn = conn
+        self._device_lines: dict[str, list[str]] = {}  # normalised PJSIP/201 -> devices
+        self._hint_lines: dict[str, list[str]] = {}  # "201" or "201@ctx" -> devices
+        for line, device in lines.items():
+            line = line.strip()
+            if "/" in line:
+                self._device_lines.setdefault(_norm_device(line), []).append(device)
+            else:
+                self._hint_lines.setdefault(line, []).append(device)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget channels, learned hints and states (call it on every (re)connect)."""
+        self._chans: dict[str, _Chan] = {}  # uniqueid -> channel of a watched device
+        self._by_name: dict[str, str] = {}  # channel name -> uniqueid
+        self._hint_devices: dict[str, tuple[str, ...]] = {}  # asterisk device -> device ids
+        self._hinted: set[str] = set()  # device ids whose hint has been seen
+        self._hold_devices: set[str] = set()  # device ids whose last state was ONHOLD
+        self._routes: dict[str, tuple[str, ...]] = {}  # cache: asterisk device -> ids
+
+    # -- which device -----------------------------------------------------------------
+
+    def devices_of_channel(self, channel: str) -> tuple[str, ...]:
+        """The watched device ids a channel name belongs to (empty: none)."""
+        dev = _norm_device(channel_device(channel))
+        hit = self._routes.get(dev)
+        if hit is not None:
+            return hit
+        found: list[str] = list(self._device_lines.get(dev, ()))
+        for d in self._hint_devices.get(dev, ()):
+            if d not in found:
+                found.append(d)
+        # Before (or without) an ExtensionStatus naming its devices, a hint line "201"
+        # takes channels of any technology whose resource is "201".
+        res = dev.partition("/")[2]
+        if res:
+            for line, ids in self._hint_lines.items():
+                if line.split("@", 1)[0] == res:
+                    for d in ids:
+                        if d not in self._hinted and d not in found:
+                            found.append(d)
+        out = tuple(found)
+        self._routes[dev] = out
+        return out
+
+    def _hint_line_devices(self, exten: str, context: str) -> list[str]:
+        out = list(self._hint_lines.get(f"{exten}@{context}", ()))
+        for d in self._hint_lines.get(exten, ()):
+            if d not in out:
+                out.append(d)
+        return out
+
+    # -- entry point ------------------------------------------------------------------
+
+    def feed(self, msg: AmiMessage) -> list[Report]:
+        """The reports implied by one message (usually none or one)."""
+        if msg.kind != "event":
+            return []
+        handler = _HANDLERS.get(msg.name.lower())
+        if handler is None:
+            return []
+        return handler(self, msg)
+
+    def feed_all(self, msgs: Iterable[AmiMessage]) -> list[Report]:
+        """Translate several messages in order."""
+        out: list[Report] = []
+        for m in msgs:
+            out.extend(self.feed(m))
+        return out
+
+    # -- channels ---------------------------------------------------------------------
+
+    def _chan(self, msg: AmiMessage, prefix: str = "") -> _Chan | None:
+        """The watched channel an event (or its Dest* side) is about, created on first sight."""
+        name = msg.get(prefix + "Channel")
+        uid = msg.get(prefix + "Uniqueid")
+        if not name and not uid:
+            return None
+        if not uid:
+            uid = self._by_name.get(name or "")
+            if uid is None:
+                return None
+        ch = self._chans.get(uid)
+        if ch is None:
+            if not name:
+                return None
+            devices = self.devices_of_channel(name)
+            if not devices:
+                return None
+            ch = _Chan(uid, name, devices)
+            self._chans[uid] = ch
+            self._by_name[name] = uid
+        elif name and name != ch.name:
+            self._by_name.pop(ch.name, None)
+            ch.name = name
+            self._by_name[name] = uid
+        self._snapshot(ch, msg, prefix)
+        return ch
+
+    @staticmethod
+    def _snapshot(ch: _Chan, msg: AmiMessage, prefix: str) -> None:
+        """Take the channel snapshot fields every channel event carries."""
+        state = _int(msg.get(prefix + "ChannelState"))
+        if state is not None:
+            ch.state = state
+        link = msg.get(prefix + "Linkedid")
+        if link:
+            ch.linkedid = link
+        if prefix + "ConnectedLineNum" in msg.fields:
+            ch.connected_num = _known(msg.get(prefix + "ConnectedLineNum"))
+        if prefix + "ConnectedLineName" in msg.fields:
+            ch.connected_name = _known(msg.get(prefix + "ConnectedLineName"))
+        exten = _known(msg.get(prefix + "Exten"))
+        if exten and ch.exten is None and exten != "s":
+            ch.exten = exten
+
+    def _direction(self, ch: _Chan, phase: Phase) -> Direction:
+        if phase is Phase.RINGING:
+            return Direction.IN
+        if phase is Phase.DIALING or ch.dialing_out:
+            return Direction.OUT
+        if ch.application == "AppDial":  # the dialled leg of a Dial()
+            return Direction.IN
+        if ch.application == "Dial":
+            return Direction.OUT
+        return Direction.OUT if ch.linkedid == ch.uniqueid else Direction.IN
+
+    def _report(self, ch: _Chan, phase: Phase | None = None) -> list[Report]:
+        """Report the channel if what a user would see of it changed."""
+        if phase is None:
+            phase = channel_phase(ch.state, ch.held)
+            if phase is None and ch.dialing_out and ch.state in (0, 1, None):
+                phase = Phase.DIALING  # a Down channel that dials out: outgoing setup
+        if phase is None:
+            return []
+        if phase is Phase.ENDED:
+            if ch.last is None:
+                return []  # never reported: nothing to end
+            return [
+                CallReport(d, ch.uniqueid, Phase.ENDED, ch.direction, link=ch.linkedid,
+                           conn=self.conn)
+                for d in ch.devices
+            ]
+        if ch.direction is None:
+            ch.direction = self._direction(ch, phase)
+        remote = ch.connected_num
+        name = ch.connected_name
+        if remote is None:
+            remote = ch.other_num
+            if remote is None and ch.direction is Direction.OUT:
+                remote = ch.exten
+        if name is None:
+            name = ch.other_name
+        key = (phase, remote, name)
+        if key == ch.last:
+            return []
+        ch.last = key
+        return [
+            CallReport(d, ch.uniqueid, phase, ch.direction, remote, name, ch.linkedid,
+                       conn=self.conn)
+            for d in ch.devices
+        ]
+
+    def _on_channel(self, msg: AmiMessage) -> list[Report]:
+        ch = self._chan(msg)
+        return self._report(ch) if ch else []
+
+    def _on_rename(self, msg: AmiMessage) -> list[Report]:
+        uid = msg.get("Uniqueid") or self._by_name.get(msg.get("Channel") or "")
+        new = msg.get("Newname")
+        ch = self._chans.get(uid or "")
+        if ch is not None and new:
+            self._by_name.pop(ch.name, None)
+            ch.name = new
+            self._by_name[new] = ch.uniqueid
+        return []
+
+    def _on_coreshowchannel(self, msg: AmiMessage) -> list[Report]:
+        ch = self._chan(msg)
+        if ch is None:
+            return []
+        app = msg.get("Application")
+        if app:
+            ch.application = app
+        return self._report(ch)
+
+    def _on_hangup(self, msg: AmiMessage) -> list[Report]:
+        ch = self._chan(msg)
+        if ch is None:
+            return []
+        self._chans.pop(ch.uniqueid, None)
+        if self._by_name.get(ch.name) == ch.uniqueid:
+            del self._by_name[ch.name]
+        return self._report(ch, Phase.ENDED)
+
+    def _on_dialbegin(self, msg: AmiMessage) -> list[Report]:
+        out: list[Report] = []
+        src = self._chan(msg)
+        dst = self._chan(msg, "Dest")
+        if src is not None:
+            src.dialing_out = True
+            src.other_num = _known(msg.get("DestCallerIDNum"))
+            src.other_name = _known(msg.get("DestCallerIDName"))
+            out += self._report(src)
+        if dst is not None:
+            if dst.direction is None:
+                dst.direction = Direction.IN
+            dst.other_num = _known(msg.get("CallerIDNum"))
+            dst.other_name = _known(msg.get("CallerIDName"))
+            out += self._report(dst)
+        return out
+
+    def _on_dialend(self, msg: AmiMessage) -> list[Report]:
+        # The states that follow (Up, Hangup) arrive as their own events; the snapshot fields
+        # may still carry a newer connected line.
+        out: list[Report] = []
+        for prefix in ("", "Dest"):
+            ch = self._chan(msg, prefix)
+            if ch is not None:
+                out += self._report(ch)
+        return out
+
+    def _on_hold(self, msg: AmiMessage, held: bool) -> list[Report]:
+        ch = self._chan(msg)
+        if ch is None:
+            return []
+        ch.held = held
+        return self._report(ch)
+
+    # -- service states ---------------------------------------------------------------
+
+    def _on_devicestate(self, msg: AmiMessage) -> list[Report]:
+        dev = msg.get("Device")
+        state = (msg.get("State") or "").strip().upper()
+        if not dev or not state:
+            return []
+        ids = self._device_lines.get(_norm_device(dev), ())
+        for d in ids:
+            if state in _HOLD_DEVICE_STATES:
+                self._hold_devices.add(d)
+            else:
+                self._hold_devices.discard(d)
+        ok = state not in OUT_OF_SERVICE_DEVICE_STATES
+        return [ServiceReport(d, ok, conn=self.conn) for d in ids]
+
+    def _on_extensionstatus(self, msg: AmiMessage) -> list[Report]:
+        exten = (msg.get("Exten") or "").strip()
+        status = (msg.get("Status") or "").strip()
+        if not exten or not status:
+            return []
+        ids = self._hint_line_devices(exten, (msg.get("Context") or "").strip())
+        if not ids:
+            return []
+        hint = msg.get("Hint")
+        if hint:
+            # "PJSIP/201&SIP/201,CustomPresence:201": device states before the comma.
+            devs = [_norm_device(x) for x in hint.split(",", 1)[0].split("&") if "/" in x]
+            for dev in devs:
+                have = self._hint_devices.get(dev, ())
+                self._hint_devices[dev] = have + tuple(d for d in ids if d not in have)
+            self._hinted.update(ids)
+            self._routes.clear()
+        for d in ids:
+            if status in _HOLD_EXTENSION_STATUSES:
+                self._hold_devices.add(d)
+            else:
+                self._hold_devices.discard(d)
+        ok = status not in OUT_OF_SERVICE_EXTENSION_STATUSES
+        return [ServiceReport(d, ok, conn=self.conn) for d in ids]
+
+    def _on_coreshowchannels_complete(self, msg: AmiMessage) -> list[Report]:
+        # CoreShowChannel does not tell hold: a device whose state says ONHOLD has its up
+        # channels on hold (its Hold event happened before we connected).
+        out: list[Report] = []
+        for ch in list(self._chans.values()):
+            if ch.state == _UP and not ch.held and any(
+                d in self._hold_devices for d in ch.devices
+            ):
+                ch.held = True
+                out += self._report(ch)
+        return out
+
+
+_HANDLERS = {
+    "newchannel": AmiTranslator._on_channel,
+    "newstate": AmiTranslator._on_channel,
+    "newconnectedline": AmiTranslator._on_channel,
+    "newcallerid": AmiTranslator._on_channel,
+    "bridgeenter": AmiTranslator._on_channel,
+    "bridgeleave": AmiTranslator._on_channel,
+    "rename": AmiTranslator._on_rename,
+    "coreshowchannel": AmiTranslator._on_coreshowchannel,
+    "hangup": AmiTranslator._on_hangup,
+    "dialbegin": AmiTranslator._on_dialbegin,
+    "dialend": AmiTranslator._on_dialend,
+    "hold": lambda self, m: self._on_hold(m, True),
+    "unhold": lambda self, m: self._on_hold(m, False),
+    "devicestatechange": AmiTranslator._on_devicestate,
+    "extensionstatus": AmiTranslator._on_extensionstatus,
+    "coreshowchannelscomplete": AmiTranslator._on_coreshowchannels_complete,
+}

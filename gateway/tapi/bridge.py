@@ -1,0 +1,257 @@
+"""The TAPI bridge source (contract section 5): JSON lines over TCP from a Windows TAPI program.
+
+:func:`parse_line` is pure: one line of text -> a :class:`~gateway.calls.CallReport` or
+:class:`~gateway.calls.ServiceReport` for a configured device, or :class:`BridgeLineError`
+saying what is wrong with it. :class:`TapiBridgeServer` is the thin asyncio listener: each
+connection's lines go through the :class:`~gateway.calls.LineTracker` and the changed device
+states to the publisher. A malformed line is logged and skipped; the connection lives on.
+When a connection drops, the devices it reported turn `unknown` until a bridge reports them
+again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..calls import CallReport, LineTracker, Phase, ServiceReport
+from ..model import DeviceState, Direction
+
+__all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer"]
+
+log = logging.getLogger("gateway.tapi")
+
+# LINECALLSTATE (lower case) -> phase and, where the state says it, the direction.
+# UNKNOWN (0x8000) is absent on purpose: it carries no information, so it changes nothing.
+TAPI_PHASES: dict[str, tuple[Phase, Direction | None]] = {
+    "offering": (Phase.RINGING, Direction.IN),  # a new incoming call alerts
+    "accepted": (Phase.RINGING, Direction.IN),  # offered and accepted by an app, still alerting
+    "dialtone": (Phase.DIALING, Direction.OUT),
+    "dialing": (Phase.DIALING, Direction.OUT),
+    "ringback": (Phase.DIALING, Direction.OUT),  # the far end rings
+    "proceeding": (Phase.DIALING, Direction.OUT),
+    "busy": (Phase.DIALING, Direction.OUT),  # busy tone: our side is still off hook
+    "specialinfo": (Phase.DIALING, Direction.OUT),  # network announcement, still off hook
+    "connected": (Phase.CONNECTED, None),
+    "conferenced": (Phase.CONNECTED, None),
+    "onhold": (Phase.HELD, None),
+    "onholdpendconf": (Phase.HELD, None),
+    "onholdpendtransfer": (Phase.HELD, None),
+    "disconnected": (Phase.ENDED, None),
+    "idle": (Phase.ENDED, None),
+}
+
+Num = Annotated[str, Field(max_length=64)]
+Label = Annotated[str, Field(max_length=128)]
+
+
+class _CallLine(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    device: Annotated[str, Field(min_length=1, max_length=128)]
+    call: Annotated[str, Field(min_length=1, max_length=128)] | int
+    state: Annotated[str, Field(max_length=32)]
+    caller: Num | None = None
+    called: Num | None = None
+    caller_name: Label | None = None
+    called_name: Label | None = None
+    blocked: bool | None = None
+
+
+class _DevLine(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    device: Annotated[str, Field(min_length=1, max_length=128)]
+    devstate: Literal["inservice", "outofservice"]
+
+
+class BridgeLineError(ValueError):
+    """A line that is not a valid bridge message; the reason is the text."""
+
+
+def _digits(n: str | None) -> str:
+    return "".join(ch for ch in n or "" if ch.isdigit())
+
+
+def parse_line(
+    line: str | bytes, devices: Mapping[str, tuple[str, str]], conn: str = ""
+) -> CallReport | ServiceReport | None:
+    """Translate one bridge line. `devices` maps a TAPI line name to (device id, number).
+
+    Returns None for a state that carries no information (`unknown`); raises
+    BridgeLineError for anything malformed or for a line no device is configured for.
+    """
+    try:
+        raw = json.loads(line)
+    except (ValueError, RecursionError):
+        raise BridgeLineError("not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise BridgeLineError("not a JSON object")
+    try:
+        if "devstate" in raw:
+            dev = _DevLine.model_validate(raw)
+            target = devices.get(dev.device)
+            if target is None:
+                raise BridgeLineError(f"no device is configured for line {dev.device!r}")
+            return ServiceReport(target[0], dev.devstate == "inservice", conn)
+        msg = _CallLine.model_validate(raw)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "line"
+        raise BridgeLineError(f"{where}: {e['msg']}") from None
+    target = devices.get(msg.device)
+    if target is None:
+        raise BridgeLineError(f"no device is configured for line {msg.device!r}")
+    state = msg.state.lower()
+    if state == "unknown":
+        return None
+    if state not in TAPI_PHASES:
+        raise BridgeLineError(f"state {msg.state!r} is not a LINECALLSTATE name")
+    phase, direction = TAPI_PHASES[state]
+    device_id, own_number = target
+    if direction is None and (msg.caller or msg.called):
+        # A call first seen connected or held (a re-sync): our own number tells which side
+        # we are on.
+        own = _digits(own_number)
+        if own and _digits(msg.called) == own:
+            direction = Direction.IN
+        elif own and _digits(msg.caller) == own:
+            direction = Direction.OUT
+    if direction is Direction.OUT:
+        remote, remote_name = msg.called, msg.called_name
+    elif direction is Direction.IN:
+        remote, remote_name = msg.caller, msg.caller_name
+    else:
+        remote, remote_name = msg.caller, msg.caller_name
+    return CallReport(
+        device=device_id,
+        call=str(msg.call),
+        phase=phase,
+        direction=direction,
+        remote=remote or None,
+        remote_name=remote_name or None,
+        withheld=bool(msg.blocked) and direction is not Direction.OUT,
+        conn=conn,
+    )
+
+
+class TapiBridgeServer:
+    """Listens for TAPI bridge programs; feeds their lines to a LineTracker.
+
+    `publish` receives the device states that changed; `lines()` gives the current mapping
+    from TAPI line names to (device id, number), so a config reload applies at once.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tracker: LineTracker,
+        lines: Callable[[], Mapping[str, tuple[str, str]]],
+        publish: Callable[[list[DeviceState]], None],
+        *,
+        max_line_bytes: int = 65536,
+    ) -> None:
+        self.host, self.port = host, port
+        self.tracker = tracker
+        self.lines = lines
+        self.publish = publish
+        self.max_line_bytes = max_line_bytes
+        self.server: asyncio.Server | None = None
+        self.connections = 0
+        self.lines_in = 0
+        self.lines_bad = 0
+        self._ids = itertools.count(1)
+        self._handlers: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(
+            self._serve, self.host, self.port, limit=self.max_line_bytes
+        )
+        sock = self.server.sockets[0].getsockname()
+        self.port = sock[1]
+        log.info("TAPI bridge listener on %s:%d", sock[0], sock[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=5)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = f"tapi#{next(self._ids)}"
+        peer = writer.get_extra_info("peername")
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        self.connections += 1
+        log.info("TAPI bridge %s connected from %s", conn, peer)
+        try:
+            while True:
+                try:
+                    raw = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as exc:
+                    raw = exc.partial
+                    if raw.strip():
+                        self.feed(raw, conn)
+                    break
+                except asyncio.LimitOverrunError:
+                    self.lines_bad += 1
+                    log.warning("TAPI bridge %s: line longer than %d bytes skipped",
+                                conn, self.max_line_bytes)
+                    await self._discard_line(reader)
+                    continue
+                self.feed(raw, conn)
+        except (ConnectionError, OSError) as exc:
+            log.warning("TAPI bridge %s connection error: %s", conn, exc)
+        except asyncio.CancelledError:
+            pass  # the gateway is stopping
+        finally:
+            self._handlers.discard(task)  # type: ignore[arg-type]
+            self.connections -= 1
+            writer.close()
+            lost = self.tracker.connection_lost(conn)
+            log.warning("TAPI bridge %s disconnected: %d device(s) unknown until re-sent",
+                        conn, len(lost))
+            if lost:
+                self.publish(lost)
+
+    @staticmethod
+    async def _discard_line(reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                await reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                await reader.readexactly(exc.consumed)
+
+    def feed(self, raw: bytes, conn: str) -> None:
+        """Apply one line (without I/O): public so tests and benchmarks can drive it."""
+        line = raw.strip()
+        if not line:
+            return
+        self.lines_in += 1
+        try:
+            report = parse_line(line, self.lines(), conn)
+        except BridgeLineError as exc:
+            self.lines_bad += 1
+            log.warning("TAPI bridge %s: line skipped: %s: %.200r", conn, exc, line)
+            return
+        if report is None:
+            return
+        now = time.time()
+        if isinstance(report, ServiceReport):
+            changed = self.tracker.service(report, now)
+        else:
+            changed = self.tracker.call(report, now)
+        if changed:
+            self.publish(changed)

@@ -1,0 +1,145 @@
+"""The transitions table and LineTracker: pure, no loop, time passed in."""
+
+from gateway.calls import TOMBSTONE_SECONDS, TRANSITIONS, CallReport, LineTracker, Phase, ServiceReport
+from gateway.model import CallState, DeviceStatus, Direction, Lamp
+from gateway.panels.lamps import device_lamp
+
+
+def rep(phase, call="c1", device="201", **kw):
+    return CallReport(device=device, call=call, phase=phase, **kw)
+
+
+def lamp(tracker, device="201"):
+    return device_lamp(tracker.state(device))
+
+
+def test_device_is_unknown_until_the_source_reports_it():
+    t = LineTracker(["201"])
+    assert lamp(t) is Lamp.UNKNOWN
+    assert t.service(ServiceReport("201", True), 0.0)
+    assert lamp(t) is Lamp.IDLE
+
+
+def test_incoming_call_rings_then_is_answered_then_ends():
+    t = LineTracker(["201"])
+    t.service(ServiceReport("201", True), 0.0)
+    [s] = t.call(rep(Phase.RINGING, remote="+4930123", remote_name="Miller"), 1.0)
+    assert device_lamp(s) is Lamp.RINGING
+    assert s.calls[0].direction is Direction.IN and s.calls[0].remote == "+4930123"
+    [s] = t.call(rep(Phase.CONNECTED), 5.0)
+    assert device_lamp(s) is Lamp.BUSY and s.calls[0].since == 5.0
+    assert s.calls[0].remote_name == "Miller"  # kept from the first report
+    [s] = t.call(rep(Phase.ENDED), 9.0)
+    assert device_lamp(s) is Lamp.IDLE and s.calls == ()
+
+
+def test_outgoing_call_is_outgoing_until_answered():
+    t = LineTracker(["201"])
+    [s] = t.call(rep(Phase.DIALING, remote="0301"), 0.0)
+    assert device_lamp(s) is Lamp.OUTGOING and s.calls[0].direction is Direction.OUT
+    assert s.status is DeviceStatus.ONLINE  # a call report tells us the line works
+
+
+def test_hold_and_unhold():
+    t = LineTracker(["201"])
+    t.call(rep(Phase.RINGING), 0.0)
+    t.call(rep(Phase.CONNECTED), 1.0)
+    [s] = t.call(rep(Phase.HELD), 2.0)
+    assert device_lamp(s) is Lamp.HELD
+    [s] = t.call(rep(Phase.CONNECTED), 3.0)
+    assert device_lamp(s) is Lamp.BUSY
+
+
+def test_call_waiting_shows_ringing_over_busy():
+    t = LineTracker(["201"])
+    t.call(rep(Phase.RINGING, call="a"), 0.0)
+    t.call(rep(Phase.CONNECTED, call="a"), 1.0)
+    [s] = t.call(rep(Phase.RINGING, call="b"), 2.0)
+    assert device_lamp(s) is Lamp.RINGING and len(s.calls) == 2
+    [s] = t.call(rep(Phase.ENDED, call="b"), 3.0)  # the waiting call is missed
+    assert device_lamp(s) is Lamp.BUSY
+
+
+def test_held_only_when_every_call_is_held():
+    t = LineTracker(["201"])
+    for c in ("a", "b"):
+        t.call(rep(Phase.CONNECTED, call=c), 0.0)
+    [s] = t.call(rep(Phase.HELD, call="a"), 1.0)
+    assert device_lamp(s) is Lamp.BUSY
+    [s] = t.call(rep(Phase.HELD, call="b"), 2.0)
+    assert device_lamp(s) is Lamp.HELD
+
+
+def test_out_of_order_reports_change_nothing():
+    t = LineTracker(["201"])
+    t.call(rep(Phase.RINGING), 0.0)
+    t.call(rep(Phase.CONNECTED), 1.0)
+    before = t.state("201")
+    assert t.call(rep(Phase.RINGING), 2.0) == []  # late offering after the answer
+    assert t.call(rep(Phase.DIALING), 2.0) == []
+    assert t.state("201") == before
+
+
+def test_impossible_transitions_change_nothing():
+    t = LineTracker(["201"])
+    t.call(rep(Phase.RINGING), 0.0)
+    assert t.call(rep(Phase.HELD), 1.0) == []  # cannot hold an unanswered call
+    assert t.call(rep(Phase.ENDED, call="never-seen"), 1.0) == []
+
+
+def test_ended_call_cannot_come_back_until_forgotten():
+    t = LineTracker(["201"])
+    t.call(rep(Phase.CONNECTED), 0.0)
+    t.call(rep(Phase.ENDED), 1.0)
+    assert t.call(rep(Phase.CONNECTED), 2.0) == []  # reordered report of an ended call
+    assert t.next_deadline() == 1.0 + TOMBSTONE_SECONDS
+    t.tick(1.0 + TOMBSTONE_SECONDS)
+    assert t.next_deadline() is None
+    assert t.call(rep(Phase.RINGING), 200.0)  # a new call that reuses the id
+
+
+def test_every_phase_repeats_itself_and_ended_is_never_a_start():
+    for phase, allowed in TRANSITIONS.items():
+        if phase is not None:
+            assert phase in allowed, phase
+            assert Phase.ENDED in allowed, phase
+    assert Phase.ENDED not in TRANSITIONS[None]
+
+
+def test_out_of_service_clears_calls_and_shows_offline():
+    t = LineTracker(["201"])
+    t.call(rep(Phase.CONNECTED), 0.0)
+    [s] = t.service(ServiceReport("201", False), 1.0)
+    assert device_lamp(s) is Lamp.OFFLINE and s.calls == ()
+
+
+def test_connection_lost_turns_only_its_devices_unknown():
+    t = LineTracker(["201", "202"])
+    t.call(rep(Phase.CONNECTED, conn="A"), 0.0)
+    t.service(ServiceReport("202", True, conn="B"), 0.0)
+    lost = t.connection_lost("A")
+    assert [s.device for s in lost] == ["201"]
+    assert lamp(t, "201") is Lamp.UNKNOWN and t.state("201").calls == ()
+    assert lamp(t, "202") is Lamp.IDLE
+    # The source re-sends its state: exact again.
+    t.call(rep(Phase.CONNECTED, conn="A2"), 5.0)
+    assert lamp(t, "201") is Lamp.BUSY
+
+
+def test_withheld_number_is_never_stored():
+    t = LineTracker(["201"])
+    [s] = t.call(rep(Phase.RINGING, remote="0301234", remote_name="X", withheld=True), 0.0)
+    assert s.calls[0].remote is None and s.calls[0].remote_name is None
+
+
+def test_late_caller_id_fills_in():
+    t = LineTracker(["201"])
+    t.call(rep(Phase.RINGING), 0.0)
+    [s] = t.call(rep(Phase.RINGING, remote="0301234"), 0.5)
+    assert s.calls[0].remote == "0301234" and s.calls[0].state is CallState.RINGING
+    assert s.calls[0].since == 0.0  # same phase: the timer keeps running
+
+
+def test_unknown_device_reports_are_ignored():
+    t = LineTracker(["201"])
+    assert t.call(rep(Phase.RINGING, device="999"), 0.0) == []
