@@ -151,7 +151,9 @@ class Gateway:
             host,
             port,
             process_request=self.http.process_request,
-            max_size=cfg.server.max_message_bytes,
+            # Frames up to 4x the limit are read and refused with an error; beyond that the
+            # connection is closed (1009) before the frame is even buffered.
+            max_size=4 * cfg.server.max_message_bytes,
             compression=None,
             ping_interval=20,
             ping_timeout=20,

@@ -279,10 +279,7 @@ class Store:
 
     async def check_token(self, token: str, ttl: int) -> tuple[str, str] | None:
         """(client, password version) for a live token, refreshing its idle timer."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(K_TOKEN + token)
-        pipe.expire(K_TOKEN + token, ttl, xx=True)
-        value, _ = await pipe.execute()
+        value = await self.redis.getex(K_TOKEN + token, ex=ttl)  # Redis >= 6.2
         if value is None:
             return None
         client, version = json.loads(value)

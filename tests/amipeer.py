@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.tapi.ami_protocol import AmiMessage, AmiParser, format_message
 
@@ -427,7 +427,6 @@ class _Session:
     authed: bool = False
     events: bool = True
     username: str = ""
-    actions: list[str] = field(default_factory=list)
 
 
 class AmiPeer:
@@ -633,8 +632,7 @@ class AmiPeer:
             self._reply(s, msg, "Error", ("Message", "Originate failed"))
             return
         async_ = (msg.get("Async") or "").lower() in ("true", "yes", "1")
-        text = "Originate successfully queued" if async_ else "Originate successfully queued"
-        self._reply(s, msg, "Success", ("Message", text))
+        self._reply(s, msg, "Success", ("Message", "Originate successfully queued"))
         call = m.pickup(device, target)
         picker = call.callee
         assert picker is not None

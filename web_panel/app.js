@@ -297,6 +297,7 @@ class App {
     this.lostAt = null;
     this._clearRetry();
     this.board.epoch += 1;
+    this.board.me = this.client;
     this.hooks.welcome = welcome;
     if (wasLost) this.hooks.reconnects += 1;
 
@@ -366,7 +367,7 @@ class App {
         }
         break;
       case 'error':
-        if (msg.id === undefined || msg.id === null) {
+        if ((msg.id === undefined || msg.id === null) && conn.pending.size === 0) {
           if (msg.code === 'unauthenticated' && conn === this.conn) this._toast('The gateway ended the session.');
           else if (conn === this.conn) this._toast(msg.message || msg.code);
         }

@@ -262,6 +262,7 @@ export class Board {
     this.panels = new Map();    // name -> panel
     this.devices = new Map();   // id -> device
     this.epoch = 0;             // bumped on each (re)connection
+    this.me = null;             // the logged-in client's name
     this.dirty = new Set();
     this.dirtyPanels = new Set();
     this.flushQueued = false;
@@ -607,7 +608,12 @@ export class Board {
     const panel = this.panels.get(section.dataset.panel);
     const m = panel && panel.members.get(li.dataset.member);
     if (!m) return null;
-    return { target: { panel: panel.name, member: m.key }, model: m, canPickup: !!(panel.rights && panel.rights.pickup) };
+    return { target: { panel: panel.name, member: m.key }, model: m, canPickup: this._memberPickup(panel, m) };
+  }
+
+  /** The panel grants pickup, and it is not the watcher's own card (its own phone rings). */
+  _memberPickup(panel, m) {
+    return !!(panel && panel.rights && panel.rights.pickup) && m.key !== this.me;
   }
 
   _devicePickup(d) {
@@ -737,7 +743,7 @@ export class Board {
     const rights = (panel && panel.rights) || {};
     const numbers = rights.numbers || 'none';
     return {
-      canPickup: !!rights.pickup,
+      canPickup: this._memberPickup(panel, m),
       numberRight: (dir) => numbers === 'all' || (numbers === 'inbound' && dir === 'in'),
     };
   }

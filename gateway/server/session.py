@@ -124,6 +124,9 @@ class Session:
             return
         msg_id = None
         try:
+            if len(frame) > self.gw.config.server.max_message_bytes:
+                raise WireError("bad_request", "message too large (limit "
+                                f"{self.gw.config.server.max_message_bytes} bytes)")
             req = parse_request(frame)
             msg_id = req.id
             if self.client is None and not isinstance(req, Login):

