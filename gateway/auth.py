@@ -7,7 +7,15 @@ import hashlib
 import hmac
 import secrets
 
-__all__ = ["hash_password", "verify_password", "generate_password", "new_token", "DUMMY_HASH"]
+__all__ = [
+    "hash_password",
+    "verify_password",
+    "generate_password",
+    "new_token",
+    "sip_ha1",
+    "SIP_REALM",
+    "DUMMY_HASH",
+]
 
 # scrypt cost: N=2**14, r=8, p=1 (about 16 MiB and ~50 ms here): the interactive-login
 # parameters recommended for scrypt. Stored with the hash, so they can be raised later.
@@ -57,3 +65,14 @@ def generate_password(length: int = 14) -> str:
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+# Realm of the gateway's own SIP digest challenges (the BLF server for desk phones).
+SIP_REALM = "blf-gateway"
+
+
+def sip_ha1(client: str, password: str, realm: str = SIP_REALM) -> str:
+    """HA1 = MD5(user:realm:password) of RFC 2617/3261 digest, the only form in which SIP
+    digest authentication can check a password. Stored beside the scrypt hash; like it, it
+    is never sent anywhere."""
+    return hashlib.md5(f"{client}:{realm}:{password}".encode()).hexdigest()  # noqa: S324

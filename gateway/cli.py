@@ -121,7 +121,7 @@ async def _with_store(cfg: Config, work):
 
 
 def cmd_password(args: argparse.Namespace) -> int:
-    from .auth import generate_password, hash_password
+    from .auth import generate_password, hash_password, sip_ha1
 
     _setup_logging("warning")
     cfg = _load(args.config)
@@ -150,7 +150,8 @@ def cmd_password(args: argparse.Namespace) -> int:
 
     async def work(store) -> None:
         await store.set_password(args.client, hashed, at_next_login=args.at_next_login,
-                                 transfer=password if args.at_next_login else None)
+                                 transfer=password if args.at_next_login else None,
+                                 ha1=sip_ha1(args.client, password) if password else None)
 
     try:
         asyncio.run(_with_store(cfg, work))
@@ -204,14 +205,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _load(str(cfg_path))
 
     async def side(gw) -> None:
-        from .auth import hash_password
+        from .auth import hash_password, sip_ha1
         from .config import parse_hostport
 
         for name, pw in DEMO_LOGINS.items():
             record = await gw.store.get_password(name)
             if "hash" not in record:
                 await gw.store.set_password(name, await asyncio.to_thread(hash_password, pw),
-                                            at_next_login=False)
+                                            at_next_login=False, ha1=sip_ha1(name, pw))
         host, _ = parse_hostport(gw.config.server.listen)
         url = f"http://{host}:{gw.ws_port}/"
         print("\n" + "=" * 64, file=sys.stderr)

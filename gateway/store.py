@@ -244,14 +244,18 @@ class Store:
         return await self.redis.hgetall(K_PASSWORD + client)
 
     async def set_password(self, client: str, hashed: str | None, *, at_next_login: bool,
-                           transfer: str | None = None) -> None:
-        """Store a password hash (None keeps the current one) and the next-login mark.
-        A new password bumps the version, which kills every session token."""
+                           transfer: str | None = None, ha1: str | None = None) -> None:
+        """Store a password hash (None keeps the current one), its SIP digest HA1, and the
+        next-login mark. A new password bumps the version, which kills every session token."""
         key = K_PASSWORD + client
         pipe = self.redis.pipeline(transaction=True)
         if hashed is not None:
             pipe.hset(key, "hash", hashed)
             pipe.hincrby(key, "version", 1)
+            if ha1 is not None:
+                pipe.hset(key, "ha1", ha1)
+            else:
+                pipe.hdel(key, "ha1")
         if at_next_login:
             pipe.hset(key, "at_next_login", "1")
             if transfer is not None:

@@ -113,9 +113,12 @@ class WsClient:
 
     async def wait(self, pred, timeout: float = 5.0, start: int = 0) -> dict:
         async def find():
+            i = start
             async with self._cond:
                 while True:
-                    for m in self.received[start:]:
+                    while i < len(self.received):
+                        m = self.received[i]
+                        i += 1
                         if pred(m):
                             return m
                     if self._reader.done():

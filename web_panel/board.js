@@ -661,7 +661,12 @@ export class Board {
 
   _applyFilterAll() {
     for (const p of this.panels.values()) this._applyFilterPanel(p);
-    for (const d of this.devices.values()) d.view.li.hidden = !this._matches(d);
+    let shown = 0;
+    for (const d of this.devices.values()) {
+      d.view.li.hidden = !this._matches(d);
+      if (!d.view.li.hidden) shown++;
+    }
+    this.els.monitors.hidden = shown === 0;
   }
 
   setView(name) {

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from websockets.asyncio.server import broadcast
+
 from ..config import Config
 from ..panels.engine import Delta, DeviceView, MemberView
 from ..panels.rights import Rights, render_device, render_member
@@ -67,6 +69,10 @@ class Outbox:
 
 class Subscriber(Protocol):
     outbox: Outbox
+    ws: Any
+
+    def writable(self) -> bool:
+        """True when a frame may be written at once: nothing queued, socket not congested."""
 
 
 class Hub:
@@ -131,6 +137,15 @@ class Hub:
                     self._send(subs, dumps(msg), ("d", d.key))
 
     def _send(self, subs: set[Subscriber], frame: str, key: Any) -> None:
+        # The common case writes straight into the sockets, like websockets.broadcast, with
+        # the frame encoded once; a client with frames queued or a full write buffer gets it
+        # through its outbox instead, where a newer frame for the same lamp replaces it.
+        direct = []
         for s in subs:
-            s.outbox.put(frame, key)
+            if s.writable():
+                direct.append(s.ws)
+            else:
+                s.outbox.put(frame, key)
+        if direct:
+            broadcast(direct, frame)
         self.deliveries += len(subs)

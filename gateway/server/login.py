@@ -14,7 +14,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ..auth import DUMMY_HASH, generate_password, hash_password, new_token, verify_password
+from ..auth import (
+    DUMMY_HASH,
+    generate_password,
+    hash_password,
+    new_token,
+    sip_ha1,
+    verify_password,
+)
 from ..panels.rights import visible_panels
 from .wire import Login, WireError
 
@@ -73,7 +80,8 @@ class Auth:
             if took:
                 transferred = transfer or generate_password()
                 hashed = await asyncio.to_thread(hash_password, transferred)
-                await store.set_password(cfg.name, hashed, at_next_login=False)
+                await store.set_password(cfg.name, hashed, at_next_login=False,
+                                         ha1=sip_ha1(cfg.name, transferred))
                 version = (await store.get_password(cfg.name)).get("version", "0")
                 audit.info("password transferred to client %r at login from %s",
                            cfg.name, session.address)

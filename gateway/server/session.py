@@ -49,6 +49,10 @@ __all__ = ["Session", "TokenBucket"]
 
 log = logging.getLogger("gateway.session")
 
+# Above this many bytes waiting in a socket's buffer, frames wait in the client's outbox,
+# where they coalesce (newest state per lamp) instead of piling up.
+WRITE_HIGH_WATER = 64 * 1024
+
 
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up; `now` passed in."""
@@ -84,6 +88,12 @@ class Session:
 
     def send(self, msg: dict) -> None:
         self.outbox.put(dumps(msg))
+
+    def writable(self) -> bool:
+        if self.outbox.pending:
+            return False
+        transport = self.ws.transport
+        return transport is not None and transport.get_write_buffer_size() < WRITE_HIGH_WATER
 
     async def writer(self) -> None:
         try:

@@ -50,6 +50,7 @@ def free_port() -> int:
 CONFIG = """
 [server]
 listen = "127.0.0.1:{port}"
+login_attempts_per_minute = 500
 
 [state]
 dir = "{state}"
@@ -494,6 +495,19 @@ def test_password_transfer_is_shown_once(page, gateway):
     dialog.wait_for(state="hidden", timeout=3000)
     # Shown once: gone from the page after it is acknowledged.
     page.wait_for_function("() => document.getElementById('pw-value').textContent === ''", timeout=3000)
+
+
+def test_reload_resumes_the_session_with_the_token(page, gateway):
+    login(page, gateway, "alice")
+    page.reload()
+    page.wait_for_selector("section.panel:not(.loading)", timeout=10000)
+    logins = [m for m in page.frames_log.sent_json() if m.get("type") == "login"]
+    assert "password" in logins[0] and "token" in logins[-1] and "password" not in logins[-1]
+    page.click("#logout")
+    page.wait_for_selector("#login-view:not([hidden])")
+    page.reload()
+    page.wait_for_selector("#login-view:not([hidden])")
+    assert page.locator("#board-view").is_hidden()
 
 
 def test_gateway_restart_reconnects_without_reload(page, gateway):

@@ -501,3 +501,57 @@ async def test_healthz_and_metrics(redis_url, start_gateway):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert json.loads(body)["redis"] is True
+
+
+async def test_a_client_that_stops_reading_never_slows_the_others(redis_url, start_gateway,
+                                                                   connect, bridge):
+    import socket
+
+    import websockets
+
+    gw = await start_gateway(config(redis_url))
+    b = await bridge(gw)
+    await all_in_service(b)
+    # The stalled client: a tiny receive buffer and it never reads after subscribing.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(("127.0.0.1", gw.ws_port))
+    stalled = await websockets.connect(f"ws://127.0.0.1:{gw.ws_port}/ws", sock=sock,
+                                       max_queue=1)
+    await stalled.send(json.dumps({"type": "login", "id": 1, "client": "carol", "password": PW}))
+    await stalled.recv()
+    await stalled.send(json.dumps({"type": "subscribe", "id": 2, "panel": "all_numbers"}))
+    await stalled.recv()
+    [stalled_session] = gw.clients.sessions["carol"]
+    # A slow network: the kernel holds little for it, so the gateway's own buffering shows.
+    stalled_session.ws.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    reader = await login(connect, gw, "carol")
+    await reader.request({"type": "subscribe", "panel": "all_numbers"})
+
+    rounds = 500
+    for i in range(rounds):
+        mark = len(reader.received)
+        await b.send({"device": "Line 201", "call": str(i), "state": "offering",
+                      "caller": f"0301{i:06d}", "caller_name": "x" * 100})
+        # The reading client gets each change promptly, whatever the stalled one does.
+        await reader.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "ringing",
+                          timeout=2, start=mark)
+        await b.send({"device": "Line 201", "call": str(i), "state": "disconnected"})
+        await reader.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "idle",
+                          timeout=2, start=mark)
+    # The stalled one holds at most one pending frame per lamp, not a backlog of 3,000.
+    assert not stalled_session.writable()  # it did fall behind
+    assert len(stalled_session.outbox.pending) <= 3
+    assert stalled_session.ws.transport.get_write_buffer_size() < 256 * 1024
+    # When it reads again it catches up with the newest state.
+    last = None
+    while True:
+        try:
+            frame = json.loads(await asyncio.wait_for(stalled.recv(), 2))
+        except asyncio.TimeoutError:
+            break
+        if frame.get("member") == "alice":
+            last = frame
+    assert last is not None and last["lamp"] == "idle"
+    await stalled.close()
