@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .calls import LineTracker
+from .calls import CallReport, LineTracker
 from .clients import Clients
 from .config import Config, ConfigError, load_config, parse_hostport
 from .model import DeviceState
@@ -28,6 +28,8 @@ from .server.http import HttpRoutes
 from .server.login import Auth
 from .server.session import Session
 from .store import EmbeddedRedis, RedisError, Store, encode_device, wait_for_redis
+from .pickup import Pickups
+from .tapi.ami import AmiSource
 from .tapi.bridge import TapiBridgeServer
 
 __all__ = ["Gateway", "Publisher"]
@@ -93,6 +95,8 @@ class Gateway:
         self.redis_up = False
         self.trackers: dict[str, LineTracker] = {}
         self.bridge: TapiBridgeServer | None = None
+        self.ami: AmiSource | None = None
+        self._ami_task: asyncio.Task | None = None
         self.ready = asyncio.Event()
         self.ws_port: int | None = None
 
@@ -124,6 +128,7 @@ class Gateway:
         self.hub = Hub(cfg)
         self.clients = Clients(self)
         self.auth = Auth(self)
+        self.pickups = Pickups(self)
         self.publisher = Publisher(self.store)
         self._log_pos = await self._load_state()
 
@@ -137,10 +142,13 @@ class Gateway:
             )
             await self.bridge.start()
             self.publisher.put([tracker.state(d) for d in tracker.devices])
-        for name in ("ami", "sip"):
-            if getattr(cfg.sources, name) is not None:
-                log.warning("source %r is configured but not available in this version; "
-                            "its devices stay unknown", name)
+        if cfg.sources.ami is not None:
+            tracker = self.trackers["ami"] = LineTracker(self._devices_of("ami"))
+            self.publisher.put([tracker.state(d) for d in tracker.devices])
+            self._start_ami()
+        if cfg.sources.sip is not None:
+            log.warning("source 'sip' is configured but not available in this version; "
+                        "its devices stay unknown")
 
         self.http = HttpRoutes(self)
         from websockets.asyncio.server import serve
@@ -166,7 +174,61 @@ class Gateway:
                      self._timers()):
             self._tasks.append(asyncio.create_task(coro))
 
+    # -- the Asterisk source --------------------------------------------------------------
+
+    def _ami_line_map(self) -> dict[str, str]:
+        return {line: dev for line, (dev, _) in self._lines("ami").items()}
+
+    def _start_ami(self) -> None:
+        acfg = self.config.sources.ami
+        assert acfg is not None
+        tracker = self.trackers["ami"]
+
+        def on_reports(reports) -> None:  # noqa: ANN001
+            now = time.time()
+            changed: dict[str, DeviceState] = {}
+            for r in reports:
+                states = (tracker.call(r, now) if isinstance(r, CallReport)
+                          else tracker.service(r, now))
+                for st in states:
+                    changed[st.device] = st
+            if changed:
+                self.publisher.put(list(changed.values()))
+
+        def on_lost() -> None:
+            lost = tracker.connection_lost()
+            log.warning("Asterisk connection lost: %d device(s) unknown until re-synced",
+                        len(lost))
+            self.publisher.put(lost)
+
+        self.ami = AmiSource(
+            acfg.host, acfg.port, acfg.username, self.config.path(acfg.secret_file),
+            self._ami_line_map(), on_reports, on_lost,
+            on_synced=lambda: log.info("Asterisk state re-synced"),
+        )
+        self._ami_task = asyncio.create_task(self.ami.run())
+        self._ami_lines_in_use = self._ami_line_map()
+
+    async def _restart_ami(self) -> None:
+        if self.ami is not None:
+            await self.ami.close()
+        if self._ami_task is not None:
+            self._ami_task.cancel()
+            try:
+                await self._ami_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self.publisher.put(self.trackers["ami"].connection_lost())
+        self._start_ami()
+
     async def _shutdown(self) -> None:
+        if self.ami is not None:
+            try:
+                await asyncio.wait_for(self.ami.close(), 5)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        if self._ami_task is not None:
+            self._ami_task.cancel()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -263,6 +325,9 @@ class Gateway:
             for d in wanted - set(tracker.devices):
                 tracker.add_device(d)
                 self.publisher.put([tracker.state(d)])
+        if self.ami is not None and self._ami_line_map() != self._ami_lines_in_use:
+            log.info("AMI lines changed: reconnecting to Asterisk to re-sync them")
+            await self._restart_ami()
         for session in [s for subs in self.clients.sessions.values() for s in subs]:
             session.revalidate(reshaped)
         self.hub.deliver(deltas)

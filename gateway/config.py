@@ -181,8 +181,29 @@ class GroupCfg(_Model):
     rights: RightsCfg = RightsCfg()
 
 
+class PickupCfg(_Model):
+    """How a pickup is carried out where the PBX cannot do it for us (a softphone picker).
+
+    `dial`: the dial string sent to the picker's phone in the `action` message; placeholders
+    {number} (the target device's number), {sip_user} (the target client's sip_user) and
+    {device} (the target device id). `**{number}` is Asterisk's usual directed pickup."""
+
+    dial: str = "**{number}"
+    claim_seconds: int = Field(30, ge=1, le=600)  # how long one picker holds a ringing call
+
+    @field_validator("dial")
+    @classmethod
+    def _dial(cls, v: str) -> str:
+        try:
+            v.format(number="1", sip_user="u", device="d")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"unknown placeholder or bad format: {exc}") from None
+        return v
+
+
 class Config(_Model):
     server: ServerCfg = ServerCfg()
+    pickup: PickupCfg = PickupCfg()
     redis: RedisCfg | None = None
     state: StateCfg = StateCfg()
     sources: SourcesCfg = SourcesCfg()

@@ -51,6 +51,8 @@ K_DEVICE = PREFIX + "dev:"
 K_CLIENT = PREFIX + "cli:"
 K_PASSWORD = PREFIX + "pw:"
 K_TOKEN = PREFIX + "tok:"
+K_CLAIM = PREFIX + "claim:"
+K_OP = PREFIX + "op:"
 
 # How many changes the log keeps: a process (or a client resuming with `since`) that is
 # further behind than this reloads the full state instead.
@@ -288,6 +290,34 @@ class Store:
             return None
         client, version = json.loads(value)
         return client, version
+
+
+    # -- pickup: claims on ringing calls, idempotent operations ------------------------------
+
+    async def claim_call(self, call_id: str, owner: str, ttl: int) -> str | None:
+        """Claim a ringing call for `owner`; None if we got it, else who holds it. Lives in
+        Redis, so it holds across gateway processes."""
+        if await self.redis.set(K_CLAIM + call_id, owner, nx=True, ex=ttl):
+            return None
+        holder = await self.redis.get(K_CLAIM + call_id)
+        return holder if holder is not None else await self.claim_call(call_id, owner, ttl)
+
+    async def release_call(self, call_id: str, owner: str) -> None:
+        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
+        await self.redis.eval(script, 1, K_CLAIM + call_id, owner)
+
+    async def begin_op(self, client: str, op: str, ttl: int = 600) -> dict | None:
+        """Start operation `op` of `client`: None when it is new (now marked pending), else
+        what is recorded for it ({"state": "pending"} or the finished outcome)."""
+        key = K_OP + client + ":" + op
+        if await self.redis.set(key, _dumps({"state": "pending"}), nx=True, ex=ttl):
+            return None
+        value = await self.redis.get(key)
+        return json.loads(value) if value else {"state": "pending"}
+
+    async def finish_op(self, client: str, op: str, outcome: dict, ttl: int = 600) -> None:
+        await self.redis.set(K_OP + client + ":" + op, _dumps({"state": "done", **outcome}),
+                             ex=ttl)
 
 
 # -- the embedded server --------------------------------------------------------------------

@@ -235,8 +235,7 @@ class Session:
         self.send({"type": "ok", "id": req.id})
 
     async def _pickup(self, req: Pickup) -> None:
-        raise WireError("unavailable", "call pickup is not available from this gateway yet",
-                        req.id)
+        await self.gw.pickups.pickup(self, req)
 
     async def _journal(self, req: Journal | JournalAck) -> None:
         raise WireError("unavailable", "journals are not available from this gateway yet",

@@ -129,7 +129,7 @@ class _Chan:
     __slots__ = (
         "uniqueid", "name", "devices", "linkedid", "state", "held", "dialing_out",
         "direction", "connected_num", "connected_name", "other_num", "other_name",
-        "exten", "application", "last",
+        "exten", "application", "last", "caller_channel",
     )
 
     def __init__(self, uniqueid: str, name: str, devices: tuple[str, ...]) -> None:
@@ -148,6 +148,7 @@ class _Chan:
         self.exten: str | None = None
         self.application: str | None = None
         self.last: tuple | None = None  # (phase, remote, remote_name) last reported
+        self.caller_channel: str | None = None  # the channel that dialed this one (DialBegin)
 
 
 class AmiTranslator:
@@ -209,6 +210,17 @@ class AmiTranslator:
             if d not in out:
                 out.append(d)
         return out
+
+    def caller_channel(self, uniqueid: str) -> str | None:
+        """The channel that dialed the watched channel `uniqueid` (e.g. the trunk channel of
+        a ringing external call): what an AMI Redirect moves for a pickup."""
+        ch = self._chans.get(uniqueid)
+        return ch.caller_channel if ch is not None else None
+
+    def channel_name(self, uniqueid: str) -> str | None:
+        """The current name of the watched channel `uniqueid`."""
+        ch = self._chans.get(uniqueid)
+        return ch.name if ch is not None else None
 
     # -- entry point ------------------------------------------------------------------
 
@@ -365,6 +377,7 @@ class AmiTranslator:
         if dst is not None:
             if dst.direction is None:
                 dst.direction = Direction.IN
+            dst.caller_channel = msg.get("Channel") or None
             dst.other_num = _known(msg.get("CallerIDNum"))
             dst.other_name = _known(msg.get("CallerIDName"))
             out += self._report(dst)
