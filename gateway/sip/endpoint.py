@@ -132,6 +132,7 @@ class SipEndpoint:
         self.account: Any = None
         self._writer: Any = None
         self._rx_hooks: list[Callable[[str, str], None]] = []
+        self._shutdown_hooks: list[Callable[[], None]] = []
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
@@ -217,6 +218,16 @@ class SipEndpoint:
         if fn not in self._rx_hooks:
             self._rx_hooks.append(fn)
 
+    def add_shutdown_hook(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` on the pjsua thread when the endpoint stops, before the account and
+        the library go (adapters release their pjsua2 objects there)."""
+        if fn not in self._shutdown_hooks:
+            self._shutdown_hooks.append(fn)
+
+    def remove_shutdown_hook(self, fn: Callable[[], None]) -> None:
+        if fn in self._shutdown_hooks:
+            self._shutdown_hooks.remove(fn)
+
     def remove_rx_hook(self, fn: Callable[[str, str], None]) -> None:
         if fn in self._rx_hooks:
             self._rx_hooks.remove(fn)
@@ -269,9 +280,9 @@ class SipEndpoint:
     def _create(self, pj: Any, password: str | None) -> None:
         ep = pj.Endpoint()
         self.ep = ep
+        # libCreate registers the calling thread with pjlib: this thread is pjsua's own.
+        # (libIsThreadRegistered before libInit would itself abort: its mutex is not made yet.)
         ep.libCreate()
-        if not ep.libIsThreadRegistered():
-            ep.libRegisterThread("pjsua")
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0  # we poll: see the module docstring
         cfg.uaConfig.mainThreadOnly = False
@@ -281,8 +292,9 @@ class SipEndpoint:
         # writer forwards only levels <= pj_log_level to Python logging.
         self._writer = _LogWriter(pj, self)
         cfg.logConfig.writer = self._writer
+        # consoleLevel gates the writer too (pjsua's log_writer), so both are set.
         cfg.logConfig.level = max(4, self.pj_log_level)
-        cfg.logConfig.consoleLevel = 0
+        cfg.logConfig.consoleLevel = max(4, self.pj_log_level)
         cfg.logConfig.msgLogging = True
         cfg.logConfig.decor = 0  # the bare message: no time, thread or sender prefixes
         ep.libInit(cfg)
@@ -309,6 +321,10 @@ class SipEndpoint:
         # Order matters: adapters' pjsua2 objects first (they run their cleanup commands
         # before stop), then the account, then the library; the LogWriter last.
         self._drain()
+        for hook in reversed(self._shutdown_hooks):
+            guarded(hook)()
+        self._shutdown_hooks.clear()
+        self._rx_hooks.clear()
         if self.account is not None:
             try:
                 self.account.shutdown()

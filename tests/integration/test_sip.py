@@ -1,0 +1,416 @@
+"""SIP through pjsua2 against real SIP peers in other processes on 127.0.0.1.
+
+- The PBX's presence server is sipp, playing scenarios from tests/sip/scenarios.py; what the
+  gateway makes of it is checked as a user sees it: the device lamps of a real LineTracker.
+- A desk phone is a second pjsua2 process (tests/sip/deskphone.py) subscribing, with digest
+  credentials, to the gateway's BLF server.
+
+The gateway's own endpoint lives in this pytest process, ONE for the whole session (pjsua2
+aborts on a second Endpoint per process): a session fixture, shared by every test here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pjsua2", reason="pjsua2-python has no wheel for this Python (3.10-3.12 only)")
+
+from gateway.auth import sip_ha1  # noqa: E402
+from gateway.calls import CallReport, LineTracker, ServiceReport  # noqa: E402
+from gateway.model import Lamp  # noqa: E402
+from gateway.panels.lamps import device_lamp  # noqa: E402
+from gateway.sip.blf_server import BlfServer  # noqa: E402
+from gateway.sip.endpoint import SipEndpoint  # noqa: E402
+from gateway.sip.presence import parse_pidf  # noqa: E402
+from gateway.sip.source import SipPresenceSource  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sip import scenarios as sc  # noqa: E402
+
+pytestmark = pytest.mark.sip
+
+ROOT = Path(__file__).resolve().parents[2]
+DESKPHONE = ROOT / "tests" / "sip" / "deskphone.py"
+needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None,
+                                reason="sipp is not installed (apt-get install sip-tester)")
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def endpoint():
+    ep = SipEndpoint("127.0.0.1:0")
+    ep.start()
+    yield ep
+    ep.stop()
+    ep.stop()  # idempotent
+
+
+class Pbx:
+    """sipp as the PBX's presence server for one watched user."""
+
+    def __init__(self, tmp: Path, steps: list[str], user: str = "201",
+                 port: int | None = None, keys: dict[str, str] | None = None) -> None:
+        self.tmp, self.user, self.keys = tmp, user, keys or {}
+        self.port = port or _free_udp_port()
+        self.scenario = tmp / f"pbx-{self.port}-{time.monotonic_ns()}.xml"
+        self.scenario.write_text(sc.presence_server(steps))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.user}@127.0.0.1:{self.port}"
+
+    def start(self) -> Pbx:
+        self.proc = subprocess.Popen(
+            ["sipp", "-sf", str(self.scenario), "-i", "127.0.0.1", "-p", str(self.port),
+             "-s", self.user, "-nostdin", "-trace_err", "-error_file",
+             str(self.scenario.with_suffix(".err"))]
+            + [a for k, v in self.keys.items() for a in ("-key", k, v)],
+            cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+class Lamps:
+    """The gateway side as the lead wires it: reports -> LineTracker -> device lamps."""
+
+    def __init__(self, devices: list[str]) -> None:
+        self.tracker = LineTracker(devices)
+        self.history: dict[str, list[Lamp]] = {d: [] for d in devices}
+        self.lost: list[str | None] = []
+        self.reports: list[CallReport | ServiceReport] = []
+
+    def _record(self, states) -> None:
+        for st in states:
+            lamp = device_lamp(st)
+            h = self.history[st.device]
+            if not h or h[-1] is not lamp:
+                h.append(lamp)
+
+    def on_reports(self, reports) -> None:
+        now = time.time()
+        for r in reports:
+            self.reports.append(r)
+            if isinstance(r, ServiceReport):
+                self._record(self.tracker.service(r, now))
+            else:
+                self._record(self.tracker.call(r, now))
+
+    def on_connection_lost(self, conn: str | None) -> None:
+        self.lost.append(conn)
+        self._record(self.tracker.connection_lost(conn))
+
+    def lamp(self, device: str) -> Lamp:
+        return device_lamp(self.tracker.state(device))
+
+
+async def until(pred, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def watch(endpoint, tmp_path):
+    """`lamps, pbx = await watch(steps)`: sipp as PBX + a SipPresenceSource watching it."""
+    started: list[tuple[SipPresenceSource, Pbx]] = []
+
+    async def start(steps, *, device="201", backoff=0.3, subscribe_timeout=10.0,
+                    pbx_running=True, keys=None):
+        pbx = Pbx(tmp_path, steps, user=device, keys=keys)
+        if pbx_running:
+            pbx.start()
+        lamps = Lamps([device])
+        source = SipPresenceSource(endpoint, {pbx.uri: device}, lamps.on_reports,
+                                   lamps.on_connection_lost, backoff_initial=backoff,
+                                   backoff_max=2.0, subscribe_timeout=subscribe_timeout)
+        await source.start()
+        started.append((source, pbx))
+        lamps.source = source  # type: ignore[attr-defined]
+        return lamps, pbx
+
+    yield start
+    for source, pbx in started:
+        await source.stop()
+        pbx.stop()
+
+
+# ---------------------------------------------------------------------------- line source
+
+
+@needs_sipp
+async def test_presence_notifies_drive_the_device_lamp(watch):
+    steps = sc.STANDARD["flow"]  # Ready, Ringing, On the phone, On hold, Ready
+    lamps, _ = await watch(steps)
+    await until(lambda: len(lamps.history["201"]) >= 5, what="five lamp changes")
+    assert lamps.history["201"] == [Lamp.IDLE, Lamp.RINGING, Lamp.BUSY, Lamp.HELD, Lamp.IDLE]
+    calls = {r.call for r in lamps.reports if isinstance(r, CallReport)}
+    assert len(calls) == 1, "ringing -> connected -> held -> ended is one synthetic call"
+    assert all(r.conn == "sip:201" for r in lamps.reports)
+
+
+@needs_sipp
+async def test_call_waiting_and_unavailable(watch):
+    steps = [sc.answer(), sc.notify("On the phone"), sc.pause(150), sc.notify("Ringing"),
+             sc.pause(150), sc.notify("Unavailable"), sc.pause(150), sc.notify("Ready")]
+    lamps, _ = await watch(steps)
+    await until(lambda: len(lamps.history["201"]) >= 4, what="four lamp changes")
+    assert lamps.history["201"] == [Lamp.BUSY, Lamp.RINGING, Lamp.OFFLINE, Lamp.IDLE]
+    calls = [r.call for r in lamps.reports if isinstance(r, CallReport)]
+    assert len(set(calls)) == 2, "a ringing after on-the-phone is a new call"
+
+
+@needs_sipp
+async def test_terminated_subscription_makes_the_lamp_unknown_then_resubscribes(watch):
+    steps = [sc.answer(), sc.notify("On the phone"), sc.pause(400),
+             sc.notify("On the phone", state="terminated;reason=noresource")]
+    lamps, pbx = await watch(steps, backoff=0.3)
+    # busy, then unknown when the PBX ends the subscription, then busy again: re-subscribed
+    await until(lambda: lamps.history["201"][:3] == [Lamp.BUSY, Lamp.UNKNOWN, Lamp.BUSY],
+                what="busy -> unknown -> busy")
+    assert "sip:201" in lamps.lost
+    assert (await lamps.source.watches())[0].attempts >= 2
+
+
+@needs_sipp
+async def test_refresh_answered_481_makes_the_lamp_unknown(watch):
+    # pjsua refreshes 5 s before expiry: Expires 6 makes it refresh after about 1 s.
+    steps = [sc.answer(expires=6), sc.notify("Ringing", state="active;expires=6"),
+             sc.respond_refresh(481)]
+    lamps, pbx = await watch(steps, backoff=0.3)
+    await until(lambda: Lamp.UNKNOWN in lamps.history["201"][1:], timeout=25,
+                what="unknown after the 481")
+    assert lamps.history["201"][:2] == [Lamp.RINGING, Lamp.UNKNOWN]
+    # and the source subscribes again (a fresh dialog the scenario answers: ringing again)
+    await until(lambda: lamps.history["201"][2:3] == [Lamp.RINGING], timeout=25,
+                what="ringing again after re-subscribing")
+
+
+@needs_sipp
+async def test_pbx_that_never_answers_keeps_unknown_until_it_does(watch, tmp_path):
+    lamps, silent = await watch([sc.ignore_subscribe()], subscribe_timeout=1.0, backoff=0.3)
+    deadline = time.monotonic() + 20
+    while (await lamps.source.watches())[0].attempts < 2:
+        assert time.monotonic() < deadline, "no second SUBSCRIBE after the timeout"
+        await asyncio.sleep(0.05)
+    assert lamps.lamp("201") is Lamp.UNKNOWN
+    assert lamps.history["201"] == []
+    # The PBX comes back (same address): the next attempt gets an answer.
+    silent.stop()
+    back = Pbx(tmp_path, [sc.answer(), sc.notify("Ready")], port=silent.port)
+    back.start()
+    try:
+        await until(lambda: lamps.lamp("201") is Lamp.IDLE, timeout=20, what="idle")
+    finally:
+        back.stop()
+
+
+@needs_sipp
+async def test_hostile_and_broken_bodies_change_nothing(watch):
+    bomb = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+            '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+            '<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>'
+            '<presence xmlns="urn:ietf:params:xml:ns:pidf"><note>&lol3;</note>'
+            '<tuple id="x"><status><basic>open</basic></status></tuple></presence>')
+    # sipp reads [..] as its keywords: the bodies go in through -key, unparsed.
+    keys = {"bomb": bomb, "broken": "this is <not xml", "deep": "<presence><tuple>" * 300,
+            "external": '<?xml version="1.0"?><!DOCTYPE presence SYSTEM '
+                        '"http://127.0.0.1:9/evil.dtd"><presence/>'}
+    steps = [sc.answer(), sc.notify("On the phone"), sc.pause(100)]
+    for key in keys:
+        steps += [sc.notify(body=f"[{key}]", expect="any"), sc.pause(100)]
+    steps += [sc.notify(body="garbage", content_type="text/plain", expect="any"),
+              sc.pause(100), sc.notify("On hold")]
+    lamps, _ = await watch(steps, keys=keys)
+    await until(lambda: Lamp.HELD in lamps.history["201"], what="held after the garbage")
+    assert lamps.history["201"] == [Lamp.BUSY, Lamp.HELD]
+
+
+# ---------------------------------------------------------------------------- BLF server
+
+
+class DeskPhone:
+    """A desk phone process; `events` holds what it printed."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict] = []
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, target: str, user: str | None = None, password: str | None = None):
+        args = [sys.executable, str(DESKPHONE), "--target", target]
+        if user:
+            args += ["--user", user, "--password", password or ""]
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            if line.startswith(b"{"):
+                self.events.append(json.loads(line))
+
+    def notes(self) -> list[str]:
+        """The note of every PIDF body the phone received (parsed with the gateway's own
+        safe parser: this also checks the bodies are well-formed)."""
+        out = []
+        for e in self.events:
+            if e["event"] == "notify" and "active" in e["state"] and e["body"].strip():
+                info = parse_pidf(e["body"])
+                out.append(info.note)
+        return out
+
+    def codes(self) -> list[int]:
+        return [e["code"] for e in self.events if e["event"] == "response"]
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        self._reader.cancel()
+
+
+@pytest.fixture
+async def blf(endpoint):
+    lamps = {"201": "ringing", "202": "idle", "alice": "busy"}
+    allowed = {("alice", "201"), ("alice", "202"), ("alice", "alice")}
+    passwords = {"alice": "s3cret", "bob": "hunter2"}
+    server = BlfServer(
+        endpoint,
+        lookup=lambda client, target: ("device", lamps[target]) if target in lamps else None,
+        authorize=lambda client, target: (client, target) in allowed,
+        credentials=lambda c: sip_ha1(c, passwords[c]) if c in passwords else None,
+    )
+    await server.start()
+    phones: list[DeskPhone] = []
+
+    async def phone(target: str, user: str | None, password: str | None) -> DeskPhone:
+        p = await DeskPhone.start(f"sip:{target}@127.0.0.1:{endpoint.port}", user, password)
+        phones.append(p)
+        return p
+
+    server.phone = phone  # type: ignore[attr-defined]
+    yield server
+    for p in phones:
+        await p.close()
+    await server.stop()
+
+
+def _final_notes(phone: DeskPhone) -> str | None:
+    notes = phone.notes()
+    return notes[-1] if notes else None
+
+
+async def test_desk_phone_sees_the_lamp_and_its_changes(blf):
+    phone = await blf.phone("201", "alice", "s3cret")
+    await until(lambda: _final_notes(phone) == "Ringing", what="Ringing on the phone")
+    assert 401 in phone.codes() and 200 in phone.codes(), "challenged, then accepted"
+    blf.lamp_changed("201", "busy")
+    await until(lambda: _final_notes(phone) == "On the phone", what="On the phone")
+    blf.lamp_changed("201", "held")
+    await until(lambda: _final_notes(phone) == "On hold", what="On hold")
+    blf.lamp_changed("201", "offline")
+    await until(lambda: _final_notes(phone) == "Unavailable", what="Unavailable")
+    last = [e for e in phone.events if e["event"] == "notify"][-1]
+    assert parse_pidf(last["body"]).basic is False
+    blf.lamp_changed("201", "idle")
+    await until(lambda: _final_notes(phone) == "Ready", what="Ready")
+    # pjsua2 on the phone side agrees: open, "Ready"
+    await until(lambda: any(e["event"] == "presence" and e["online"] and e["note"] == "Ready"
+                            for e in phone.events), what="phone's own view")
+    subs = await blf.subscribers()
+    assert [(s.client, s.target, s.lamp) for s in subs] == [("alice", "201", "idle")]
+
+
+async def test_a_change_reaches_only_the_target_s_subscribers(blf):
+    p201 = await blf.phone("201", "alice", "s3cret")
+    p202 = await blf.phone("202", "alice", "s3cret")
+    await until(lambda: _final_notes(p201) == "Ringing" and _final_notes(p202) == "Ready",
+                what="both phones subscribed")
+    n202 = len(p202.notes())
+    blf.lamp_changed("201", "busy")
+    await until(lambda: _final_notes(p201) == "On the phone", what="201 busy")
+    await asyncio.sleep(0.3)  # give a wrong NOTIFY to 202 the chance to show up
+    assert len(p202.notes()) == n202
+
+
+async def test_wrong_password_is_rejected(blf):
+    phone = await blf.phone("201", "alice", "wrong")
+    await until(lambda: 403 in phone.codes(), what="403")
+    assert phone.notes() == []
+    assert not any(e["event"] == "sub" and e["state"] == "ACTIVE" for e in phone.events)
+
+
+async def test_unknown_client_is_rejected_like_a_wrong_password(blf):
+    phone = await blf.phone("201", "mallory", "s3cret")
+    await until(lambda: 403 in phone.codes(), what="403")
+    assert phone.notes() == []
+
+
+async def test_unknown_target_is_404(blf):
+    phone = await blf.phone("999", "alice", "s3cret")
+    await until(lambda: 404 in phone.codes(), what="404")
+    assert phone.notes() == []
+
+
+async def test_target_the_client_may_not_see_is_403(blf):
+    phone = await blf.phone("201", "bob", "hunter2")
+    await until(lambda: 403 in phone.codes(), what="403")
+    assert phone.notes() == []
+
+
+async def test_phone_without_credentials_gets_only_a_challenge(blf):
+    phone = await blf.phone("201", None, None)
+    await until(lambda: 401 in phone.codes(), what="401")
+    await asyncio.sleep(0.3)
+    assert 200 not in phone.codes() and phone.notes() == []
+
+
+@needs_sipp
+async def test_refresh_keeps_the_gateway_lamp_on_the_phone(blf, endpoint, tmp_path):
+    """pjsua NOTIFYs its account's own presence on every refresh; the server must follow
+    with the lamp, or a phone would show `closed` until the next change."""
+    scenario = ROOT / "tests" / "sip" / "deskphone_refresh.xml"
+    proc = await asyncio.create_subprocess_exec(
+        "sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(_free_udp_port()),
+        "-s", "201", "-m", "1", "-nostdin", "-timeout", "20", "-timeout_error",
+        "-trace_err", "-error_file", str(tmp_path / "phone.err"),
+        f"127.0.0.1:{endpoint.port}",
+        cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    rc = await asyncio.wait_for(proc.wait(), 40)
+    errors = (tmp_path / "phone.err").read_text() if (tmp_path / "phone.err").exists() else ""
+    assert rc == 0, f"the phone did not see the lamp after the refresh:\n{errors[-2000:]}"
+    assert await blf.subscribers() == [], "the unsubscribe ended the subscription"
