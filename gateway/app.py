@@ -28,6 +28,7 @@ from .server.http import HttpRoutes
 from .server.login import Auth
 from .server.session import Session
 from .store import EmbeddedRedis, RedisError, Store, encode_device, wait_for_redis
+from .journal import Journal
 from .pickup import Pickups
 from .tapi.ami import AmiSource
 from .tapi.bridge import TapiBridgeServer
@@ -129,6 +130,7 @@ class Gateway:
         self.clients = Clients(self)
         self.auth = Auth(self)
         self.pickups = Pickups(self)
+        self.journal = Journal(self)
         self.publisher = Publisher(self.store)
         self._log_pos = await self._load_state()
 
@@ -137,7 +139,8 @@ class Gateway:
             tracker = self.trackers["tapi_bridge"] = LineTracker(self._devices_of("tapi_bridge"))
             host, port = parse_hostport(cfg.sources.tapi_bridge.listen)
             self.bridge = TapiBridgeServer(
-                host, port, tracker, lambda: self._lines("tapi_bridge"), self.publisher.put,
+                host, port, tracker, lambda: self._lines("tapi_bridge"),
+                lambda states, t=tracker: self._source_update(t, states),
                 max_line_bytes=cfg.sources.tapi_bridge.max_line_bytes,
             )
             await self.bridge.start()
@@ -171,8 +174,15 @@ class Gateway:
         log.info("WebSocket and web panel on http://%s:%d/ (ws path /ws)", host, self.ws_port)
 
         for coro in (self.publisher.run(), self._follow_log(), self._watch_config(),
-                     self._timers()):
+                     self._timers(), self.journal.run()):
             self._tasks.append(asyncio.create_task(coro))
+
+    def _source_update(self, tracker: LineTracker, states: list[DeviceState]) -> None:
+        """A source changed device states: publish them, journal the calls that ended."""
+        self.publisher.put(states)
+        ended = tracker.take_ended()
+        if ended:
+            self.journal.record(ended)
 
     # -- the Asterisk source --------------------------------------------------------------
 
@@ -193,7 +203,7 @@ class Gateway:
                 for st in states:
                     changed[st.device] = st
             if changed:
-                self.publisher.put(list(changed.values()))
+                self._source_update(tracker, list(changed.values()))
 
         def on_lost() -> None:
             lost = tracker.connection_lost()

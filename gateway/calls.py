@@ -15,6 +15,7 @@ from enum import Enum
 from .model import Call, CallState, DeviceState, DeviceStatus, Direction
 
 __all__ = [
+    "EndedCall",
     "Phase",
     "CallReport",
     "ServiceReport",
@@ -120,15 +121,31 @@ class ServiceReport:
     conn: str = ""
 
 
-class CallTable:
-    """The calls of one owner (a device, or a client's softphone), keyed by the source's id."""
+@dataclass(frozen=True, slots=True)
+class EndedCall:
+    """A call that ended: what a journal keeps of it."""
 
-    __slots__ = ("prefix", "calls", "tombstones")
+    owner: str  # the device (or the client, for a softphone)
+    call: Call  # its last state
+    start: float  # when it was first seen
+    end: float
+    answered: bool  # it was connected at some point
+
+
+class CallTable:
+    """The calls of one owner (a device, or a client's softphone), keyed by the source's id.
+
+    Ended calls are collected in `ended` (with their start and whether they were answered)
+    until the owner of the table takes them for the journals."""
+
+    __slots__ = ("prefix", "calls", "tombstones", "_meta", "ended")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.calls: dict[str, Call] = {}
         self.tombstones: dict[str, float] = {}
+        self._meta: dict[str, tuple[float, bool]] = {}  # key -> (start, answered)
+        self.ended: list[EndedCall] = []
 
     def apply(self, report: CallReport, now: float) -> bool:
         """Apply one report; return True if the calls changed."""
@@ -140,7 +157,9 @@ class CallTable:
         if report.phase not in TRANSITIONS[phase_from]:
             return False
         if report.phase is Phase.ENDED:
-            del self.calls[key]
+            ended = self.calls.pop(key)
+            start, answered = self._meta.pop(key, (ended.since, False))
+            self.ended.append(EndedCall(self.prefix, ended, start, now, answered))
             self.tombstones[key] = now + TOMBSTONE_SECONDS
             return True
         state = _PHASE_STATE[report.phase]
@@ -172,13 +191,21 @@ class CallTable:
                 call = replace(call, link=report.link)
             if call == current:
                 return False
+        start, answered = self._meta.get(key, (now, False))
+        self._meta[key] = (start, answered or state is CallState.CONNECTED)
         self.calls[key] = call
         return True
 
     def clear(self) -> bool:
+        """Forget every call (the source can no longer tell how they end: no journal entry)."""
         had = bool(self.calls)
         self.calls.clear()
+        self._meta.clear()
         return had
+
+    def take_ended(self) -> list[EndedCall]:
+        out, self.ended = self.ended, []
+        return out
 
     def expire(self, now: float) -> None:
         for key in [k for k, t in self.tombstones.items() if t <= now]:
@@ -269,6 +296,14 @@ class LineTracker:
     def tick(self, now: float) -> None:
         for table in self._tables.values():
             table.expire(now)
+
+    def take_ended(self) -> list[EndedCall]:
+        """Calls that ended since the last call, for the journals."""
+        out: list[EndedCall] = []
+        for table in self._tables.values():
+            if table.ended:
+                out.extend(table.take_ended())
+        return out
 
     def next_deadline(self) -> float | None:
         return min(

@@ -36,7 +36,7 @@ class Clients:
         engine = self.gw.engine
         mine = self._mine.get(client)
         shared = engine.client_state(client)
-        if mine is not None and mine[1] > engine._client_seq.get(client, 0):
+        if mine is not None and mine[1] > engine.client_seq(client):
             return mine[0]
         return shared
 
@@ -52,11 +52,34 @@ class Clients:
 
     # -- sessions -------------------------------------------------------------------------
 
+    def desk_device(self, client: str, computer: str | None) -> str | None:
+        """The hot-desk device a client gets when it logs in from `computer`."""
+        cfg = self.gw.config.client_by_name.get(client)
+        if cfg is None or not cfg.devices_by_computer or not computer:
+            return None
+        wanted = computer.strip().lower()
+        return next((d.id for d in self.gw.config.devices
+                     if d.computer and d.computer.strip().lower() == wanted), None)
+
     async def session_started(self, session: Session) -> None:
         name = session.client
         assert name is not None
         self.sessions.setdefault(name, set()).add(session)
-        await self._update(name, lambda s: replace(s, logged_in=True))
+        desk = self.desk_device(name, session.computer)
+        if desk is not None:
+            # A hot-desk device has one holder: whoever logged in there last.
+            for other in self.gw.engine.desk_holders(desk) - {name}:
+                await self._update(other, lambda s: replace(
+                    s, temp_devices=tuple(d for d in s.temp_devices if d != desk),
+                    current_device=None if s.current_device == desk else s.current_device))
+        temp = (desk,) if desk is not None else ()
+
+        def start(s: ClientState) -> ClientState:
+            moved = desk is not None or not s.logged_in
+            return replace(s, logged_in=s.logged_in or True, address=session.address,
+                           temp_devices=temp if moved else s.temp_devices)
+
+        await self._update(name, start)
 
     async def session_ended(self, session: Session) -> None:
         name = session.client
@@ -72,7 +95,8 @@ class Clients:
         try:
             await self._update(
                 name,
-                lambda s: replace(s, logged_in=False, current_device=None, softphone=()),
+                lambda s: replace(s, logged_in=False, current_device=None, softphone=(),
+                                  temp_devices=()),
             )
         except Exception:  # Redis away: the state is republished when it returns
             self.gw.log.warning("could not record the logout of %s (Redis away)", name)
@@ -80,8 +104,15 @@ class Clients:
     async def select_device(self, client: str, device: str) -> None:
         await self._update(client, lambda s: replace(s, current_device=device))
 
-    async def presence(self, client: str, status: str, info: str | None) -> None:
-        await self._update(client, lambda s: replace(s, presence=Presence(status, info)))
+    async def presence(self, client: str, status: str, info: str | None,
+                       locked: bool | None = None) -> None:
+        def change(s: ClientState) -> ClientState:
+            s = replace(s, presence=Presence(status, info))
+            if locked is not None and s.logged_in:
+                s = replace(s, logged_in="locked" if locked else True)
+            return s
+
+        await self._update(client, change)
 
     async def softphone(self, client: str, req: Softphone) -> None:
         table = self._softphones.get(client)
@@ -102,6 +133,9 @@ class Clients:
         if table.apply(report, now):
             calls = table.snapshot()
             await self._update(client, lambda s: replace(s, softphone=calls))
+            ended = table.take_ended()
+            if ended:
+                self.gw.journal.record(ended)
 
     async def republish(self) -> None:
         """After Redis came back: make sure what our sessions told us is there again."""

@@ -175,10 +175,43 @@ class RightsCfg(_Model):
     presence: bool = True
 
 
+class RightsOverride(_Model):
+    """A member's own rights in one group: what it sets replaces the group's."""
+
+    client: Name
+    visible: bool | None = None
+    calls: bool | None = None
+    numbers: Literal["none", "inbound", "all"] | None = None
+    pickup: bool | None = None
+    presence: bool | None = None
+
+
 class GroupCfg(_Model):
     name: Name
     members: list[Name] = []
     rights: RightsCfg = RightsCfg()
+    overrides: list[RightsOverride] = []
+
+    def rights_of(self, client: str) -> RightsCfg:
+        """The rights `client` holds in this group: the group's, with its override applied."""
+        for o in self.overrides:
+            if o.client == client:
+                changes = {k: v for k, v in o.model_dump(exclude={"client"}).items()
+                           if v is not None}
+                return self.rights.model_copy(update=changes)
+        return self.rights
+
+
+class JournalCfg(_Model):
+    retention_days: float = Field(90.0, gt=0)  # server journal entries older than this go
+    max_entries: int = Field(100000, ge=100)  # and the journal never holds more than this
+    offline_max_entries: int = Field(1000, ge=10)  # per client, oldest dropped beyond
+
+
+class PresenceCfg(_Model):
+    # CSV of admin-set statuses (id, client, status, start, end, info, set by), re-read when
+    # it changes; relative to the configuration file.
+    import_file: str | None = None
 
 
 class PickupCfg(_Model):
@@ -204,6 +237,8 @@ class PickupCfg(_Model):
 class Config(_Model):
     server: ServerCfg = ServerCfg()
     pickup: PickupCfg = PickupCfg()
+    journal: JournalCfg = JournalCfg()
+    presence: PresenceCfg = PresenceCfg()
     redis: RedisCfg | None = None
     state: StateCfg = StateCfg()
     sources: SourcesCfg = SourcesCfg()
@@ -242,6 +277,10 @@ class Config(_Model):
 
     def groups_of(self, client: str) -> list[GroupCfg]:
         return [g for g in self.groups if client in g.members]
+
+    def owners_of(self, device: str) -> list[ClientCfg]:
+        """Clients that have `device` among their main devices."""
+        return [c for c in self.clients if device in c.devices]
 
 
 def _loc(loc: tuple) -> str:
@@ -306,6 +345,9 @@ def _cross_check(cfg: Config) -> list[str]:
         for j, m in enumerate(c.monitor):
             if m.device not in devices:
                 errors.append(f"clients[{i}].monitor[{j}].device: unknown device {m.device!r}")
+        if c.devices_by_computer and c.type == "nologin":
+            errors.append(f"clients[{i}].devices_by_computer: client {c.name!r} is of type "
+                          "nologin and never logs in from a computer")
         if c.type == "nologin" and c.password_hash:
             errors.append(
                 f"clients[{i}].password_hash: client {c.name!r} is of type nologin "
@@ -329,6 +371,10 @@ def _cross_check(cfg: Config) -> list[str]:
                 errors.append(f"groups[{i}].members[{j}]: unknown client {m!r}")
         for m in dupes(g.members):
             errors.append(f"groups[{i}].members: client {m!r} is listed twice")
+        for j, o in enumerate(g.overrides):
+            if o.client not in g.members:
+                errors.append(f"groups[{i}].overrides[{j}].client: {o.client!r} is not a "
+                              f"member of group {g.name!r}")
     return errors
 
 

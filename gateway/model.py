@@ -122,13 +122,17 @@ class Presence:
 class ClientState:
     """A client's run-time state: what its sessions told the gateway.
 
-    `sessions` counts live WebSocket sessions across all gateway processes' reports;
+    `logged_in` is True, False or "locked" (logged in, screen locked);
     `current_device` is the device its CTI client selected (None: not chosen);
-    `softphone` holds the calls its own SIP softphone reported.
+    `softphone` holds the calls its own SIP softphone reported;
+    `temp_devices` the hot-desk devices it holds for its session (by its login computer);
+    `address` where it logged in from (for `blf-gateway status`).
     """
 
     client: str
-    logged_in: bool | str = False  # True, False or "locked"
+    logged_in: bool | str = False
     current_device: str | None = None
     presence: Presence = field(default_factory=Presence)
     softphone: tuple[Call, ...] = ()
+    temp_devices: tuple[str, ...] = ()
+    address: str | None = None

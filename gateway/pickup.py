@@ -64,18 +64,20 @@ class Pickups:
             group = cfg.group_by_name.get(req.panel)
             if group is None:
                 raise WireError("not_found", f"no panel {req.panel!r}", req.id)
-            if req.panel not in visible_panels(cfg, me.name) or not panel_rights(group).pickup:
+            if (req.panel not in visible_panels(cfg, me.name)
+                    or not panel_rights(group, me.name).pickup):
                 raise WireError("forbidden", f"no pickup right on panel {req.panel!r}", req.id)
             if req.member not in group.members:
                 raise WireError("not_found", f"{req.member!r} is not on panel {req.panel!r}",
                                 req.id)
             if req.member == me.name:
                 raise WireError("forbidden", "that is your own phone: answer it", req.id)
-            return list(cfg.client_by_name[req.member].devices), str(req.member)  # type: ignore[index]
+            target = cfg.client_by_name[req.member]  # type: ignore[index]
+            return self.gw.engine.devices_of(target), str(req.member)
         assert req.device is not None
         if req.device not in cfg.device_by_id:
             raise WireError("not_found", f"no device {req.device!r}", req.id)
-        rights = device_rights(me, req.device)
+        rights = device_rights(me, req.device, session.temp_devices())
         if rights is None or not rights.pickup:
             raise WireError("forbidden", f"no pickup right on device {req.device!r}", req.id)
         return [req.device], req.device
@@ -131,8 +133,9 @@ class Pickups:
         if target is None:
             raise WireError("not_found", f"nothing is ringing at {label}", req.id)
         device, call = target
+        mine = gw.engine.devices_of(me, gw.clients.current(me.name))
         picker_device = gw.clients.current(me.name).current_device or (
-            me.devices[0] if me.devices else None)
+            mine[0] if mine else None)
 
         holder = await gw.store.claim_call(call.id, me.name, cfg.pickup.claim_seconds)
         if holder is not None and holder != me.name:

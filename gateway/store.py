@@ -52,6 +52,9 @@ K_CLIENT = PREFIX + "cli:"
 K_PASSWORD = PREFIX + "pw:"
 K_TOKEN = PREFIX + "tok:"
 K_CLAIM = PREFIX + "claim:"
+K_JOURNAL = PREFIX + "journal"
+K_OFFLINE = PREFIX + "off:"
+K_FAIL = PREFIX + "fail:"
 K_OP = PREFIX + "op:"
 
 # How many changes the log keeps: a process (or a client resuming with `since`) that is
@@ -111,6 +114,8 @@ def encode_client(state: ClientState) -> str:
             "d": state.current_device,
             "p": [state.presence.status, state.presence.info],
             "c": _enc_calls(state.softphone),
+            "t": list(state.temp_devices),
+            "a": state.address,
         }
     )
 
@@ -123,6 +128,8 @@ def decode_client(client: str, text: str) -> ClientState:
         current_device=raw["d"],
         presence=Presence(*raw["p"]),
         softphone=_dec_calls(raw["c"]),
+        temp_devices=tuple(raw.get("t", ())),
+        address=raw.get("a"),
     )
 
 
@@ -318,6 +325,57 @@ class Store:
     async def finish_op(self, client: str, op: str, outcome: dict, ttl: int = 600) -> None:
         await self.redis.set(K_OP + client + ":" + op, _dumps({"state": "done", **outcome}),
                              ex=ttl)
+
+
+    # -- journals ---------------------------------------------------------------------------
+
+    async def append_journal(self, server: list[str], offline: list[tuple[str, str]], *,
+                             retention_seconds: float, max_entries: int,
+                             offline_max: int) -> None:
+        """Append entries (JSON) to the server journal and to clients' offline journals."""
+        if not server and not offline:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        min_id = int((time.time() - retention_seconds) * 1000)
+        for entry in server:
+            pipe.xadd(K_JOURNAL, {"e": entry}, minid=min_id, approximate=True)
+        if server:
+            pipe.xtrim(K_JOURNAL, maxlen=max_entries, approximate=True)
+        for client, entry in offline:
+            pipe.xadd(K_OFFLINE + client, {"e": entry}, maxlen=offline_max, approximate=True)
+        await pipe.execute()
+
+    async def read_journal(self, client: str | None, start: str = "-",
+                           count: int = 1000) -> list[tuple[str, dict]]:
+        """Entries (id, entry) of the server journal (client None) or a client's offline
+        journal, oldest first, from `start` (an entry id, inclusive)."""
+        key = K_JOURNAL if client is None else K_OFFLINE + client
+        return [(i, json.loads(f["e"])) for i, f in
+                await self.redis.xrange(key, min=start, count=count)]
+
+    async def offline_count(self, client: str) -> int:
+        return await self.redis.xlen(K_OFFLINE + client)
+
+    async def ack_offline(self, client: str, upto: str) -> int:
+        """Remove offline entries up to and including `upto`; returns how many."""
+        ms, _, seq = upto.partition("-")
+        threshold = f"{ms}-{int(seq or 0) + 1}"
+        return await self.redis.xtrim(K_OFFLINE + client, minid=threshold)
+
+    # -- failed logins per client (shared by every process) ------------------------------------
+
+    async def count_failure(self, client: str, window: int) -> int:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.incr(K_FAIL + client)
+        pipe.expire(K_FAIL + client, window)
+        n, _ = await pipe.execute()
+        return int(n)
+
+    async def failures(self, client: str) -> int:
+        return int(await self.redis.get(K_FAIL + client) or 0)
+
+    async def clear_failures(self, client: str) -> None:
+        await self.redis.delete(K_FAIL + client)
 
 
 # -- the embedded server --------------------------------------------------------------------

@@ -18,10 +18,13 @@ const LOGIN_ERRORS = {
   closed: 'The connection closed during login. Try again.',
 };
 
+const ACTION_TTL_MS = 30000;        // as long as the gateway holds the call for us (pickup.claim_seconds)
+
+// error code -> [state at the lamp, text]; the gateway's message is added where it helps.
 const PICKUP_ERRORS = {
-  not_found: ['none', 'Nothing to take: no call is ringing'],
-  conflict: ['lost', 'Someone else took the call'],
-  forbidden: ['error', 'You may not pick up this call'],
+  not_found: ['none', 'Nothing to take: no call is ringing there'],
+  conflict: ['lost', 'Lost to someone else'],
+  forbidden: ['error', 'Not allowed: you may not pick up this call'],
   rate_limited: ['error', 'Too many requests: try again'],
   unavailable: ['error', 'The line is not available: try again'],
   unauthenticated: ['error', 'Not logged in'],
@@ -62,6 +65,7 @@ class App {
     this.countdown = null;
     this.lostAt = null;
     this.pickups = new Map();     // op -> {target, timer, name}
+    this.statusTimer = null;
     this.hooks = window.__blf;
     this.hooks.app = this;
     this.hooks.connState = 'offline';
@@ -86,6 +90,7 @@ class App {
       this.loginWithPassword(client, password);
     });
     $('logout').addEventListener('click', () => this.logout());
+    $('pickup-status-close').addEventListener('click', () => this._hideStatus());
     $('retry-now').addEventListener('click', () => this._retryNow());
 
     const filter = $('filter');
@@ -362,9 +367,7 @@ class App {
         this._pickupResult(msg);
         break;
       case 'action':
-        if (msg.action === 'pickup') {
-          this._toast(`Your phone is asked to take the call${msg.number ? ` for ${msg.number}` : ''}.`);
-        }
+        if (msg.action === 'pickup') this._pickupAction(msg);
         break;
       case 'error':
         if ((msg.id === undefined || msg.id === null) && conn.pending.size === 0) {
@@ -463,6 +466,7 @@ class App {
     this.conn = null;
     this._forget();
     for (const [op] of this.pickups) this._finishPickup(op, null, '');
+    this._hideStatus();
     this.board.clear();
     this._setConnState('offline');
     this._showLogin('You are logged out.', 'info');
@@ -489,13 +493,63 @@ class App {
     this.pickups.set(op, { target, timer, name });
     this.board.setPickup(target, 'pending', 'Picking up\u2026');
     this._announce(`Picking up the call for ${name}`);
+    this.hooks.pickupsSent = (this.hooks.pickupsSent || 0) + 1;
     const req = { type: 'pickup', ...target, op };
     this.conn.request(req).then(() => {
-      // `ok`: accepted; the outcome comes as pickup_result.
+      // `ok`: accepted; the outcome follows as `action` (our phone dials) or `pickup_result`.
     }, (e) => {
-      const [state, text] = PICKUP_ERRORS[e.code] || ['error', e.message || 'Pickup failed'];
+      const [state, base] = PICKUP_ERRORS[e.code] || ['error', 'Pickup failed'];
+      let text = base;
+      if (e.code === 'conflict') text = `${base}: ${e.message || 'the call is being taken'}`;
+      else if (state === 'error' && e.message && !PICKUP_ERRORS[e.code]) text = `${base}: ${e.message}`;
       this._finishPickup(op, state, text);
     });
+  }
+
+  /** `action` pickup: the gateway holds the call for us; our own phone must dial to take it. */
+  _pickupAction(msg) {
+    const p = this.pickups.get(msg.op);
+    const dial = msg.dial == null ? '' : String(msg.dial);
+    const where = msg.number ? String(msg.number) : (msg.sip_user ? String(msg.sip_user) : '');
+    const text = dial
+      ? `Dial ${dial} on your phone to take the call`
+      : `Take the call on your phone${where ? ` (line ${where})` : ''}`;
+    const name = p ? p.name
+      : (msg.target ? this._memberName(String(msg.target)) : (msg.number ? `line ${msg.number}` : 'the call'));
+    this.hooks.lastAction = msg;
+    this._showStatus(name, text, dial);
+    if (p) this._finishPickup(msg.op, 'dial', text, { dial, ttl: ACTION_TTL_MS, announce: false });
+  }
+
+  /** The status area under the top bar (aria-live): what the user's phone must do now. */
+  _showStatus(name, text, dial) {
+    const box = $('pickup-status');
+    const body = $('pickup-status-text');
+    body.textContent = '';
+    const who = document.createElement('span');
+    who.className = 'status-who';
+    who.textContent = `Pickup for ${name}: `;
+    body.appendChild(who);
+    if (dial) {
+      const i = text.indexOf(dial);
+      body.append(text.slice(0, i));
+      const k = document.createElement('kbd');
+      k.className = 'dial';
+      k.textContent = dial;
+      body.append(k, text.slice(i + dial.length));
+    } else {
+      body.append(text);
+    }
+    box.hidden = false;
+    if (this.statusTimer) clearTimeout(this.statusTimer);
+    this.statusTimer = setTimeout(() => this._hideStatus(), ACTION_TTL_MS);
+  }
+
+  _hideStatus() {
+    if (this.statusTimer) clearTimeout(this.statusTimer);
+    this.statusTimer = null;
+    $('pickup-status').hidden = true;
+    $('pickup-status-text').textContent = '';
   }
 
   _memberName(client) {
@@ -508,28 +562,28 @@ class App {
     return String(client);
   }
 
+  /** `pickup_result` (the PBX carried the pickup out, e.g. Asterisk): ok, or why not. */
   _pickupResult(msg) {
     const p = this.pickups.get(msg.op);
     if (!p) return;
     const by = msg.by ? this._memberName(msg.by) : null;
     if (msg.ok) {
-      this._finishPickup(msg.op, 'taken', by && by !== 'you' ? `Taken by ${by}` : 'Taken: the call is yours');
+      this._finishPickup(msg.op, 'taken', by && by !== 'you'
+        ? `Taken by ${by}` : 'Taken: the call is coming to your phone');
     } else if (by && by !== 'you') {
-      this._finishPickup(msg.op, 'lost', `Lost to ${by}`);
-    } else if (msg.message && /nothing|not ringing|no call/i.test(msg.message)) {
-      this._finishPickup(msg.op, 'none', 'Nothing to take: no call is ringing');
+      this._finishPickup(msg.op, 'lost', `Lost to someone else: ${by} took it`);
     } else {
       this._finishPickup(msg.op, 'error', msg.message ? `Pickup failed: ${msg.message}` : 'Pickup failed');
     }
   }
 
-  _finishPickup(op, state, text) {
+  _finishPickup(op, state, text, { dial = '', ttl = RESULT_TTL_MS, announce = true } = {}) {
     const p = this.pickups.get(op);
     if (!p) return;
     clearTimeout(p.timer);
     this.pickups.delete(op);
-    this.board.setPickup(p.target, state, text, RESULT_TTL_MS);
-    if (text) this._announce(`${p.name}: ${text}`);
+    this.board.setPickup(p.target, state, text, ttl, dial);
+    if (text && announce) this._announce(`${p.name}: ${text}`);
     this.hooks.lastPickup = { op, state, text, target: p.target };
   }
 }

@@ -196,7 +196,15 @@ class CardView {
     const pState = p ? p.state : '';
     const pText = p ? p.text : '';
     if (r.pState !== pState || r.pText !== pText) {
-      this.result.textContent = pText;
+      this.result.textContent = '';
+      const dial = p && p.dial ? String(p.dial) : '';
+      const at = dial ? pText.indexOf(dial) : -1;
+      if (at >= 0) {
+        // "Dial **202 on your phone ...": the digits to dial stand out.
+        this.result.append(pText.slice(0, at), el('strong', 'dial', dial), pText.slice(at + dial.length));
+      } else {
+        this.result.textContent = pText;
+      }
       this.result.hidden = !pText;
       if (pState) li.dataset.pickup = pState;
       else delete li.dataset.pickup;
@@ -570,13 +578,14 @@ export class Board {
     this._schedule();
   }
 
-  /** Pickup feedback at the lamp: state pending|taken|lost|none|error, cleared after ttlMs. */
-  setPickup(target, state, text, ttlMs = 0) {
+  /** Pickup feedback at the lamp: state pending|dial|taken|lost|none|error, cleared after
+   *  ttlMs. `dial`: the string the user's phone must dial (shown emphasised in the text). */
+  setPickup(target, state, text, ttlMs = 0, dial = '') {
     const m = this.lookup(target);
     if (!m) return;
     if (m.pickupTimer) clearTimeout(m.pickupTimer);
     m.pickupTimer = null;
-    m.pickup = state ? { state, text } : null;
+    m.pickup = state ? { state, text, dial } : null;
     if (state && ttlMs > 0) {
       m.pickupTimer = setTimeout(() => {
         m.pickup = null;

@@ -118,6 +118,7 @@ class Engine:
         self._dviews: dict[str, DeviceView] = {}
         self._dview_seq: dict[str, int] = {}
         self._panel_seq: dict[str, int] = {}
+        self._temp_owner: dict[str, set[str]] = {}  # hot-desk device -> clients holding it
         self.config = config
         self._index(config)
         self._config_seq = config_seq
@@ -170,11 +171,22 @@ class Engine:
         out = self._recompute_device(state.device, seq)
         for client in self._clients_of_device.get(state.device, ()):
             out.extend(self._recompute_member(client, seq))
+        for client in self._temp_owner.get(state.device, ()):
+            if client not in self._clients_of_device.get(state.device, ()):
+                out.extend(self._recompute_member(client, seq))
         return out
+
+    def _set_temp(self, state: ClientState) -> None:
+        old = self._clients.get(state.client)
+        for d in old.temp_devices if old else ():
+            self._temp_owner.get(d, set()).discard(state.client)
+        for d in state.temp_devices:
+            self._temp_owner.setdefault(d, set()).add(state.client)
 
     def update_client(self, state: ClientState, seq: int) -> list[Delta]:
         if seq <= self._client_seq.get(state.client, -1):
             return []
+        self._set_temp(state)
         self._clients[state.client] = state
         self._client_seq[state.client] = seq
         self.seq = max(self.seq, seq)
@@ -203,6 +215,13 @@ class Engine:
     def member_seq(self, client: str) -> int:
         return self._member_seq.get(client, 0)
 
+    def desk_holders(self, device: str) -> set[str]:
+        """Clients holding `device` as a hot-desk device."""
+        return set(self._temp_owner.get(device, ()))
+
+    def client_seq(self, client: str) -> int:
+        return self._client_seq.get(client, 0)
+
     def device_view(self, device: str) -> DeviceView:
         return self._dviews[device]
 
@@ -223,21 +242,30 @@ class Engine:
 
     # -- computation ---------------------------------------------------------------------
 
+    def devices_of(self, cfg: ClientCfg, state: ClientState | None = None) -> list[str]:
+        """A client's devices now: its main devices, then the hot-desk ones it holds."""
+        state = state or self.client_state(cfg.name)
+        extra = [d for d in state.temp_devices
+                 if d not in cfg.devices and d in self.config.device_by_id]
+        return [*cfg.devices, *extra] if extra else list(cfg.devices)
+
     def feeding_devices(self, cfg: ClientCfg, state: ClientState) -> list[str]:
         mode = cfg.blf.devices
-        if mode == "first" or (mode == "current" and state.current_device not in cfg.devices):
+        devices = self.devices_of(cfg, state)
+        if mode == "first" or (mode == "current" and state.current_device not in devices):
             # `current` before the client has chosen (or while it is logged out): its first
             # device, so the lamp never goes blank just because nobody is logged in.
-            return cfg.devices[:1]
+            return devices[:1]
         if mode == "current":
             return [state.current_device]  # type: ignore[list-item]
-        return list(cfg.devices)
+        return devices
 
     def _compute_member(self, cfg: ClientCfg) -> MemberView:
         state = self.client_state(cfg.name)
         feeding = self.feeding_devices(cfg, state)
         number = cfg.number or next(
-            (n for d in feeding or cfg.devices if (n := self.config.device_by_id[d].number)),
+            (n for d in feeding or self.devices_of(cfg, state)
+             if (n := self.config.device_by_id[d].number)),
             "",
         )
         if not self.trusted:
@@ -322,6 +350,7 @@ class Engine:
             self._device_seq[state.device] = seq
             self.seq = max(self.seq, seq)
         for state, seq in clients:
+            self._set_temp(state)
             self._clients[state.client] = state
             self._client_seq[state.client] = seq
             self.seq = max(self.seq, seq)
@@ -336,7 +365,7 @@ class Engine:
         for cfg in self.config.clients:
             view = self._compute_member(cfg)
             if self._members.get(cfg.name) != view:
-                deps = [self._device_seq.get(d, 0) for d in cfg.devices]
+                deps = [self._device_seq.get(d, 0) for d in self.devices_of(cfg)]
                 seq = max([self._config_seq, self._client_seq.get(cfg.name, 0), *deps])
                 self._members[cfg.name] = view
                 self._member_seq[cfg.name] = seq

@@ -19,6 +19,7 @@ __all__ = [
     "FULL_RIGHTS",
     "panel_rights",
     "device_rights",
+    "combined_rights",
     "visible_panels",
     "watchable_devices",
     "render_call",
@@ -47,25 +48,52 @@ class Rights:
 FULL_RIGHTS = Rights(calls=True, numbers="all", pickup=False, presence=True)
 
 
-def panel_rights(group: GroupCfg) -> Rights:
-    r = group.rights
+def panel_rights(group: GroupCfg, client: str) -> Rights:
+    """The rights `client` holds on a group's panel (the group's, or its override)."""
+    r = group.rights_of(client)
     return Rights(calls=r.calls, numbers=r.numbers, pickup=r.pickup, presence=r.presence)
 
 
 def visible_panels(config: Config, client: str) -> list[str]:
-    """Panels a client may subscribe: visible groups it belongs to."""
-    return [g.name for g in config.groups if client in g.members and g.rights.visible]
+    """Panels a client may subscribe: groups it belongs to that are visible to it."""
+    return [g.name for g in config.groups
+            if client in g.members and g.rights_of(client).visible]
 
 
-def device_rights(cfg: ClientCfg, device: str) -> Rights | None:
-    """A client's rights on one device: full on its own, per its monitor right on a foreign
-    one (clip: may see numbers), None where it may not watch it."""
-    if device in cfg.devices:
+def device_rights(cfg: ClientCfg, device: str, temp: tuple[str, ...] = ()) -> Rights | None:
+    """A client's rights on one device: full on its own (main or hot-desk), per its monitor
+    right on a foreign one (clip: may see numbers), None where it may not watch it."""
+    if device in cfg.devices or device in temp:
         return FULL_RIGHTS
     for m in cfg.monitor:
         if m.device == device:
             return Rights(calls=True, numbers="all" if m.clip else "none", pickup=m.pickup)
     return None
+
+
+_NUMBERS_ORDER = {"none": 0, "inbound": 1, "all": 2}
+
+
+def combined_rights(config: Config, watcher: str, device: str,
+                    temp: tuple[str, ...] = ()) -> Rights | None:
+    """A watcher's rights on one device where several apply (journal reading, pickup by
+    device): its own device gives everything; otherwise the most permissive of its monitor
+    right on the device and its rights in every group it shares with the device's owners.
+    None: no right applies."""
+    me = config.client_by_name[watcher]
+    found = [r for r in (device_rights(me, device, temp),) if r is not None]
+    owners = {c.name for c in config.owners_of(device)}
+    for g in config.groups:
+        if watcher in g.members and owners & set(g.members):
+            found.append(panel_rights(g, watcher))
+    if not found:
+        return None
+    return Rights(
+        calls=any(r.calls for r in found),
+        numbers=max((r.numbers for r in found), key=_NUMBERS_ORDER.__getitem__),
+        pickup=any(r.pickup for r in found),
+        presence=any(r.presence for r in found),
+    )
 
 
 def watchable_devices(cfg: ClientCfg) -> list[str]:

@@ -33,6 +33,8 @@ __all__ = ["Auth"]
 
 audit = logging.getLogger("gateway.audit")
 FAILED = "wrong client name or password"
+CLIENT_FAILURES = 10  # failed logins of one client ...
+CLIENT_FAILURE_WINDOW = 300  # ... within this many seconds: further attempts rate_limited
 
 
 class Auth:
@@ -67,8 +69,16 @@ class Auth:
             raise WireError("auth_failed", FAILED, req.id)
         try:
             record = await store.get_password(cfg.name)
+            failures = await store.failures(cfg.name)
         except Exception:
             raise WireError("unavailable", "the gateway's state store is unreachable", req.id)
+        if failures >= CLIENT_FAILURES:
+            # Someone is guessing this client's password: slow down, from any address, on
+            # every gateway process (the count lives in Redis).
+            audit.warning("login refused: client %r from %s after %d failures (rate limited)",
+                          cfg.name, session.address, failures)
+            raise WireError("rate_limited", "too many failed logins for this client: wait "
+                            "a few minutes", req.id)
         version = record.get("version", "0")
         transferred: str | None = None
         if req.token is not None:
@@ -100,13 +110,17 @@ class Auth:
         if not ok:
             audit.warning("login failed: client %r from %s (%s)", cfg.name, session.address,
                           "bad token" if req.token is not None else "bad password")
+            await store.count_failure(cfg.name, CLIENT_FAILURE_WINDOW)
             raise WireError("auth_failed", FAILED, req.id)
+        if failures:
+            await store.clear_failures(cfg.name)
         if session.closed:
             raise WireError("unavailable", "connection closed", req.id)
         token = new_token()
         await store.new_token(token, cfg.name, version, self.gw.config.server.token_idle_seconds)
         session.client = cfg.name
-        session.computer = req.computer
+        # A computer client logs in with its computer name: that is its computer.
+        session.computer = req.computer or (cfg.name if cfg.type == "computer" else None)
         await self.gw.clients.session_started(session)
         audit.info("client %r logged in from %s", cfg.name, session.address)
         lists = session.welcome_lists()
@@ -127,7 +141,7 @@ class Auth:
             "current_device": self.gw.clients.current(cfg.name).current_device,
             "panels": visible_panels(self.gw.config, cfg.name),
             "monitors": lists["monitors"],
-            "offline_calls": 0,
+            "offline_calls": await store.offline_count(cfg.name),
             "token": token,
         }
         if req.id is not None:

@@ -168,11 +168,11 @@ class Session:
                 raise WireError("not_found", f"no panel {req.panel!r}", req.id)
             if req.panel not in visible_panels(cfg, me.name):
                 raise WireError("forbidden", f"panel {req.panel!r} is not yours to see", req.id)
-            return ("panel", req.panel), panel_rights(group)
+            return ("panel", req.panel), panel_rights(group, me.name)
         assert req.device is not None
         if req.device not in cfg.device_by_id:
             raise WireError("not_found", f"no device {req.device!r}", req.id)
-        rights = device_rights(me, req.device)
+        rights = device_rights(me, req.device, self.temp_devices())
         if rights is None:
             raise WireError("forbidden", f"you have no right on device {req.device!r}", req.id)
         return ("device", req.device), rights
@@ -216,9 +216,12 @@ class Session:
             self.gw.hub.remove(self, topic, rights)
         self.send({"type": "ok", "id": req.id})
 
+    def temp_devices(self) -> tuple[str, ...]:
+        return self.gw.clients.current(self.client).temp_devices if self.client else ()  # type: ignore[arg-type]
+
     def my_devices(self) -> list[str]:
         me = self.gw.config.client_by_name[self.client]  # type: ignore[index]
-        return list(me.devices)
+        return self.gw.engine.devices_of(me, self.gw.clients.current(me.name))
 
     async def _select_device(self, req: SelectDevice) -> None:
         if req.device not in self.my_devices():
@@ -231,15 +234,27 @@ class Session:
         self.send({"type": "ok", "id": req.id})
 
     async def _presence(self, req: PresenceSet) -> None:
-        await self.gw.clients.presence(self.client, req.status, req.info)  # type: ignore[arg-type]
+        await self.gw.clients.presence(self.client, req.status, req.info, req.locked)  # type: ignore[arg-type]
         self.send({"type": "ok", "id": req.id})
 
     async def _pickup(self, req: Pickup) -> None:
         await self.gw.pickups.pickup(self, req)
 
-    async def _journal(self, req: Journal | JournalAck) -> None:
-        raise WireError("unavailable", "journals are not available from this gateway yet",
-                        req.id)
+    async def _journal(self, req: Journal) -> None:
+        me = self.gw.config.client_by_name[self.client]  # type: ignore[index]
+        if req.scope == "server" and "r" not in me.journal:
+            raise WireError("forbidden", "you have no right to read the server journal", req.id)
+        entries = await self.gw.journal.read(me.name, req.scope, req.since,
+                                             self.temp_devices())
+        self.send({"type": "journal", "id": req.id, "scope": req.scope, "entries": entries})
+
+    async def _journal_ack(self, req: JournalAck) -> None:
+        upto = str(req.upto)
+        ms, dash, seq = upto.partition("-")
+        if not (ms.isdigit() and (not dash or seq.isdigit())):
+            raise WireError("bad_request", "journal_ack: upto must be an entry id", req.id)
+        await self.gw.store.ack_offline(self.client, upto)  # type: ignore[arg-type]
+        self.send({"type": "ok", "id": req.id})
 
     _handlers = {
         Login: _login,
@@ -250,7 +265,7 @@ class Session:
         PresenceSet: _presence,
         Pickup: _pickup,
         Journal: _journal,
-        JournalAck: _journal,
+        JournalAck: _journal_ack,
     }
 
     # -- configuration changes ------------------------------------------------------------
@@ -266,9 +281,10 @@ class Session:
                 new = None
             elif kind == "panel":
                 allowed = name in visible_panels(cfg, me.name)
-                new = panel_rights(cfg.group_by_name[name]) if allowed else None
+                new = panel_rights(cfg.group_by_name[name], me.name) if allowed else None
             else:
-                new = device_rights(me, name) if name in cfg.device_by_id else None
+                new = (device_rights(me, name, self.temp_devices())
+                       if name in cfg.device_by_id else None)
             if new is None:
                 self.gw.hub.remove(self, topic, old)
                 del self.subs[topic]
@@ -289,8 +305,8 @@ class Session:
             ],
             "devices": [
                 {"id": d, "name": cfg.device_by_id[d].name, "number": cfg.device_by_id[d].number,
-                 "temporary": False}
-                for d in me.devices
+                 "temporary": d not in me.devices}
+                for d in self.my_devices()
             ],
             "watchable": watchable_devices(me),
         }

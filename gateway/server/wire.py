@@ -126,6 +126,7 @@ class PresenceSet(_Req):
     type: Literal["presence"]
     status: Literal[PRESENCE_STATUSES]  # type: ignore[valid-type]
     info: Text | None = None
+    locked: bool | None = None  # the client's screen is locked (logged_in: "locked")
 
 
 Request = Annotated[

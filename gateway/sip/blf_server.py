@@ -249,7 +249,7 @@ class BlfServer:
                     log.info("BLF: %s unsubscribed from %s", sub.client, sub.target)
                 else:
                     sub.expires_at = time.monotonic() + expires
-                    pass
+                    self.endpoint.call_later(0, lambda k=key, s=sub: self._resend(k, s))
 
     def _lamp_changed(self, target: str, lamp: str) -> None:
         for sub in list(self._subs.values()):

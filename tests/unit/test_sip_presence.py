@@ -233,3 +233,16 @@ def test_lamp_pidf_escapes_hostile_names():
     info = parse_pidf(body)
     assert info.note == "Ready"
     assert classify(info) is LineActivity.IDLE
+
+
+def test_endpoint_without_pjsua2_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from gateway.sip.endpoint import SipEndpoint, SipEndpointError
+
+    monkeypatch.setitem(sys.modules, "pjsua2", None)  # import fails as if not installed
+    ep = SipEndpoint("127.0.0.1:0")
+    with pytest.raises(SipEndpointError, match="pip install pjsua2-python"):
+        ep.start()
+    ep.stop()  # nothing started: a no-op
+    assert not ep.running
