@@ -174,7 +174,7 @@ class Gateway:
         log.info("WebSocket and web panel on http://%s:%d/ (ws path /ws)", host, self.ws_port)
 
         for coro in (self.publisher.run(), self._follow_log(), self._watch_config(),
-                     self._timers(), self.journal.run()):
+                     self._timers(), self.journal.run(), self._presence_import()):
             self._tasks.append(asyncio.create_task(coro))
 
     def _source_update(self, tracker: LineTracker, states: list[DeviceState]) -> None:
@@ -414,6 +414,51 @@ class Gateway:
                 t.tick(now)
             nxt = min(deadlines, default=now + 5.0)
             await asyncio.sleep(min(max(nxt - now, 0.05), 5.0))
+
+    async def _presence_import(self) -> None:
+        """Apply the admin's presence CSV: re-read when it changes, rows start and end by
+        themselves (the pure part says when the next change is due)."""
+        from .presence_import import in_force, next_change, parse_presence_csv
+
+        seen: tuple | None = None
+        rows: list = []
+        applied: dict[str, tuple[str, str | None]] = {}
+        while True:
+            pcfg = self.config.presence
+            path = self.config.path(pcfg.import_file) if pcfg.import_file else None
+            try:
+                st = path.stat() if path else None
+                stamp = (str(path), st.st_mtime_ns, st.st_size) if st else None
+            except OSError:
+                stamp = None
+            if stamp != seen:
+                seen = stamp
+                if stamp is None:
+                    rows = []
+                else:
+                    try:
+                        text = path.read_text(encoding="utf-8")  # type: ignore[union-attr]
+                    except (OSError, UnicodeDecodeError) as exc:
+                        log.error("presence import %s: cannot read: %s", path, exc)
+                        text = ""
+                    rows, errors = parse_presence_csv(text, set(self.config.client_by_name))
+                    for e in errors:
+                        log.error("presence import %s: %s (row skipped)", path, e)
+                    self.metrics["presence_rows_rejected"] += len(errors)
+                    log.info("presence import %s: %d row(s) applied, %d rejected",
+                             path, len(rows), len(errors))
+            now = time.time()
+            want = {c: (r.status, r.info) for c, r in in_force(rows, now).items()}
+            try:
+                for client in set(applied) | set(want):
+                    status = want.get(client, ("available", None))
+                    if applied.get(client) != status and client in self.config.client_by_name:
+                        await self.clients.presence(client, *status)
+                applied = {c: s for c, s in want.items()}
+            except (RedisError, OSError):
+                pass  # applied again on the next round
+            nxt = next_change(rows, now)
+            await asyncio.sleep(min(max((nxt or now + 1.0) - now, 0.05), 1.0))
 
     # -- sessions -------------------------------------------------------------------------
 

@@ -180,16 +180,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"could not read the gateway's state: {exc}", file=sys.stderr)
         return 1
-    print(f"{'client':<20} {'status':<16} devices")
+    print(f"{'client':<20} {'status':<16} {'address':<22} devices")
     for c in cfg.clients:
         st = states.get(c.name)
-        if st is not None and st.logged_in:
-            status = "Active"
+        if c.type == "nologin":
+            status = "No login"
+        elif st is not None and st.logged_in:
+            status = "Active" if st.logged_in is True else "Active (locked)"
         elif c.offline_monitor:
             status = "Offline monitor"
         else:
             status = "Offline"
-        print(f"{c.name:<20} {status:<16} {', '.join(c.devices)}")
+        devices = list(c.devices)
+        if st is not None and st.logged_in:
+            devices += [f"{d} (temporary)" for d in st.temp_devices if d not in c.devices]
+        address = (st.address or "") if st is not None and st.logged_in else ""
+        print(f"{c.name:<20} {status:<16} {address:<22} {', '.join(devices) or '-'}")
     return 0
 
 

@@ -511,6 +511,12 @@ export class Board {
     this.h.received++;
     const seq = toSeq(msg.seq);
     const now = performance.now();
+    if (this.h.trace) {
+      // Measurements only (set window.__blf.trace = [] to turn on): arrival of each lamp frame.
+      const c = Array.isArray(msg.calls) && msg.calls.length ? msg.calls[0] : null;
+      const key = msg.panel != null ? `${msg.panel}/${msg.member}` : `device:${msg.device}`;
+      this.h.trace.push([now, key, seq, msg.lamp, c ? c.remote : null]);
+    }
     if (msg.panel !== undefined && msg.panel !== null) {
       const panel = this.panels.get(msg.panel);
       if (!panel || msg.member === undefined) return false;

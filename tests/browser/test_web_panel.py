@@ -9,6 +9,7 @@ TAPI bridge over TCP (contract section 5) and drives Debian's chromium with Play
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -412,74 +413,164 @@ def _pickup_frames(page) -> list[dict]:
     return [m for m in page.frames_log.sent_json() if m.get("type") == "pickup"]
 
 
-def _finish_pickup(page, gateway, member_sel: str) -> str:
-    """Wait for the outcome shown at the lamp and in the live region; returns the state."""
-    page.wait_for_selector(f"{member_sel}[data-pickup]:not([data-pickup='pending'])", timeout=20000)
-    state = page.locator(member_sel).get_attribute("data-pickup")
-    text = page.locator(f"{member_sel} .pickup-result").inner_text()
-    assert text.strip()
-    page.wait_for_function("() => document.getElementById('announcer').textContent.length > 0",
-                           timeout=3000)
-    return state
+def _sel(panel: str, member: str) -> str:
+    return f'section.panel[data-panel="{panel}"] li.card[data-member="{member}"]'
 
 
-def test_pickup_by_click_sends_request_and_shows_result(page, gateway):
+def _outcome(page, panel: str, member: str, timeout: float = 20000) -> tuple[str, str]:
+    """Wait for the pickup outcome at the lamp; returns (data-pickup, the text shown)."""
+    sel = _sel(panel, member)
+    page.wait_for_selector(f"{sel}[data-pickup]:not([data-pickup='pending'])", timeout=timeout)
+    return (page.locator(sel).get_attribute("data-pickup"),
+            page.locator(f"{sel} .pickup-result").inner_text().strip())
+
+
+def _wait_announced(page, text: str) -> None:
+    page.wait_for_function("t => document.getElementById('announcer').textContent.includes(t)",
+                           arg=text, timeout=5000)
+
+
+def _wait_frame(page, pred, timeout: float = 10.0) -> dict:
+    """Playwright reports frames asynchronously: poll for one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for m in page.frames_log.received_json():
+            if pred(m):
+                return m
+        assert time.monotonic() < deadline, "frame not received"
+        page.wait_for_timeout(50)
+
+
+class RawClient:
+    """A second CTI client speaking the WebSocket protocol directly (no browser)."""
+
+    def __init__(self, ws, client: str) -> None:
+        self.ws = ws
+        self.n = 0
+        welcome = self.request({"type": "login", "client": client, "password": PASSWORDS[client]})
+        assert welcome["type"] == "welcome", welcome
+
+    def request(self, msg: dict, timeout: float = 10.0) -> dict:
+        self.n += 1
+        self.ws.send(json.dumps({**msg, "id": self.n}))
+        return self.wait(lambda m: m.get("id") == self.n, timeout)
+
+    def wait(self, pred, timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = json.loads(self.ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+            if pred(m):
+                return m
+
+
+
+@contextlib.contextmanager
+def raw_client(gw: Gateway, client: str):
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{gw.port}/ws", open_timeout=10) as ws:
+        yield RawClient(ws, client)
+
+
+def test_pickup_by_click_shows_what_to_dial(page, gateway):
+    # alice's line is a TAPI phone: the gateway answers `ok`, then an `action` telling
+    # her phone what to dial; the page shows it at the lamp and in the status area.
     login(page, gateway, "alice")
     gateway.call("L203", "c-carol-1", "offering", caller="0899111222", called="203")
     wait_lamp(page, "desk", "carol", "ringing")
     card(page, "desk", "carol").click()
-    page.wait_for_function("() => document.querySelector('li.card[data-member=\"carol\"][data-pickup]') !== null",
-                           timeout=5000)
+    state, text = _outcome(page, "desk", "carol")
     reqs = _pickup_frames(page)
     assert len(reqs) == 1
     assert reqs[0]["panel"] == "desk" and reqs[0]["member"] == "carol" and reqs[0]["op"]
-    sel = 'section.panel[data-panel="desk"] li.card[data-member="carol"]'
-    state = _finish_pickup(page, gateway, sel)
-    # What the gateway answered decides the state; the page must show it, whatever it is.
-    answers = [m for m in page.frames_log.received_json()
-               if (m.get("type") == "error" and m.get("id") == reqs[0].get("id"))
-               or (m.get("type") == "pickup_result" and m.get("op") == reqs[0]["op"])]
-    assert answers, "the gateway answered nothing"
-    ans = answers[-1]
-    expected = {
-        ("pickup_result", True): "taken",
-        ("error", "not_found"): "none",
-        ("error", "conflict"): "lost",
-    }.get((ans["type"], ans.get("ok") if ans["type"] == "pickup_result" else ans.get("code")))
-    if expected:
-        assert state == expected, (ans, state)
-    else:
-        assert state in ("lost", "error"), (ans, state)
+    action = _wait_frame(page, lambda m: m.get("type") == "action" and m.get("op") == reqs[0]["op"])
+    assert action["action"] == "pickup" and action["dial"] == "**203" and action["number"] == "203"
+    assert state == "dial", (state, text)
+    assert text == "Dial **203 on your phone to take the call"
+    assert card(page, "desk", "carol").locator(".pickup-result .dial").inner_text() == "**203"
+    status = page.locator("#pickup-status")
+    assert status.is_visible() and status.get_attribute("aria-live") == "polite"
+    assert "Dial **203 on your phone to take the call" in status.inner_text()
+    assert "Carol Chen" in status.inner_text()
+    page.click("#pickup-status-close")
+    status.wait_for(state="hidden", timeout=3000)
     gateway.call("L203", "c-carol-1", "idle")
     wait_lamp(page, "desk", "carol", "idle")
 
 
-def test_pickup_by_keyboard_and_not_where_not_allowed(page, gateway):
+def test_pickup_by_keyboard(page, gateway):
     login(page, gateway, "carol")
-    # backoffice has no pickup right: Enter on a ringing card there sends nothing.
-    gateway.call("L204", "c-dave-2", "offering", caller="0899333444", called="204")
-    wait_lamp(page, "backoffice", "dave", "ringing")
-    dave = card(page, "backoffice", "dave")
-    assert "pickable" not in (dave.get_attribute("class") or "")
-    dave.focus()
-    page.keyboard.press("Enter")
-    page.wait_for_timeout(300)
-    assert _pickup_frames(page) == []
-    # desk has it: focus bob's ringing card and press Enter.
     gateway.call("L202", "c-bob-2", "offering", caller="0899555666", called="202")
     wait_lamp(page, "desk", "bob", "ringing")
     bob = card(page, "desk", "bob")
     bob.focus()
     assert page.evaluate("() => document.activeElement.dataset.member") == "bob"
     page.keyboard.press("Enter")
-    page.wait_for_function("() => document.querySelector('section.panel[data-panel=\"desk\"] li.card[data-member=\"bob\"][data-pickup]') !== null",
-                           timeout=5000)
+    state, text = _outcome(page, "desk", "bob")
+    assert (state, text) == ("dial", "Dial **202 on your phone to take the call")
+    # Said once, by the status area (a polite live region), not twice.
+    page.locator("#pickup-status").filter(has_text="Dial **202 on your phone").wait_for(timeout=5000)
     reqs = _pickup_frames(page)
     assert len(reqs) == 1 and reqs[0]["member"] == "bob" and reqs[0]["panel"] == "desk"
-    _finish_pickup(page, gateway, 'section.panel[data-panel="desk"] li.card[data-member="bob"]')
     gateway.call("L202", "c-bob-2", "idle")
-    gateway.call("L204", "c-dave-2", "idle")
     wait_lamp(page, "desk", "bob", "idle")
+
+
+def test_pickup_lost_to_someone_else(page, gateway):
+    # bob takes carol's call first over the protocol; alice's click then meets bob's claim
+    # (held in Redis for pickup.claim_seconds) and gets `conflict`.
+    login(page, gateway, "alice")
+    gateway.call("L203", "c-carol-race", "offering", caller="0899777888", called="203")
+    wait_lamp(page, "desk", "carol", "ringing")
+    with raw_client(gateway, "bob") as bob:
+        ok = bob.request({"type": "pickup", "panel": "desk", "member": "carol", "op": "bob-op-1"})
+        assert ok["type"] == "ok", ok
+        action = bob.wait(lambda m: m.get("type") == "action")
+        assert action["op"] == "bob-op-1" and action["dial"] == "**203"
+        card(page, "desk", "carol").click()
+        state, text = _outcome(page, "desk", "carol")
+        assert state == "lost", (state, text)
+        assert text.startswith("Lost to someone else: ") and "bob" in text, text
+        _wait_announced(page, "Lost to someone else")
+        err = _wait_frame(page, lambda m: m.get("type") == "error" and m.get("code") == "conflict")
+        assert err["id"] == _pickup_frames(page)[0]["id"]
+        assert page.locator("#pickup-status").is_hidden()
+    gateway.call("L203", "c-carol-race", "idle")
+    wait_lamp(page, "desk", "carol", "idle")
+
+
+def test_pickup_not_offered_without_the_right(page, gateway):
+    # carol sees backoffice, whose group has no pickup right: a ringing card there offers
+    # nothing, and neither click nor Enter sends a request.
+    login(page, gateway, "carol")
+    gateway.call("L204", "c-dave-2", "offering", caller="0899333444", called="204")
+    wait_lamp(page, "backoffice", "dave", "ringing")
+    dave = card(page, "backoffice", "dave")
+    assert "pickable" not in (dave.get_attribute("class") or "")
+    assert dave.get_attribute("role") != "button"
+    assert dave.locator(".pickup-hint").is_hidden()
+    assert "pick up" not in (dave.get_attribute("aria-label") or "").lower()
+    dave.click()
+    dave.focus()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Space")
+    # Handlers run synchronously inside the dispatched events: nothing was sent.
+    assert page.evaluate("() => window.__blf.pickupsSent || 0") == 0
+    assert dave.get_attribute("data-pickup") is None
+    # The gateway enforces it too: a request made anyway is `forbidden`, shown as such.
+    page.evaluate("""() => { const a = window.__blf.app;
+        a.pickup({panel: 'backoffice', member: 'dave'}, a.board.lookup({panel: 'backoffice', member: 'dave'})); }""")
+    state, text = _outcome(page, "backoffice", "dave")
+    assert state == "error" and text.startswith("Not allowed"), (state, text)
+    # Nothing ringing: `not_found`, "nothing to take".
+    wait_lamp(page, "desk", "alice", "idle")
+    page.evaluate("""() => { const a = window.__blf.app;
+        a.pickup({panel: 'desk', member: 'alice'}, a.board.lookup({panel: 'desk', member: 'alice'})); }""")
+    state, text = _outcome(page, "desk", "alice")
+    assert state == "none" and text.startswith("Nothing to take"), (state, text)
+    assert [r["member"] for r in _pickup_frames(page)] == ["dave", "alice"]
+    gateway.call("L204", "c-dave-2", "idle")
+    wait_lamp(page, "backoffice", "dave", "idle")
 
 
 def test_password_transfer_is_shown_once(page, gateway):
