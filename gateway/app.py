@@ -97,6 +97,7 @@ class Gateway:
         self.trackers: dict[str, LineTracker] = {}
         self.bridge: TapiBridgeServer | None = None
         self.ami: AmiSource | None = None
+        self.sip_endpoint = self.sip_source = self.blf_server = None
         self._ami_task: asyncio.Task | None = None
         self.ready = asyncio.Event()
         self.ws_port: int | None = None
@@ -150,8 +151,7 @@ class Gateway:
             self.publisher.put([tracker.state(d) for d in tracker.devices])
             self._start_ami()
         if cfg.sources.sip is not None:
-            log.warning("source 'sip' is configured but not available in this version; "
-                        "its devices stay unknown")
+            await self._start_sip()
 
         self.http = HttpRoutes(self)
         from websockets.asyncio.server import serve
@@ -183,6 +183,110 @@ class Gateway:
         ended = tracker.take_ended()
         if ended:
             self.journal.record(ended)
+
+    # -- SIP: presence source and BLF server for desk phones ------------------------------
+
+    async def _start_sip(self) -> None:
+        from .sip.blf_server import BlfServer
+        from .sip.endpoint import SipEndpoint
+        from .sip.source import SipPresenceSource
+
+        scfg = self.config.sources.sip
+        assert scfg is not None
+        tracker = self.trackers["sip"] = LineTracker(self._devices_of("sip"))
+        self.publisher.put([tracker.state(d) for d in tracker.devices])
+        self.sip_endpoint = SipEndpoint(
+            scfg.bind, registrar=scfg.registrar, username=scfg.username,
+            password_file=str(self.config.path(scfg.password_file)) if scfg.password_file
+            else None)
+        await asyncio.to_thread(self.sip_endpoint.start)
+
+        def on_reports(reports) -> None:  # noqa: ANN001
+            now = time.time()
+            changed: dict[str, DeviceState] = {}
+            for r in reports:
+                states = (tracker.call(r, now) if isinstance(r, CallReport)
+                          else tracker.service(r, now))
+                for st in states:
+                    changed[st.device] = st
+            if changed:
+                self._source_update(tracker, list(changed.values()))
+
+        def on_lost(conn: str | None) -> None:
+            self.publisher.put(tracker.connection_lost(conn))
+
+        self.sip_source = SipPresenceSource(self.sip_endpoint, self._sip_line_map(),
+                                            on_reports, on_lost)
+        await self.sip_source.start()
+        # The BLF server reads these on the SIP thread: plain dicts, only replaced whole or
+        # item by item from the loop (each a single atomic store).
+        self._sip_lamps: dict[str, str] = {}
+        self._sip_ha1: dict[str, str] = {}
+        self._refresh_sip_lamps()
+        self.blf_server = BlfServer(self.sip_endpoint, self._sip_lookup, self._sip_authorize,
+                                    self._sip_ha1.get)
+        await self.blf_server.start()
+        self._tasks.append(asyncio.create_task(self._refresh_ha1()))
+        log.info("SIP user agent on %s (presence source for %d device(s), BLF server)",
+                 scfg.bind, len(tracker.devices))
+
+    def _sip_line_map(self) -> dict[str, str]:
+        return {line: dev for line, (dev, _) in self._lines("sip").items()}
+
+    def _refresh_sip_lamps(self) -> None:
+        for d in self.config.device_by_id:
+            self._sip_lamps[d] = self.engine.device_view(d).lamp.value
+        for c in self.config.client_by_name:
+            self._sip_lamps[c] = self.engine.member(c).lamp.value
+
+    def _sip_lookup(self, subscriber: str, target: str) -> tuple[str, str] | None:
+        lamp = self._sip_lamps.get(target)
+        if lamp is None:
+            return None
+        return ("device" if target in self.config.device_by_id else "client", lamp)
+
+    def _sip_authorize(self, subscriber: str, target: str) -> bool:
+        """A desk phone sees what its client may see: its own and monitored devices,
+        devices of members of its visible panels, and those members."""
+        from .panels.rights import combined_rights, visible_panels
+
+        cfg = self.config
+        if subscriber not in cfg.client_by_name:
+            return False
+        panels = visible_panels(cfg, subscriber)
+        if target in cfg.client_by_name:
+            return target == subscriber or any(
+                target in cfg.group_by_name[p].members for p in panels)
+        if target in cfg.device_by_id:
+            return combined_rights(cfg, subscriber, target) is not None
+        return False
+
+    async def _refresh_ha1(self) -> None:
+        while True:
+            try:
+                for name, c in self.config.client_by_name.items():
+                    if c.type == "nologin":
+                        continue
+                    ha1 = (await self.store.get_password(name)).get("ha1")
+                    if ha1:
+                        self._sip_ha1[name] = ha1
+                    else:
+                        self._sip_ha1.pop(name, None)
+            except (RedisError, OSError):
+                pass
+            await asyncio.sleep(2.0)
+
+    def _deliver(self, deltas) -> None:  # noqa: ANN001
+        """Hand deltas to the WebSocket fan-out and to the desk phones' BLF server."""
+        if not deltas:
+            return
+        self.hub.deliver(deltas)
+        if self.blf_server is not None:
+            for d in deltas:
+                lamp = d.view.lamp.value
+                if self._sip_lamps.get(d.key) != lamp:
+                    self._sip_lamps[d.key] = lamp
+                    self.blf_server.lamp_changed(d.key, lamp)
 
     # -- the Asterisk source --------------------------------------------------------------
 
@@ -232,6 +336,15 @@ class Gateway:
         self._start_ami()
 
     async def _shutdown(self) -> None:
+        for part in ("sip_source", "blf_server"):
+            obj = getattr(self, part, None)
+            if obj is not None:
+                try:
+                    await asyncio.wait_for(obj.stop(), 5)
+                except (asyncio.TimeoutError, Exception):
+                    log.exception("stopping %s", part)
+        if getattr(self, "sip_endpoint", None) is not None:
+            await asyncio.to_thread(self.sip_endpoint.stop)
         if self.ami is not None:
             try:
                 await asyncio.wait_for(self.ami.close(), 5)
@@ -335,12 +448,16 @@ class Gateway:
             for d in wanted - set(tracker.devices):
                 tracker.add_device(d)
                 self.publisher.put([tracker.state(d)])
+        if self.sip_source is not None:
+            await self.sip_source.update_lines(self._sip_line_map())
+            for d in self._devices_of("sip"):
+                self._sip_lamps.setdefault(d, "unknown")
         if self.ami is not None and self._ami_line_map() != self._ami_lines_in_use:
             log.info("AMI lines changed: reconnecting to Asterisk to re-sync them")
             await self._restart_ami()
         for session in [s for subs in self.clients.sessions.values() for s in subs]:
             session.revalidate(reshaped)
-        self.hub.deliver(deltas)
+        self._deliver(deltas)
         self.metrics["config_reloads"] += 1
         log.info("configuration reloaded (%d devices, %d clients, %d groups)",
                  len(new.devices), len(new.clients), len(new.groups))
@@ -376,12 +493,12 @@ class Gateway:
                 elif ch.kind == "client":
                     deltas.extend(self.engine.update_client(ch.state, ch.seq))  # type: ignore[arg-type]
             if deltas:
-                self.hub.deliver(deltas)
+                self._deliver(deltas)
 
     async def _redis_lost(self, exc: Exception) -> int:
         log.error("lost Redis (%s): every lamp is unknown until it is back", exc)
         self.redis_up = False
-        self.hub.deliver(self.engine.set_trusted(False))
+        self._deliver(self.engine.set_trusted(False))
         await wait_for_redis(self.store)
         log.info("Redis is back: reloading the shared state")
         return await self._reload()
@@ -398,7 +515,7 @@ class Gateway:
         deltas = self.engine.load([(s, q) for s, q in devices if s.device in known], clients)
         deltas += self.engine.set_trusted(True)
         self.redis_up = True
-        self.hub.deliver(deltas)
+        self._deliver(deltas)
         # What our sources and sessions know may be missing from a Redis that restarted.
         for tracker in self.trackers.values():
             self.publisher.put([tracker.state(d) for d in tracker.devices])

@@ -102,6 +102,10 @@ class AmiCfg(_Model):
 
 class SipCfg(_Model):
     bind: str = "127.0.0.1:5070"
+    # Optional registration of the gateway's user agent (digest credentials from a file).
+    registrar: str | None = None
+    username: str | None = None
+    password_file: str | None = None
 
     _v_bind = field_validator("bind")(_check_hostport)
 

@@ -1,0 +1,1016 @@
+"""One command, one table: the gateway's figures, each beside a baseline measured in the same run.
+
+    .venv/bin/python bench/run.py            # full run (about 5-8 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # smaller N, shorter windows (under 2 minutes)
+
+The gateway always runs in its own process (`python -m gateway run --config FILE`, embedded
+Redis, uvloop, fd limit raised by a small wrapper); the baselines are a bare `websockets`
+server (uvloop, `broadcast()`, the same as bench/latency.py's BASELINE_SERVER) and raw
+redis-py. Clients live in two worker processes (plus one probe in this process) so that the
+harness is not the bottleneck: they speak WebSocket on raw asyncio protocols and count lamp
+frames with a prefix check, never parsing JSON on the hot path. Loopback only.
+
+Figures (docs/performance.md says what each one means):
+
+- fan-out: lamp deliveries/s at N clients watching one panel; the bridge is driven as fast as
+  the server takes it (one event in flight per device, confirmed by the probe client);
+- latency: bridge line -> client p50/p99 at 200 x 100 events/s and 1,000 x 20 events/s;
+- ingest: bridge lines/s into Redis state (500 devices), against pipelined redis-py SETs;
+- memory: KiB of gateway RSS per idle, logged-in, subscribed connection;
+- reconnect: all big-N clients drop at once and come back (token login, subscribe with
+  `since`): time until the last one has its snapshot;
+- burst: 10,000 bridge events at once (a PBX reload): time until every client shows the
+  final state, request round trips during it, RSS before/after (twice, to see growth stop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import deque
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+MEMBERS = 50  # panel members for fan-out, latency, memory, reconnect, burst
+INGEST_DEVICES = 500
+PANEL = "board"
+PASSWORD = "bench-password"
+HOST = "127.0.0.1"
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return want
+
+
+RLIMIT_PRELUDE = (
+    "import resource\n"
+    "_s, _h = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (_h if _h != resource.RLIM_INFINITY else 65536, _h))\n"
+)
+GATEWAY_WRAPPER = RLIMIT_PRELUDE + "import runpy\nrunpy.run_module('gateway', run_name='__main__')\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOST, port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def listen_overflows() -> int:
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+        for head, vals in zip(lines[::2], lines[1::2]):
+            if head.startswith("TcpExt:"):
+                return int(dict(zip(head.split()[1:], vals.split()[1:]))["ListenOverflows"])
+    except (OSError, KeyError, ValueError):
+        pass
+    return -1
+
+
+def gateway_config(ws: int, bridge: int, members: int) -> str:
+    from gateway.auth import hash_password
+
+    pw = hash_password(PASSWORD, n=2**12)
+    out = [f'[server]\nlisten = "{HOST}:{ws}"\nmessages_per_second = 1000\nmessage_burst = 2000\n'
+           'login_attempts_per_minute = 10000000\n',
+           '[state]\ndir = "state"\n', f'[sources.tapi_bridge]\nlisten = "{HOST}:{bridge}"\n']
+    for i in range(members):
+        out.append(f'[[devices]]\nid = "{1000 + i}"\nnumber = "{1000 + i}"\n')
+    for i in range(members):
+        out.append(f'[[clients]]\nname = "m{i}"\ndevices = ["{1000 + i}"]\n')
+    out.append(f'[[clients]]\nname = "watcher"\npassword_hash = "{pw}"\n')
+    names = json.dumps([f"m{i}" for i in range(members)] + ["watcher"])
+    out.append(f'[[groups]]\nname = "{PANEL}"\nmembers = {names}\nrights = {{ numbers = "all" }}\n')
+    return "\n".join(out)
+
+
+class Server:
+    """The gateway (kind "gateway") or the bare websockets baseline (kind "raw"), own process."""
+
+    def __init__(self, tmp: Path, kind: str, name: str, members: int = MEMBERS) -> None:
+        self.kind, self.members = kind, members
+        self.dir = tmp / name
+        self.dir.mkdir()
+        self.ws, self.bridge = free_port(), free_port()
+        self.log = self.dir / "server.log"
+        if kind == "gateway":
+            cfg = self.dir / "bench.toml"
+            cfg.write_text(gateway_config(self.ws, self.bridge, members))
+            cmd = [sys.executable, "-c", GATEWAY_WRAPPER, "run", "--config", str(cfg),
+                   "--log-level", "warning"]
+        else:
+            from latency import BASELINE_SERVER
+
+            script = self.dir / "baseline.py"
+            script.write_text(RLIMIT_PRELUDE + BASELINE_SERVER)
+            cmd = [sys.executable, str(script), str(self.ws), str(self.bridge)]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        wait_port(self.ws)
+        wait_port(self.bridge)
+        self.pid = self.proc.pid
+
+    @property
+    def gw(self) -> bool:
+        return self.kind == "gateway"
+
+    @property
+    def redis_socket(self) -> str:
+        return str(self.dir / "state" / "redis.sock")
+
+    def rss(self) -> int:
+        return rss_kib(self.pid)
+
+    def healthz(self) -> dict:
+        with urllib.request.urlopen(f"http://{HOST}:{self.ws}/healthz", timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# A cheap WebSocket client: raw asyncio protocol, frames parsed by hand, lamp frames counted by
+# a prefix check. Server frames are unmasked; ours are masked with a zero key (allowed).
+
+HANDSHAKE = ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+             "Sec-WebSocket-Version: 13\r\n\r\n")
+LAMP = b'{"type":"lamp"'
+
+
+def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+class RawClient(asyncio.Protocol):
+    """login is None for the baseline server (it has no protocol: open = ready)."""
+
+    def __init__(self, port: int, login: dict | None, subscribe: dict | None,
+                 track: bool = False, on_lamp=None) -> None:  # noqa: ANN001
+        self.port, self.login, self.subscribe = port, login, subscribe
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.buf = bytearray()
+        self.upgraded = False
+        self.lamps = 0
+        self.track = track
+        self.on_lamp = on_lamp
+        self.last: dict[bytes, tuple[bytes, bytes | None]] = {}
+        self.transport: asyncio.Transport | None = None
+        self.error: str | None = None
+        self.closed = False
+
+    def connection_made(self, transport) -> None:  # noqa: ANN001
+        self.transport = transport
+        transport.write(HANDSHAKE.format(port=self.port).encode())
+
+    def connection_lost(self, exc) -> None:  # noqa: ANN001
+        self.closed = True
+        if not self.ready.done():
+            self.error = self.error or f"connection lost: {exc}"
+            self.ready.set_result(False)
+
+    def send(self, msg: dict) -> None:
+        self.transport.write(ws_frame(json.dumps(msg).encode()))
+
+    def _done(self, ok: bool, why: str | None = None) -> None:
+        if not self.ready.done():
+            self.error = why
+            self.ready.set_result(ok)
+
+    def _reply(self, payload: bytes) -> None:
+        msg = json.loads(payload)
+        t = msg.get("type")
+        if t == "welcome":
+            self.send(self.subscribe)
+        elif t == "snapshot":
+            self._done(True)
+        elif t == "error":
+            self._done(False, f"{msg.get('code')}: {msg.get('message')}")
+
+    def _track(self, buf: bytearray, start: int, end: int) -> None:
+        i = buf.find(b'"member":"', start, end)
+        if i < 0:
+            return
+        i += 10
+        j = buf.index(b'"', i)
+        member = bytes(buf[i:j])
+        k = buf.index(b'"lamp":"', j) + 8
+        lamp = bytes(buf[k:buf.index(b'"', k)])
+        r = buf.find(b'"remote":"', k, end)
+        remote = bytes(buf[r + 10:buf.index(b'"', r + 10)]) if r >= 0 else None
+        if self.track:
+            self.last[member] = (lamp, remote)
+        if self.on_lamp is not None:
+            self.on_lamp(member, lamp)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.upgraded:
+            i = buf.find(b"\r\n\r\n")
+            if i < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self._done(False, bytes(buf[:i]).decode(errors="replace").splitlines()[0])
+                self.transport.close()
+                return
+            del buf[:i + 4]
+            self.upgraded = True
+            if self.login is None:
+                self._done(True)
+            else:
+                self.send(self.login)
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            b1 = buf[pos + 1] & 0x7F
+            if b1 < 126:
+                hl, ln = 2, b1
+            elif b1 == 126:
+                if n - pos < 4:
+                    break
+                hl, ln = 4, (buf[pos + 2] << 8) | buf[pos + 3]
+            else:
+                if n - pos < 10:
+                    break
+                hl, ln = 10, int.from_bytes(buf[pos + 2:pos + 10], "big")
+            end = pos + hl + ln
+            if end > n:
+                break
+            op = buf[pos] & 0x0F
+            start = pos + hl
+            if op == 1:
+                if buf.startswith(LAMP, start):
+                    self.lamps += 1
+                    if self.track or self.on_lamp is not None:
+                        self._track(buf, start, end)
+                else:
+                    self._reply(bytes(buf[start:end]))
+            elif op == 9:
+                self.transport.write(ws_frame(bytes(buf[start:end]), 0xA))
+            elif op == 8:
+                self.transport.close()
+            pos = end
+        if pos:
+            del buf[:pos]
+
+
+def login_msgs(token: str | None, since: int | None) -> tuple[dict | None, dict | None]:
+    if token is None:
+        return None, None
+    sub: dict = {"type": "subscribe", "id": 2, "panel": PANEL}
+    if since is not None:
+        sub["since"] = since
+    return {"type": "login", "id": 1, "client": "watcher", "token": token}, sub
+
+
+async def open_client(port: int, token: str | None, since: int | None = None,
+                      track: bool = False, on_lamp=None, tries: int = 3) -> RawClient | str:  # noqa: ANN001
+    loop = asyncio.get_running_loop()
+    login, sub = login_msgs(token, since)
+    why = "?"
+    for _ in range(tries):
+        try:
+            _, c = await asyncio.wait_for(loop.create_connection(
+                lambda: RawClient(port, login, sub, track, on_lamp), HOST, port), 60)
+            if await asyncio.wait_for(c.ready, 60):
+                return c
+            why = c.error or "refused"
+            c.transport.close()
+        except (OSError, asyncio.TimeoutError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+    return why
+
+
+async def open_many(port: int, n: int, token: str | None, since: int | None, concurrency: int | None,
+                    track: bool) -> tuple[list[RawClient], list[str]]:
+    sem = asyncio.Semaphore(concurrency or n or 1)
+
+    async def one():  # noqa: ANN202
+        async with sem:
+            return await open_client(port, token, since, track)
+
+    res = await asyncio.gather(*(one() for _ in range(n)))
+    return [c for c in res if isinstance(c, RawClient)], [c for c in res if isinstance(c, str)]
+
+
+# -- worker processes ----------------------------------------------------------------------------
+
+def worker_main(conn, wid: int) -> None:  # noqa: ANN001
+    raise_nofile()
+    try:
+        import uvloop
+
+        uvloop.run(worker_async(conn))
+    except ImportError:
+        asyncio.run(worker_async(conn))
+
+
+async def worker_async(conn) -> None:  # noqa: ANN001
+    loop = asyncio.get_running_loop()
+    clients: list[RawClient] = []
+    track = False
+    while True:
+        cmd, *args = await loop.run_in_executor(None, conn.recv)
+        if cmd == "quit":
+            for c in clients:
+                if c.transport:
+                    c.transport.close()
+            conn.send(None)
+            return
+        if cmd == "connect":
+            port, n, token, since = args
+            t0 = time.monotonic()
+            new, errors = await open_many(port, n, token, since, 100, track)
+            clients += new
+            conn.send((len(new), errors[:3], len(errors), time.monotonic() - t0))
+        elif cmd == "counts":
+            conn.send((time.monotonic(), sum(c.lamps for c in clients),
+                       sum(1 for c in clients if not c.closed)))
+        elif cmd == "track":
+            track = args[0]
+            for c in clients:
+                c.track = track
+                c.last = {}
+            conn.send(None)
+        elif cmd == "check":
+            expected = args[0]
+            good = sum(1 for c in clients
+                       if all(c.last.get(m) == v for m, v in expected.items()))
+            conn.send((good, len(clients)))
+        elif cmd == "close":
+            for c in clients:
+                if c.transport:
+                    c.transport.close()
+            clients = []
+            await asyncio.sleep(0.2)
+            conn.send(None)
+        elif cmd == "reconnect":
+            port, token, since = args
+            n = len(clients)
+            t0 = time.monotonic()
+            for c in clients:
+                c.transport.close()
+            clients, errors = await open_many(port, n, token, since, None, track)
+            conn.send((len(clients), errors[:3], len(errors), time.monotonic() - t0))
+
+
+class Workers:
+    def __init__(self, n: int = 2) -> None:
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        for i in range(n):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=worker_main, args=(child, i), daemon=True)
+            p.start()
+            self.conns.append(parent)
+            self.procs.append(p)
+
+    async def call(self, *cmds: tuple) -> list:
+        """One command per worker (a single command goes to all)."""
+        if len(cmds) == 1:
+            cmds = cmds * len(self.conns)
+        for c, cmd in zip(self.conns, cmds):
+            c.send(cmd)
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(*(loop.run_in_executor(None, c.recv) for c in self.conns)))
+
+    async def connect(self, port: int, n: int, token: str | None, since: int | None = None) -> int:
+        k = len(self.conns)
+        parts = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        res = await self.call(*[("connect", port, p, token, since) for p in parts])
+        failed = sum(r[2] for r in res)
+        if failed:
+            print(f"  ! {failed} client(s) failed to connect: {res[0][1] or res[-1][1]}", flush=True)
+        return sum(r[0] for r in res)
+
+    async def counts(self) -> tuple[float, int, int]:
+        res = await self.call(("counts",))
+        return max(r[0] for r in res), sum(r[1] for r in res), sum(r[2] for r in res)
+
+    async def quit(self) -> None:
+        try:
+            await asyncio.wait_for(self.call(("quit",)), 10)
+        except Exception:
+            pass
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+
+
+# -- the bridge driver -------------------------------------------------------------------------
+
+def bline(**kw) -> bytes:  # noqa: ANN003
+    return json.dumps(kw, separators=(",", ":")).encode() + b"\n"
+
+
+class Driver:
+    """Feeds bridge events as fast as the server takes them: one event in flight per device,
+    the next one for a device sent when the probe client has seen the previous one's lamp."""
+
+    def __init__(self, server: Server, tag: str) -> None:
+        self.server, self.tag = server, tag
+        self.ready: deque[int] = deque(range(MEMBERS))
+        self.expect: dict[bytes, tuple[int, bytes]] = {}
+        self.ringing: dict[int, str] = {}
+        self.wake = asyncio.Event()
+        self.sent = 0
+        self.n = 0
+        self.running = False
+        self.probe: RawClient | None = None
+
+    def on_lamp(self, member: bytes, lamp: bytes) -> None:
+        exp = self.expect.get(member)
+        if exp is not None and exp[1] == lamp:
+            del self.expect[member]
+            self.ready.append(exp[0])
+            self.wake.set()
+
+    async def open(self, token: str | None) -> None:
+        _, self.w = await asyncio.open_connection(HOST, self.server.bridge)
+        self.w.write(b"".join(bline(device=str(1000 + d), devstate="inservice")
+                              for d in range(MEMBERS)))
+        await self.w.drain()
+        await asyncio.sleep(0.5)
+        probe = await open_client(self.server.ws, token, on_lamp=self.on_lamp)
+        if not isinstance(probe, RawClient):
+            raise RuntimeError(f"probe client: {probe}")
+        self.probe = probe
+        await asyncio.sleep(0.3)
+
+    def _line(self, d: int) -> tuple[bytes, bytes]:
+        dev = str(1000 + d)
+        if d in self.ringing:
+            call = self.ringing.pop(d)
+            return bline(device=dev, call=call, state="disconnected"), b"idle"
+        self.n += 1
+        call = f"{self.tag}{self.n}"
+        self.ringing[d] = call
+        return bline(device=dev, call=call, state="offering", caller=call), b"ringing"
+
+    async def run(self, settle: bool = False) -> None:
+        """Until stop(); with settle, only until every device is idle again."""
+        self.running = True
+        while self.running:
+            out = []
+            while self.ready:
+                d = self.ready.popleft()
+                if settle and d not in self.ringing:
+                    continue
+                line, lamp = self._line(d)
+                self.expect[f"m{d}".encode()] = (d, lamp)
+                out.append(line)
+            if out:
+                self.sent += len(out)
+                self.w.write(b"".join(out))
+                await self.w.drain()
+            elif settle and not self.ringing and not self.expect:
+                break
+            else:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), 5)
+                except asyncio.TimeoutError:
+                    print(f"  ! driver stalled ({len(self.expect)} lamps not seen)", flush=True)
+                    for m, (d, _) in list(self.expect.items()):
+                        del self.expect[m]
+                        self.ready.append(d)
+        self.running = False
+
+    def stop(self) -> None:
+        self.running = False
+        self.wake.set()
+
+    async def settle(self) -> None:
+        """After run(): wait for the lamps in flight, then end every ringing call."""
+        deadline = time.monotonic() + 10
+        while self.expect and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.expect.clear()
+        self.ready = deque(range(MEMBERS))
+        await self.run(settle=True)
+        self.ready = deque(range(MEMBERS))
+
+
+async def fanout(server: Server, workers: Workers, driver: Driver, n: int, warm: float,
+                 window: float) -> dict:
+    task = asyncio.create_task(driver.run())
+    await asyncio.sleep(warm)
+    t0, c0, _ = await workers.counts()
+    p0, s0 = driver.probe.lamps, driver.sent
+    await asyncio.sleep(window)
+    t1, c1, alive = await workers.counts()
+    p1, s1 = driver.probe.lamps, driver.sent
+    driver.stop()
+    await task
+    await driver.settle()
+    dt = t1 - t0
+    rss = server.rss()
+    return {"n": n, "deliveries_s": ((c1 - c0) + (p1 - p0)) / dt, "events_s": (s1 - s0) / dt,
+            "alive": alive + 1, "rss_kib": rss}
+
+
+# -- latency (the Harness approach of bench/latency.py, clients log in with a token) ------------
+
+async def latency(server: Server, token: str | None, clients: int, rate: float, seconds: float,
+                  tag: str) -> list[float]:
+    import websockets
+
+    sent: dict[str, float] = {}
+    lat: list[float] = []
+    ready = asyncio.Event()
+    counter = [0]
+
+    async def client() -> None:
+        async with websockets.connect(f"ws://{HOST}:{server.ws}/ws", compression=None,
+                                      max_size=2**22, open_timeout=60) as ws:
+            if token is not None:
+                await ws.send(json.dumps({"type": "login", "id": 1, "client": "watcher",
+                                          "token": token}))
+                assert json.loads(await ws.recv())["type"] == "welcome"
+                await ws.send(json.dumps({"type": "subscribe", "id": 2, "panel": PANEL}))
+                await ws.recv()
+            counter[0] += 1
+            if counter[0] == clients:
+                ready.set()
+            last: dict[str, str] = {}
+            async for frame in ws:
+                now = time.perf_counter()
+                i = frame.find('"member":"')
+                if i < 0:
+                    continue
+                member = frame[i + 10:frame.index('"', i + 10)]
+                if '"lamp":"ringing"' in frame:
+                    j = frame.index('"remote":"') + 10
+                    ev = last[member] = frame[j:frame.index('"', j)]
+                elif '"lamp":"idle"' in frame and member in last:
+                    ev = "end-" + last.pop(member)
+                else:
+                    continue
+                t0 = sent.get(ev)
+                if t0 is not None:
+                    lat.append(now - t0)
+
+    tasks = []
+    for i in range(clients):
+        tasks.append(asyncio.create_task(client()))
+        if i % 50 == 49:
+            await asyncio.sleep(0.02)
+    await asyncio.wait_for(ready.wait(), 120)
+    _, w = await asyncio.open_connection(HOST, server.bridge)
+    w.write(b"".join(bline(device=str(1000 + d), devstate="inservice") for d in range(MEMBERS)))
+    await w.drain()
+    await asyncio.sleep(1.0)
+    ringing: dict[int, str] = {}
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    n = 0
+    while time.perf_counter() - start < seconds:
+        dev = n % MEMBERS
+        if dev in ringing:
+            ev = ringing.pop(dev)
+            line, key = bline(device=str(1000 + dev), call=ev, state="disconnected"), "end-" + ev
+        else:
+            ev = ringing[dev] = f"{tag}{n}"
+            line, key = bline(device=str(1000 + dev), call=ev, state="offering", caller=ev), ev
+        sent[key] = time.perf_counter()
+        w.write(line)
+        n += 1
+        delay = start + n * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    await asyncio.sleep(1.0)
+    w.close()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0.5)
+    return lat
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p / 100))] * 1000 if values else float("nan")
+
+
+# -- ingest ------------------------------------------------------------------------------------
+
+async def ingest(server: Server, lines: int) -> dict:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis(unix_socket_path=server.redis_socket, decode_responses=True)
+    _, w = await asyncio.open_connection(HOST, server.bridge)
+    w.write(b"".join(bline(device=str(1000 + d), devstate="inservice")
+                     for d in range(INGEST_DEVICES)))
+    await w.drain()
+    await asyncio.sleep(1.0)
+    # Each device: offering c, disconnected c, offering c+1, ...: every line changes its state.
+    per_dev = lines // INGEST_DEVICES
+    out = []
+    final: dict[int, str] = {}
+    for k in range(per_dev):
+        for d in range(INGEST_DEVICES):
+            call = f"i{d}x{k // 2}"
+            if k % 2 == 0:
+                out.append(bline(device=str(1000 + d), call=call, state="offering", caller="555"))
+            else:
+                out.append(bline(device=str(1000 + d), call=call, state="disconnected"))
+            final[d] = call
+    if per_dev % 2 == 0:  # end on a ringing call, so the final state differs from the start
+        for d in range(INGEST_DEVICES):
+            call = f"i{d}x{per_dev}"
+            out.append(bline(device=str(1000 + d), call=call, state="offering", caller="555"))
+            final[d] = call
+    blob = b"".join(out)
+    keys = [f"{{blf}}:dev:{1000 + d}" for d in range(INGEST_DEVICES)]
+    want = [f'"{1000 + d}/{final[d]}"' for d in range(INGEST_DEVICES)]
+    seq0 = int(await r.get("{blf}:seq") or 0)
+    t0 = time.perf_counter()
+    w.write(blob)
+    await w.drain()
+    t_sent = time.perf_counter() - t0
+    while True:
+        vals = await r.mget(keys)
+        if all(v is not None and x in v for v, x in zip(vals, want)):
+            break
+        if time.perf_counter() - t0 > 120:
+            raise RuntimeError("ingest: final states not stored within 120 s")
+        await asyncio.sleep(0.002)
+    gw_s = time.perf_counter() - t0
+    seq1 = int(await r.get("{blf}:seq") or 0)
+    w.close()
+    # Baseline: the same number of keys SET through redis-py, pipelined 1,000 at a time.
+    value = "1 " + '{"s":"ok","c":[["1000/i0x0","in","ringing",1700000000.123,"555",null,null]]}'
+    t0 = time.perf_counter()
+    n = len(out)
+    for i in range(0, n, 1000):
+        pipe = r.pipeline(transaction=False)
+        for j in range(i, min(n, i + 1000)):
+            pipe.set(f"bench:{j % INGEST_DEVICES}", value)
+        await pipe.execute()
+    base_s = time.perf_counter() - t0
+    await r.aclose()
+    return {"lines": n, "gw_rate": n / gw_s, "gw_s": gw_s, "sent_s": t_sent,
+            "published": seq1 - seq0, "base_rate": n / base_s}
+
+
+# -- burst -------------------------------------------------------------------------------------
+
+async def request_rtts(server: Server, token: str, stop: asyncio.Event) -> list[float]:
+    """A logged-in client sending a cheap request every 10 ms; the reply round trips."""
+    import websockets
+
+    rtts: list[float] = []
+    async with websockets.connect(f"ws://{HOST}:{server.ws}/ws", compression=None,
+                                  max_size=2**22) as ws:
+        await ws.send(json.dumps({"type": "login", "id": 0, "client": "watcher", "token": token}))
+        await ws.recv()
+        i = 0
+        while not stop.is_set():
+            i += 1
+            t0 = time.perf_counter()
+            await ws.send(json.dumps({"type": "unsubscribe", "id": i, "panel": PANEL}))
+            while json.loads(await ws.recv()).get("id") != i:
+                pass
+            rtts.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.01)
+    return rtts
+
+
+async def burst(server: Server, workers: Workers, driver: Driver, token: str, events: int,
+                tag: str, timeout: float) -> dict:
+    await workers.call(("track", True))
+    driver.probe.track = True
+    driver.probe.last = {}
+    rss0 = server.rss()
+    per_dev = events // MEMBERS  # even: pairs
+    out = []
+    expected: dict[bytes, tuple[bytes, bytes | None]] = {}
+    for k in range(per_dev // 2):
+        for d in range(MEMBERS):
+            dev, call = str(1000 + d), f"{tag}{d}x{k}"
+            out.append(bline(device=dev, call=call, state="offering", caller=call))
+            last = k == per_dev // 2 - 1
+            out.append(bline(device=dev, call=call, state="connected" if last else "disconnected"))
+            if last:
+                expected[f"m{d}".encode()] = (b"busy", call.encode())
+    stop = asyncio.Event()
+    prober = asyncio.create_task(request_rtts(server, token, stop))
+    await asyncio.sleep(0.2)
+    t0 = time.perf_counter()
+    driver.w.write(b"".join(out))
+    await driver.w.drain()
+    good = total = 0
+    while time.perf_counter() - t0 < timeout:
+        res = await workers.call(("check", expected))
+        good, total = sum(r[0] for r in res), sum(r[1] for r in res)
+        pgood = all(driver.probe.last.get(m) == v for m, v in expected.items())
+        if good == total and pgood:
+            break
+        await asyncio.sleep(0.1)
+    done_s = time.perf_counter() - t0
+    stop.set()
+    rtts = await prober
+    await asyncio.sleep(1.0)
+    rss1 = server.rss()
+    await workers.call(("track", False))
+    driver.probe.track = False
+    # the next driver events start from idle lamps again
+    for d in range(MEMBERS):
+        driver.w.write(bline(device=str(1000 + d), call=f"{tag}{d}x{per_dev // 2 - 1}",
+                             state="disconnected"))
+    await driver.w.drain()
+    await asyncio.sleep(0.5)
+    return {"lines": len(out), "done_s": done_s, "good": good + int(pgood), "clients": total + 1,
+            "rss0": rss0, "rss1": rss1, "rtt_max": max(rtts) * 1000 if rtts else float("nan"),
+            "rtt_p99": pct(rtts, 99), "rtts": len(rtts)}
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+async def get_token(server: Server) -> str:
+    import websockets
+
+    async with websockets.connect(f"ws://{HOST}:{server.ws}/ws", compression=None) as ws:
+        await ws.send(json.dumps({"type": "login", "id": 1, "client": "watcher",
+                                  "password": PASSWORD}))
+        reply = json.loads(await ws.recv())
+        assert reply["type"] == "welcome", reply
+        return reply["token"]
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+async def run_all(args) -> dict:  # noqa: ANN001, C901
+    raise_nofile()
+    q = args.quick
+    small = [200, 1000]
+    big = 1000 if q else 5000
+    window, warm = (2.0, 0.7) if q else (4.0, 1.0)
+    lat_s = 3.0 if q else 8.0
+    ingest_lines = 20000 if q else 100000
+    burst_events = 10000
+    res: dict = {"params": {"big": big, "window": window, "lat_s": lat_s, "ingest": ingest_lines,
+                            "burst": burst_events, "quick": q}}
+    workers = Workers(2)
+    tmp = Path(tempfile.mkdtemp(prefix="blf-bench-"))
+    servers: list[Server] = []
+    try:
+        for kind in ("gateway", "raw"):
+            gw = kind == "gateway"
+            label = "gateway" if gw else "raw broadcast"
+            # Phase 1: fan-out at 200 and 1,000, the burst, then latency.
+            say(f"{label}: fan-out at {small}")
+            s = Server(tmp, kind, f"{kind}-1")
+            servers.append(s)
+            token = await get_token(s) if gw else None
+            driver = Driver(s, "f")
+            await driver.open(token)
+            have = 1
+            for n in small:
+                have += await workers.connect(s.ws, n - have, token)
+                await asyncio.sleep(0.5)
+                r = await fanout(s, workers, driver, n, warm, window)
+                res[(kind, "fanout", n)] = r
+                say(f"  N={n}: {r['deliveries_s']:,.0f} deliveries/s ({r['events_s']:,.0f} events/s,"
+                    f" {r['alive']} open), RSS {r['rss_kib'] / 1024:.0f} MiB")
+            if gw:
+                say(f"gateway: burst of {burst_events} events to {have} clients (twice)")
+                b1 = await burst(s, workers, driver, token, burst_events, "B", 60 if q else 120)
+                b2 = await burst(s, workers, driver, token, burst_events, "C", 60 if q else 120)
+                res["burst"] = (b1, b2)
+                for b in (b1, b2):
+                    say(f"  final state at {b['good']}/{b['clients']} clients after "
+                        f"{b['done_s']:.2f} s; request rtt p99 {b['rtt_p99']:.1f} ms max "
+                        f"{b['rtt_max']:.1f} ms; RSS {b['rss0'] / 1024:.1f} -> {b['rss1'] / 1024:.1f} MiB")
+            await workers.call(("close",))
+            driver.probe.transport.close()
+            driver.w.close()
+            await asyncio.sleep(1.0)
+            for n, rate in ((200, 100.0), (1000, 20.0)):
+                say(f"{label}: latency {n} clients x {rate:g} events/s for {lat_s:g} s")
+                lat = await latency(s, token, n, rate, lat_s, f"L{n}x")
+                res[(kind, "latency", n)] = lat
+                say(f"  {len(lat)} samples, p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms")
+            s.stop()
+
+            # Phase 2: memory with `big` idle clients, fan-out at big, reconnect.
+            say(f"{label}: {big} idle clients, fan-out, reconnect")
+            s = Server(tmp, kind, f"{kind}-2")
+            servers.append(s)
+            token = await get_token(s) if gw else None
+            await asyncio.sleep(1.5)
+            rss0 = s.rss()
+            t0 = time.monotonic()
+            have = await workers.connect(s.ws, big - 1, token)
+            connect_s = time.monotonic() - t0
+            await asyncio.sleep(2.0)
+            rss1 = s.rss()
+            res[(kind, "memory")] = {"clients": have, "rss0": rss0, "rss1": rss1,
+                                     "kib": (rss1 - rss0) / max(have, 1), "connect_s": connect_s}
+            say(f"  {have} clients connected in {connect_s:.1f} s; RSS {rss0 / 1024:.1f} -> "
+                f"{rss1 / 1024:.1f} MiB = {(rss1 - rss0) / max(have, 1):.1f} KiB each")
+            driver = Driver(s, "g")
+            await driver.open(token)
+            r = await fanout(s, workers, driver, have + 1, warm, window)
+            res[(kind, "fanout", big)] = r
+            say(f"  N={have + 1}: {r['deliveries_s']:,.0f} deliveries/s ({r['events_s']:,.0f} "
+                f"events/s, {r['alive']} open)")
+            since = s.healthz()["seq"] if gw else None
+            ov0 = listen_overflows()
+            out = await workers.call(("reconnect", s.ws, token, since))
+            ov1 = listen_overflows()
+            back = sum(o[0] for o in out)
+            secs = max(o[3] for o in out)
+            res[(kind, "reconnect")] = {"clients": have, "back": back, "s": secs,
+                                        "overflows": ov1 - ov0,
+                                        "errors": [e for o in out for e in o[1]]}
+            say(f"  reconnect: {back}/{have} back in {secs:.2f} s (listen queue overflows "
+                f"{ov1 - ov0})")
+            await workers.call(("close",))
+            driver.probe.transport.close()
+            driver.w.close()
+            s.stop()
+
+        say(f"gateway: ingest of {ingest_lines} bridge lines over {INGEST_DEVICES} devices")
+        s = Server(tmp, "gateway", "ingest", members=INGEST_DEVICES)
+        servers.append(s)
+        res["ingest"] = r = await ingest(s, ingest_lines)
+        say(f"  {r['lines']} lines in {r['gw_s']:.2f} s = {r['gw_rate']:,.0f}/s ({r['published']} "
+            f"changes published); redis-py SET {r['base_rate']:,.0f}/s")
+        s.stop()
+    finally:
+        for s in servers:
+            if s.proc.poll() is None:
+                s.stop()
+        await workers.quit()
+        res["tmp"] = str(tmp)
+    return res
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import uvloop  # noqa: F401
+
+        uv = "uvloop yes"
+    except ImportError:
+        uv = "uvloop no"
+    import websockets
+
+    return (f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {uv}, "
+            f"websockets {websockets.__version__}")
+
+
+def table(res: dict) -> str:
+    p = res["params"]
+    rows: list[tuple[str, str, str, str, str, str]] = []
+
+    def verdict(ok: bool | None) -> str:
+        return "-" if ok is None else ("PASS" if ok else "FAIL")
+
+    for n in (200, 1000, p["big"]):
+        g, b = res.get(("gateway", "fanout", n)), res.get(("raw", "fanout", n))
+        if not g or not b:
+            continue
+        ratio = g["deliveries_s"] / b["deliveries_s"]
+        target = ">= 0.8x raw" if n == 1000 else ""
+        rows.append((f"fan-out deliveries/s, N={n:,}", f"{g['deliveries_s']:,.0f}",
+                     f"{b['deliveries_s']:,.0f}", f"{ratio:.2f}x", target,
+                     verdict(ratio >= 0.8) if n == 1000 else "-"))
+    for n, rate, lim in ((200, 100, 10.0), (1000, 20, 30.0)):
+        g, b = res.get(("gateway", "latency", n)), res.get(("raw", "latency", n))
+        if g is None or b is None:
+            continue
+        rows.append((f"latency p50 ms, {n:,} x {rate}/s", f"{pct(g, 50):.2f}", f"{pct(b, 50):.2f}",
+                     f"{pct(g, 50) / pct(b, 50):.2f}x", "", "-"))
+        rows.append((f"latency p99 ms, {n:,} x {rate}/s", f"{pct(g, 99):.2f}", f"{pct(b, 99):.2f}",
+                     f"{pct(g, 99) / pct(b, 99):.2f}x", f"<= {lim:g} ms",
+                     verdict(bool(g) and pct(g, 99) <= lim)))
+    ing = res.get("ingest")
+    if ing:
+        rows.append((f"ingest events/s ({ing['lines']:,} lines)", f"{ing['gw_rate']:,.0f}",
+                     f"{ing['base_rate']:,.0f}", f"{ing['gw_rate'] / ing['base_rate']:.2f}x",
+                     ">= 20,000/s", verdict(ing["gw_rate"] >= 20000)))
+    g, b = res.get(("gateway", "memory")), res.get(("raw", "memory"))
+    if g and b:
+        rows.append((f"KiB per idle connection ({g['clients']:,})", f"{g['kib']:.1f}",
+                     f"{b['kib']:.1f}", f"{g['kib'] / b['kib']:.2f}x", "<= 20 KiB",
+                     verdict(g["kib"] <= 20)))
+        rows.append((f"connect {g['clients']:,} clients, s", f"{g['connect_s']:.2f}",
+                     f"{b['connect_s']:.2f}", f"{g['connect_s'] / b['connect_s']:.2f}x", "", "-"))
+    g, b = res.get(("gateway", "reconnect")), res.get(("raw", "reconnect"))
+    if g and b:
+        rows.append((f"reconnect+resync {g['clients']:,}, s", f"{g['s']:.2f}", f"{b['s']:.2f}",
+                     f"{g['s'] / b['s']:.2f}x", "all back",
+                     verdict(g["back"] == g["clients"])))
+    if "burst" in res:
+        b1, b2 = res["burst"]
+        ok_state = b1["good"] == b1["clients"] and b2["good"] == b2["clients"]
+        growth = (b2["rss1"] - b1["rss1"]) / 1024
+        rows.append((f"burst {p['burst']:,}: clients with final state", f"{b1['good']}/{b1['clients']}"
+                     f", {b2['good']}/{b2['clients']}", "-", "", "all", verdict(ok_state)))
+        rows.append(("burst: s until all final", f"{b1['done_s']:.2f}, {b2['done_s']:.2f}", "-",
+                     "", "", "-"))
+        worst = max(b1["rtt_max"], b2["rtt_max"])
+        rows.append(("burst: request rtt p99/max ms", f"{max(b1['rtt_p99'], b2['rtt_p99']):.1f}"
+                     f" / {worst:.1f}", "-", "", "max <= 1000", verdict(worst <= 1000)))
+        rows.append(("burst: RSS MiB before/1st/2nd",
+                     f"{b1['rss0'] / 1024:.1f}/{b1['rss1'] / 1024:.1f}/{b2['rss1'] / 1024:.1f}", "-",
+                     "", "2nd-1st <= 5 MiB", verdict(growth <= 5)))
+    head = ("figure", "gateway", "baseline", "ratio", "target", "result")
+    w = [max(len(r[i]) for r in rows + [head]) for i in range(6)]
+    lines = ["| " + " | ".join(h.ljust(w[i]) for i, h in enumerate(head)) + " |",
+             "|" + "|".join("-" * (w[i] + 2) for i in range(6)) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller N, shorter windows (< 2 min)")
+    ap.add_argument("--json", metavar="FILE", help="also write the raw figures here")
+    args = ap.parse_args()
+    t0 = time.monotonic()
+    try:
+        import uvloop
+
+        res = uvloop.run(run_all(args))
+    except ImportError:
+        res = asyncio.run(run_all(args))
+    p = res["params"]
+    print()
+    print(f"BLF gateway benchmark ({'quick' if p['quick'] else 'full'} run, "
+          f"{time.monotonic() - t0:.0f} s): {machine()}")
+    print(f"baselines: bare websockets.broadcast server (uvloop) for WebSocket figures, "
+          f"pipelined redis-py SET for ingest; fan-out window {p['window']:g} s, "
+          f"latency {p['lat_s']:g} s per run")
+    print(table(res))
+    if args.json:
+        out = {(" ".join(map(str, k)) if isinstance(k, tuple) else k): v for k, v in res.items()}
+        for k, v in list(out.items()):
+            if isinstance(v, list) and v and isinstance(v[0], float):
+                out[k] = {"samples": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99)}
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

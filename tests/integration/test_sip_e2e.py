@@ -1,0 +1,135 @@
+"""SIP end to end: a real gateway process with its pjsua2 user agent, a desk phone (a second
+pjsua2 process) subscribed to the gateway's BLF server, and a call ringing on a TAPI bridge
+line. The gateway runs in its own process: pjsua2 allows one Endpoint per process, and the
+pytest process already has one for the SIP adapter tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import websockets
+
+from conftest import free_port
+from test_cli import BIN, _wait_port, cli
+
+pj = pytest.importorskip("pjsua2", reason="pjsua2 has no wheel for this Python")
+
+from test_sip import DeskPhone, _free_udp_port  # noqa: E402
+
+CONFIG = """
+[server]
+listen = "127.0.0.1:{ws}"
+
+[redis]
+url = "{redis}"
+
+[sources.tapi_bridge]
+listen = "127.0.0.1:{bridge}"
+
+[sources.sip]
+bind = "127.0.0.1:{sip}"
+
+[[devices]]
+id = "201"
+number = "201"
+[[devices]]
+id = "202"
+number = "202"
+
+[[clients]]
+name = "alice"
+devices = ["201"]
+[[clients]]
+name = "bob"
+devices = ["202"]
+[[clients]]
+name = "mallory"
+
+[[groups]]
+name = "desk"
+members = ["alice", "bob"]
+"""
+
+
+@pytest.fixture
+async def sip_gateway(tmp_path, redis_url):
+    ws, bridge, sip = free_port(), free_port(), _free_udp_port()
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(CONFIG.format(ws=ws, bridge=bridge, sip=sip, redis=redis_url))
+    for client, pw in (("alice", "alice-pass-1"), ("mallory", "mallory-pass")):
+        r = await asyncio.to_thread(cli, "password", client, "--config", str(cfg), "--stdin",
+                                    stdin=pw + "\n")
+        assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([*BIN, "run", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        await asyncio.to_thread(_wait_port, ws, 30)
+        await asyncio.to_thread(_wait_port, bridge, 30)
+        _, w = await asyncio.open_connection("127.0.0.1", bridge)
+        yield {"sip": sip, "ws": ws, "bridge": w, "proc": proc}
+        w.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+        print(out[-3000:])
+    assert proc.returncode == 0, out[-3000:]
+    assert "alice-pass-1" not in out
+
+
+async def send(w, *msgs):
+    for m in msgs:
+        w.write(json.dumps(m).encode() + b"\n")
+    await w.drain()
+
+
+async def until(pred, timeout=20.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_desk_phone_key_follows_a_bridge_line(sip_gateway):
+    g = sip_gateway
+    await send(g["bridge"], {"device": "201", "devstate": "inservice"},
+               {"device": "202", "devstate": "inservice"})
+    phone = await DeskPhone.start(f"sip:201@127.0.0.1:{g['sip']}", "alice", "alice-pass-1")
+    member = await DeskPhone.start(f"sip:bob@127.0.0.1:{g['sip']}", "alice", "alice-pass-1")
+    try:
+        await until(lambda: "Ready" in phone.notes())
+        assert 401 in phone.codes() and 200 in phone.codes()  # digest as the client
+        await send(g["bridge"], {"device": "201", "call": "1", "state": "offering",
+                                 "caller": "0301"})
+        await until(lambda: phone.notes()[-1:] == ["Ringing"])
+        await send(g["bridge"], {"device": "201", "call": "1", "state": "connected"})
+        await until(lambda: phone.notes()[-1:] == ["On the phone"])
+        await send(g["bridge"], {"device": "201", "call": "1", "state": "disconnected"})
+        await until(lambda: phone.notes()[-1:] == ["Ready"])
+        # A client name as target: bob's member lamp (the gateway's de-duplicated lamp).
+        await until(lambda: "Ready" in member.notes())
+        await send(g["bridge"], {"device": "202", "call": "2", "state": "offering"})
+        await until(lambda: member.notes()[-1:] == ["Ringing"])
+    finally:
+        await phone.close()
+        await member.close()
+
+
+async def test_desk_phone_sees_only_what_its_client_may_see(sip_gateway):
+    g = sip_gateway
+    spy = await DeskPhone.start(f"sip:201@127.0.0.1:{g['sip']}", "mallory", "mallory-pass")
+    wrong = await DeskPhone.start(f"sip:201@127.0.0.1:{g['sip']}", "alice", "not-her-password")
+    try:
+        await until(lambda: 403 in spy.codes())  # authenticated, but no right on 201
+        await until(lambda: 403 in wrong.codes())
+        assert spy.notes() == [] and wrong.notes() == []
+    finally:
+        await spy.close()
+        await wrong.close()
