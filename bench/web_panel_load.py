@@ -143,6 +143,37 @@ class Driver(threading.Thread):
             self.sent.append((t, i, state, caller))
 
 
+class RawWatcher(threading.Thread):
+    """A reference CTI client without a browser: the same login and panel over a plain
+    WebSocket (Python), stamping each lamp frame with time.time() on arrival."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.got: list[tuple[float, str, str, str | None]] = []  # (t, member, lamp, remote)
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from websockets.sync.client import connect
+
+        with connect(f"ws://127.0.0.1:{self.port}/ws", open_timeout=10, compression=None) as ws:
+            ws.send(json.dumps({"type": "login", "id": 1, "client": VIEWER, "password": PASSWORD}))
+            ws.send(json.dumps({"type": "subscribe", "id": 2, "panel": PANEL}))
+            while not self.stop.is_set():
+                try:
+                    raw = ws.recv(timeout=0.5)
+                except TimeoutError:
+                    continue
+                t = time.time()
+                m = json.loads(raw)
+                if m.get("type") == "snapshot":
+                    self.ready.set()
+                elif m.get("type") == "lamp":
+                    c = m["calls"][0]["remote"] if m.get("calls") else None
+                    self.got.append((t, f"{m['panel']}/{m['member']}", m["lamp"], c))
+
+
 def pct(xs: list[float], p: float) -> float:
     if not xs:
         return float("nan")
@@ -156,6 +187,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=100.0, help="lamp changes a second")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--reduced-motion", action="store_true",
+                    help="emulate prefers-reduced-motion (no ringing animation)")
     args = ap.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -192,6 +225,8 @@ def main() -> int:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             page = browser.new_context(viewport={"width": 1920, "height": 1080}).new_page()
             page.add_init_script(INIT_SCRIPT)
+            if args.reduced_motion:
+                page.emulate_media(reduced_motion="reduce")
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"http://127.0.0.1:{port}/")
@@ -212,6 +247,10 @@ def main() -> int:
             origin = page.evaluate("() => performance.timeOrigin") / 1000
             page.evaluate("() => { window.__blf.trace = []; window.__blf.applied.length = 0; window.__blfLong.length = 0; }")
 
+            raw = RawWatcher(port)
+            raw.start()
+            if not raw.ready.wait(30):
+                raise SystemExit("the reference client got no snapshot")
             driver = Driver(bridge, args.members, args.rate, args.seconds)
             trace: list = []
             applied: list = []
@@ -233,10 +272,10 @@ def main() -> int:
                 driver.join(1.0)
                 drain()
             # Let the last changes arrive (bounded), then collect.
-            expected_last = driver.sent[-1][0] if driver.sent else time.time()
             page.wait_for_timeout(1500)
             drain()
-            t_end = time.time()
+            raw.stop.set()
+            raw.join(5)
             browser.close()
     finally:
         if gw.poll() is None:
@@ -281,6 +320,18 @@ def main() -> int:
         j = bisect.bisect_left(seqs, seq)
         dom = to_wall(flushes[key][j][1]) if j < len(seqs) else None
         rows.append((t_sent, to_wall(recv_ms), dom))
+
+    # The reference client, matched the same way.
+    raw_ms: list[float] = []
+    last_caller = {}
+    for t, key, lamp, remote in raw.got:
+        if lamp == "idle":
+            ident = (key, "end", last_caller.get(key))
+        else:
+            last_caller[key] = remote
+            ident = (key, {"ringing": "offering", "busy": "connected"}.get(lamp, lamp), remote)
+        if ident in sent_at:
+            raw_ms.append((t - sent_at[ident]) * 1000)
 
     n_sent = len(driver.sent)
     matched = len(rows)
@@ -338,6 +389,9 @@ def main() -> int:
     print(f"send->DOM over the run: p50 {pct(all_e2e, 50):.1f} ms, p95 {pct(all_e2e, 95):.1f} ms "
           f"(send->page p50 {pct(all_net, 50):.1f} / p95 {pct(all_net, 95):.1f} ms; "
           f"page->DOM p50 {pct(all_dom, 50):.1f} / p95 {pct(all_dom, 95):.1f} ms)")
+    print(f"reference: the same frames to a plain Python WebSocket client on this machine "
+          f"(no browser): {len(raw_ms)} frames, send->client p50 {pct(raw_ms, 50):.1f} ms, "
+          f"p95 {pct(raw_ms, 95):.1f} ms")
     print("'behind': changes sent before the window's end not yet in the DOM at its end (in flight);"
           " 'dirty': cards waiting for the next flush at the last sample")
     print(f"keeps up: {'YES' if keeps_up else 'NO'} "

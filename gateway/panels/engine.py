@@ -12,7 +12,7 @@ What it decides:
 - whether the client's own softphone calls feed it (`blf.softphone`), and the shown-once
   rule: a softphone call that is the same call as one on a feeding line is dropped, the line's
   report being the one shown (matched by a shared call identity where both carry one, else by
-  direction, remote number and time);
+  direction, remote number and time), at the furthest progress either report has seen;
 - the member's number (its own, or live from its device when it has none);
 - for each panel and each member, the `seq` of its last change, so a client resuming with
   `since` gets exactly the members it missed.
@@ -21,10 +21,10 @@ What it decides:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import ClientCfg, Config
-from ..model import Call, ClientState, DeviceState, Lamp, Presence
+from ..model import Call, CallState, ClientState, DeviceState, Lamp, Presence
 from .lamps import call_lamp, device_lamp, merge_lamps
 
 __all__ = [
@@ -97,6 +97,11 @@ def same_call(softphone: Call, line: Call, window: float = SHOWN_ONCE_WINDOW) ->
         and abs(softphone.since - line.since) <= window
         and _numbers_match(softphone.remote, line.remote)
     )
+
+
+# How far a call has got: answered (or held) is further than still setting up.
+_PROGRESS = {CallState.DIALING: 0, CallState.RINGING: 0, CallState.CONNECTED: 1,
+             CallState.HELD: 1}
 
 
 def _sort_calls(calls: Iterable[Call]) -> tuple[Call, ...]:
@@ -276,19 +281,27 @@ class Engine:
         line_calls: list[Call] = []
         for d in feeding:
             dstate = self.device_state(d)
-            lamps.append(device_lamp(dstate))
+            # Calls count through line_calls below (after the shown-once rule); the device
+            # itself contributes its state without calls: idle, offline or unknown.
+            lamps.append(device_lamp(DeviceState(d, dstate.status)))
             line_calls.extend(dstate.calls)
         shown_sp: list[Call] = []
         if cfg.blf.softphone:
             taken: set[str] = set()
             for sp in state.softphone:
-                match = next(
-                    (c for c in line_calls if c.id not in taken and same_call(sp, c)), None
-                )
-                if match is None:
+                i = next((i for i, c in enumerate(line_calls)
+                          if c.id not in taken and same_call(sp, c)), None)
+                if i is None:
                     shown_sp.append(sp)
-                else:
-                    taken.add(match.id)
+                    continue
+                match = line_calls[i]
+                taken.add(match.id)
+                if _PROGRESS[sp.state] > _PROGRESS[match.state]:
+                    # The two reports of one call arrive in either order: show the furthest
+                    # either has seen, so the lamp never steps back (busy -> outgoing) when
+                    # the slower report catches up.
+                    line_calls[i] = replace(match, state=sp.state, since=sp.since)
+        lamps.extend(call_lamp(c) for c in line_calls)
         lamps.extend(call_lamp(c) for c in shown_sp)
         if not feeding:
             # No line feeds this lamp: whether the client is there is all we know.

@@ -133,3 +133,116 @@ async def test_desk_phone_sees_only_what_its_client_may_see(sip_gateway):
     finally:
         await spy.close()
         await wrong.close()
+
+
+SOFTPHONE = BIN[0], str(__import__("pathlib").Path(__file__).resolve().parents[1] / "sip" / "softphone.py")
+
+SOFTPHONE_CONFIG = """
+[server]
+listen = "127.0.0.1:0"
+[redis]
+url = "{redis}"
+[sources.tapi_bridge]
+listen = "127.0.0.1:0"
+[[devices]]
+id = "201"
+number = "201"
+[[clients]]
+name = "alice"
+sip_user = "alice.sip"
+devices = ["201"]
+password_hash = "{hash}"
+blf = {{ devices = "all", softphone = {softphone} }}
+[[clients]]
+name = "carol"
+password_hash = "{hash}"
+[[groups]]
+name = "g"
+members = ["alice", "carol"]
+rights = {{ numbers = "all" }}
+"""
+
+_STATE = {"CALLING": "dialing", "EARLY": "dialing", "CONNECTING": "dialing",
+          "CONFIRMED": "connected", "DISCONNECTED": "ended"}
+_TAPI = {"dialing": "dialing", "connected": "connected", "ended": "disconnected"}
+
+
+@pytest.mark.parametrize("softphone", ["true", "false"])
+async def test_real_softphone_call_also_on_the_line_is_shown_once(
+        redis_url, start_gateway, connect, bridge, softphone):
+    """A pjsua2 softphone places a real call (to a sipp UAS); alice's CTI client reports it
+    with `softphone` messages while her TAPI line reports the same call."""
+    from test_gateway_e2e import HASH, PW, login
+
+    gw = await start_gateway(SOFTPHONE_CONFIG.format(redis=redis_url, hash=HASH,
+                                                     softphone=softphone))
+    b = await bridge(gw)
+    await b.send({"device": "201", "devstate": "inservice"})
+    carol = await login(connect, gw, "carol")
+    await carol.request({"type": "subscribe", "panel": "g"})
+    alice = await login(connect, gw, "alice")
+
+    port = _free_udp_port()
+    uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-m", "1",
+                            "-nostdin"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    phone = await asyncio.create_subprocess_exec(
+        *SOFTPHONE, "--call", f"sip:0301555@127.0.0.1:{port}", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    seen_states = []
+    try:
+        async def follow() -> None:
+            last = None
+            async for raw in phone.stdout:  # type: ignore[union-attr]
+                if not raw.startswith(b"{"):
+                    continue
+                ev = json.loads(raw)
+                if ev.get("event") != "call":
+                    continue
+                state = _STATE.get(ev["state"])
+                if state is None or state == last:
+                    continue
+                last = state
+                seen_states.append(state)
+                # The CTI client reports its softphone's call; the PBX line reports it too.
+                r = await alice.request({"type": "softphone", "call": ev["call_id"],
+                                         "state": state, "direction": "out",
+                                         "remote": "0301555", "link": ev["call_id"]})
+                assert r["type"] == "ok"
+                await b.send({"device": "201", "call": "0x77", "state": _TAPI[state],
+                              "caller": "201", "called": "0301555"})
+                if state == "connected":
+                    await carol.wait(lambda m: m.get("member") == "alice" and
+                                     m.get("lamp") == "busy")
+                    await asyncio.sleep(0.3)
+                    phone.stdin.write(b"hangup\n")  # type: ignore[union-attr]
+                    await phone.stdin.drain()  # type: ignore[union-attr]
+                if state == "ended":
+                    return
+
+        await asyncio.wait_for(follow(), 30)
+    finally:
+        if phone.returncode is None:
+            phone.stdin.close()  # type: ignore[union-attr]
+            try:
+                await asyncio.wait_for(phone.wait(), 10)
+            except asyncio.TimeoutError:
+                phone.kill()
+        uas.kill()
+        uas.wait()
+    assert seen_states == ["dialing", "connected", "ended"]
+    await carol.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "idle")
+    lamps = carol.lamps(member="alice")
+    assert {m["lamp"] for m in lamps} >= {"outgoing", "busy", "idle"}
+    # Whether or not the softphone feeds the lamp, the one call is never shown twice.
+    assert max(len(m["calls"]) for m in lamps) == 1
+    shown = [c for m in lamps for c in m["calls"]]
+    assert all(c["remote"] == "0301555" for c in shown)
+    if softphone == "false":
+        assert all(c["id"].startswith("201/") for c in shown)  # softphone reports ignored
+    else:
+        # Whichever report comes first shows the call; once both did, the line's report is
+        # the one kept, and the lamp never steps back from busy to outgoing.
+        seq = [m["lamp"] for m in lamps]
+        assert "outgoing" not in seq[seq.index("busy"):]
+        busy = [m for m in lamps if m["lamp"] == "busy"]
+        assert busy[-1]["calls"][0]["id"].startswith("201/")

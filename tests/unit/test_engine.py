@@ -253,3 +253,17 @@ def test_load_sets_view_seq_from_what_it_depends_on():
     assert e.member_seq("alice") == 12
     assert e.member_seq("bob") == 9
     assert e.seq == 12
+
+
+def test_shown_once_keeps_the_furthest_progress_of_either_report():
+    f = Feed(config())
+    f.device("202")
+    sp = call("sp:alice/1", CallState.CONNECTED, Direction.OUT, remote="0301555", since=101.0)
+    f.client(ClientState("alice", logged_in=True, softphone=(sp,)))
+    assert f.lamp("alice") is Lamp.BUSY
+    # The line's slower report of the same call catches up, still dialing: it is the one
+    # shown, but the lamp does not step back to outgoing.
+    f.device("201", call("201/x", CallState.DIALING, Direction.OUT, remote="0301555", since=100.0))
+    [shown] = f.engine.member("alice").calls
+    assert shown.id == "201/x" and shown.state is CallState.CONNECTED
+    assert f.lamp("alice") is Lamp.BUSY
