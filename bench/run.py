@@ -311,6 +311,9 @@ def login_msgs(token: str | None, since: int | None) -> tuple[dict | None, dict 
     return {"type": "login", "id": 1, "client": "watcher", "token": token}, sub
 
 
+FAILURES: dict[str, int] = {}  # reasons of failed attempts (also those a retry fixed)
+
+
 async def open_client(port: int, token: str | None, since: int | None = None,
                       track: bool = False, on_lamp=None, tries: int = 3) -> RawClient | str:  # noqa: ANN001
     loop = asyncio.get_running_loop()
@@ -326,6 +329,7 @@ async def open_client(port: int, token: str | None, since: int | None = None,
             c.transport.close()
         except (OSError, asyncio.TimeoutError) as exc:
             why = f"{type(exc).__name__}: {exc}"
+        FAILURES[why] = FAILURES.get(why, 0) + 1
     return why
 
 
@@ -368,9 +372,10 @@ async def worker_async(conn) -> None:  # noqa: ANN001
         if cmd == "connect":
             port, n, token, since = args
             t0 = time.monotonic()
+            FAILURES.clear()
             new, errors = await open_many(port, n, token, since, 100, track)
             clients += new
-            conn.send((len(new), errors[:3], len(errors), time.monotonic() - t0))
+            conn.send((len(new), errors[:3], len(errors), time.monotonic() - t0, dict(FAILURES)))
         elif cmd == "counts":
             conn.send((time.monotonic(), sum(c.lamps for c in clients),
                        sum(1 for c in clients if not c.closed)))
@@ -398,8 +403,9 @@ async def worker_async(conn) -> None:  # noqa: ANN001
             t0 = time.monotonic()
             for c in clients:
                 c.transport.close()
+            FAILURES.clear()
             clients, errors = await open_many(port, n, token, since, None, track)
-            conn.send((len(clients), errors[:3], len(errors), time.monotonic() - t0))
+            conn.send((len(clients), errors[:3], len(errors), time.monotonic() - t0, dict(FAILURES)))
 
 
 class Workers:
@@ -429,6 +435,9 @@ class Workers:
         failed = sum(r[2] for r in res)
         if failed:
             print(f"  ! {failed} client(s) failed to connect: {res[0][1] or res[-1][1]}", flush=True)
+        self.retried = merge_failures(res)
+        if self.retried:
+            print(f"  ! failed attempts (retried up to 3 times): {self.retried}", flush=True)
         return sum(r[0] for r in res)
 
     async def counts(self) -> tuple[float, int, int]:
@@ -444,6 +453,14 @@ class Workers:
             p.join(5)
             if p.is_alive():
                 p.kill()
+
+
+def merge_failures(res: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in res:
+        for k, v in r[4].items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 # -- the bridge driver -------------------------------------------------------------------------
@@ -573,9 +590,17 @@ async def latency(server: Server, token: str | None, clients: int, rate: float, 
         async with websockets.connect(f"ws://{HOST}:{server.ws}/ws", compression=None,
                                       max_size=2**22, open_timeout=60) as ws:
             if token is not None:
-                await ws.send(json.dumps({"type": "login", "id": 1, "client": "watcher",
-                                          "token": token}))
-                assert json.loads(await ws.recv())["type"] == "welcome"
+                for _ in range(20):
+                    await ws.send(json.dumps({"type": "login", "id": 1, "client": "watcher",
+                                              "token": token}))
+                    reply = json.loads(await ws.recv())
+                    if reply["type"] == "welcome":
+                        break
+                    why = f"{reply.get('code')}: {reply.get('message')}"
+                    FAILURES[why] = FAILURES.get(why, 0) + 1
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RuntimeError(f"latency client login: {reply}")
                 await ws.send(json.dumps({"type": "subscribe", "id": 2, "panel": PANEL}))
                 await ws.recv()
             counter[0] += 1
@@ -599,6 +624,7 @@ async def latency(server: Server, token: str | None, clients: int, rate: float, 
                 if t0 is not None:
                     lat.append(now - t0)
 
+    FAILURES.clear()
     tasks = []
     for i in range(clients):
         tasks.append(asyncio.create_task(client()))
@@ -841,6 +867,9 @@ async def run_all(args) -> dict:  # noqa: ANN001, C901
                 say(f"{label}: latency {n} clients x {rate:g} events/s for {lat_s:g} s")
                 lat = await latency(s, token, n, rate, lat_s, f"L{n}x")
                 res[(kind, "latency", n)] = lat
+                if FAILURES:
+                    say(f"  ! logins refused and retried: {FAILURES}")
+                    res[(kind, "latency-login-retries", n)] = dict(FAILURES)
                 say(f"  {len(lat)} samples, p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms")
             s.stop()
 
@@ -857,7 +886,8 @@ async def run_all(args) -> dict:  # noqa: ANN001, C901
             await asyncio.sleep(2.0)
             rss1 = s.rss()
             res[(kind, "memory")] = {"clients": have, "rss0": rss0, "rss1": rss1,
-                                     "kib": (rss1 - rss0) / max(have, 1), "connect_s": connect_s}
+                                     "kib": (rss1 - rss0) / max(have, 1), "connect_s": connect_s,
+                                     "retried": workers.retried}
             say(f"  {have} clients connected in {connect_s:.1f} s; RSS {rss0 / 1024:.1f} -> "
                 f"{rss1 / 1024:.1f} MiB = {(rss1 - rss0) / max(have, 1):.1f} KiB each")
             driver = Driver(s, "g")
@@ -871,12 +901,13 @@ async def run_all(args) -> dict:  # noqa: ANN001, C901
             out = await workers.call(("reconnect", s.ws, token, since))
             ov1 = listen_overflows()
             back = sum(o[0] for o in out)
+            retried = merge_failures(out)
             secs = max(o[3] for o in out)
             res[(kind, "reconnect")] = {"clients": have, "back": back, "s": secs,
-                                        "overflows": ov1 - ov0,
+                                        "overflows": ov1 - ov0, "retried": retried,
                                         "errors": [e for o in out for e in o[1]]}
             say(f"  reconnect: {back}/{have} back in {secs:.2f} s (listen queue overflows "
-                f"{ov1 - ov0})")
+                f"{ov1 - ov0})" + (f"; failed attempts, retried: {retried}" if retried else ""))
             await workers.call(("close",))
             driver.probe.transport.close()
             driver.w.close()
@@ -894,7 +925,12 @@ async def run_all(args) -> dict:  # noqa: ANN001, C901
             if s.proc.poll() is None:
                 s.stop()
         await workers.quit()
-        res["tmp"] = str(tmp)
+        if args.keep:
+            say(f"server logs kept in {tmp}")
+        else:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
     return res
 
 
@@ -961,6 +997,11 @@ def table(res: dict) -> str:
         rows.append((f"reconnect+resync {g['clients']:,}, s", f"{g['s']:.2f}", f"{b['s']:.2f}",
                      f"{g['s'] / b['s']:.2f}x", "all back",
                      verdict(g["back"] == g["clients"])))
+        gr, br = sum(g["retried"].values()), sum(b["retried"].values())
+        rows.append(("reconnect: refused attempts (retried)", str(gr), str(br), "", "0",
+                     verdict(gr == 0)))
+        rows.append(("reconnect: listen queue overflows", str(g["overflows"]), str(b["overflows"]),
+                     "", "", "-"))
     if "burst" in res:
         b1, b2 = res["burst"]
         ok_state = b1["good"] == b1["clients"] and b2["good"] == b2["clients"]
@@ -988,8 +1029,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller N, shorter windows (< 2 min)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures here")
+    ap.add_argument("--keep", action="store_true", help="keep the servers' state dirs and logs")
     args = ap.parse_args()
     t0 = time.monotonic()
+    load0 = os.getloadavg()[0]
     try:
         import uvloop
 
@@ -1000,6 +1043,8 @@ def main() -> None:
     print()
     print(f"BLF gateway benchmark ({'quick' if p['quick'] else 'full'} run, "
           f"{time.monotonic() - t0:.0f} s): {machine()}")
+    print(f"load average (1 min) at start {load0:.2f}, at end {os.getloadavg()[0]:.2f}: other work "
+          "on the machine shows up in both columns")
     print(f"baselines: bare websockets.broadcast server (uvloop) for WebSocket figures, "
           f"pipelined redis-py SET for ingest; fan-out window {p['window']:g} s, "
           f"latency {p['lat_s']:g} s per run")

@@ -15,13 +15,14 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 from .calls import CallReport, LineTracker
 from .clients import Clients
 from .config import Config, ConfigError, load_config, parse_hostport
-from .model import DeviceState
+from .model import DeviceState, DeviceStatus
 from .panels.engine import Engine
 from .server.hub import Hub
 from .server.http import HttpRoutes
@@ -37,6 +38,10 @@ __all__ = ["Gateway", "Publisher"]
 
 log = logging.getLogger("gateway")
 
+HEARTBEAT_SECONDS = 1.0
+HEARTBEAT_TTL_MS = 3000  # a process silent this long is taken for dead
+LEASE_TTL_MS = 3000  # so another process takes a source over within about 4 s
+
 
 class Publisher:
     """Publishes device states, newest per device, in batches; retries while Redis is away.
@@ -45,8 +50,10 @@ class Publisher:
     previous round trip was in flight, so a burst becomes a few pipelined round trips.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, pid: str = "") -> None:
         self.store = store
+        self.pid = pid
+        self._owned: set[str] = set()  # devices this process has told Redis it owns
         self._dirty: dict[str, DeviceState] = {}
         self._wake = asyncio.Event()
         self.published = 0
@@ -69,6 +76,10 @@ class Publisher:
                 try:
                     for i in range(0, len(items), 1000):
                         await self.store.publish(items[i : i + 1000])
+                    new = [d for d in batch if d not in self._owned]
+                    if new and self.pid:
+                        await self.store.set_owner(new, self.pid)
+                        self._owned.update(new)
                     self.published += len(items)
                     self.healthy = True
                 except (RedisError, OSError) as exc:
@@ -101,6 +112,10 @@ class Gateway:
         self._ami_task: asyncio.Task | None = None
         self.ready = asyncio.Event()
         self.ws_port: int | None = None
+        # This process's identity in Redis: its liveness key, the devices it owns, its leases.
+        self.pid = uuid.uuid4().hex[:12]
+        self.leases: set[str] = set()
+        self.redis_latency = 0.0  # seconds, measured by the keepalive every second
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -132,7 +147,7 @@ class Gateway:
         self.auth = Auth(self)
         self.pickups = Pickups(self)
         self.journal = Journal(self)
-        self.publisher = Publisher(self.store)
+        self.publisher = Publisher(self.store, self.pid)
         self._log_pos = await self._load_state()
 
         # Sources: a new connection knows nothing yet, so their devices start unknown.
@@ -145,13 +160,12 @@ class Gateway:
                 max_line_bytes=cfg.sources.tapi_bridge.max_line_bytes,
             )
             await self.bridge.start()
-            self.publisher.put([tracker.state(d) for d in tracker.devices])
+            # Its devices stay as Redis has them until a bridge reports: unknown on a fresh
+            # state, or made unknown by the janitor when the process that owned them is gone.
         if cfg.sources.ami is not None:
-            tracker = self.trackers["ami"] = LineTracker(self._devices_of("ami"))
-            self.publisher.put([tracker.state(d) for d in tracker.devices])
-            self._start_ami()
-        if cfg.sources.sip is not None:
-            await self._start_sip()
+            self.trackers["ami"] = LineTracker(self._devices_of("ami"))
+        # The Asterisk login and the SIP user agent are held by one process at a time (a
+        # lease in Redis): see _leases.
 
         self.http = HttpRoutes(self)
         from websockets.asyncio.server import serve
@@ -173,9 +187,17 @@ class Gateway:
         self.ws_port = self.ws_server.sockets[0].getsockname()[1]
         log.info("WebSocket and web panel on http://%s:%d/ (ws path /ws)", host, self.ws_port)
 
+        await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
+        await self._leases()  # take what is free now, before serving
         for coro in (self.publisher.run(), self._follow_log(), self._watch_config(),
-                     self._timers(), self.journal.run(), self._presence_import()):
+                     self._timers(), self.journal.run(), self._presence_import(),
+                     self._keepalive()):
             self._tasks.append(asyncio.create_task(coro))
+
+    def _holds(self, source: str) -> bool:
+        """Whether this process speaks for a source: every process listens for TAPI
+        bridges; the Asterisk and SIP connections go with their lease."""
+        return source == "tapi_bridge" or source in self.leases
 
     def _source_update(self, tracker: LineTracker, states: list[DeviceState]) -> None:
         """A source changed device states: publish them, journal the calls that ended."""
@@ -288,6 +310,74 @@ class Gateway:
                     self._sip_lamps[d.key] = lamp
                     self.blf_server.lamp_changed(d.key, lamp)
 
+    # -- several processes: liveness, the janitor, leases --------------------------------
+
+    async def _keepalive(self) -> None:
+        """Every second: say we are alive, renew or take leases, clean up after the dead."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                self.redis_latency = await self.store.ping()
+                await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
+                await self._leases()
+                await self._janitor()
+            except (RedisError, OSError) as exc:
+                log.debug("keepalive: Redis away (%s)", exc)
+
+    async def _leases(self) -> None:
+        for name in ("ami", "sip"):
+            if getattr(self.config.sources, name) is None:
+                continue
+            held = await self.store.lease(name, self.pid, LEASE_TTL_MS)
+            running = (self.ami is not None) if name == "ami" else (self.sip_source is not None)
+            if held and not running:
+                log.info("took the %s lease: this process now holds the %s connection",
+                         name, "Asterisk" if name == "ami" else "SIP")
+                self.leases.add(name)
+                if name == "ami":
+                    self.publisher.put([self.trackers["ami"].state(d)
+                                        for d in self.trackers["ami"].devices])
+                    self._start_ami()
+                else:
+                    await self._start_sip()
+            elif not held and running:
+                log.warning("lost the %s lease to another process: stopping that source", name)
+                self.leases.discard(name)
+                await self._stop_source(name)
+
+    async def _stop_source(self, name: str) -> None:
+        if name == "ami" and self.ami is not None:
+            await self.ami.close()
+            if self._ami_task is not None:
+                self._ami_task.cancel()
+            self.ami = None
+        elif name == "sip":
+            for part in ("sip_source", "blf_server"):
+                obj = getattr(self, part, None)
+                if obj is not None:
+                    try:
+                        await asyncio.wait_for(obj.stop(), 5)
+                    except (asyncio.TimeoutError, Exception):
+                        log.exception("stopping %s", part)
+                setattr(self, part, None)
+            if self.sip_endpoint is not None:
+                await asyncio.to_thread(self.sip_endpoint.stop)
+                self.sip_endpoint = None
+
+    async def _janitor(self) -> None:
+        """Devices owned by a process that is gone turn unknown (its source connection went
+        with it); the process that takes over re-syncs them."""
+        owners = await self.store.owners()
+        if not owners:
+            return
+        alive = await self.store.alive()
+        dead = [(d, p) for d, p in owners.items() if p not in alive and p != self.pid]
+        for device, pid in dead:
+            if await self.store.drop_owner(device, pid) and device in self.config.device_by_id:
+                log.warning("device %s: its owner process %s is gone: unknown until its "
+                            "source reports again", device, pid)
+                await self.store.publish([("device", device, encode_device(DeviceState(device)))])
+
     # -- the Asterisk source --------------------------------------------------------------
 
     def _ami_line_map(self) -> dict[str, str]:
@@ -377,6 +467,11 @@ class Gateway:
                                             for s in states]), 2)
             except (RedisError, OSError, asyncio.TimeoutError):
                 pass
+            for name in list(self.leases):
+                try:
+                    await asyncio.wait_for(self.store.release(name, self.pid), 2)
+                except (RedisError, OSError, asyncio.TimeoutError):
+                    pass
             await self.store.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
@@ -447,7 +542,8 @@ class Gateway:
                 tracker.remove_device(d)
             for d in wanted - set(tracker.devices):
                 tracker.add_device(d)
-                self.publisher.put([tracker.state(d)])
+                if self._holds(source) and source != "tapi_bridge":
+                    self.publisher.put([tracker.state(d)])
         if self.sip_source is not None:
             await self.sip_source.update_lines(self._sip_line_map())
             for d in self._devices_of("sip"):
@@ -517,8 +613,11 @@ class Gateway:
         self.redis_up = True
         self._deliver(deltas)
         # What our sources and sessions know may be missing from a Redis that restarted.
-        for tracker in self.trackers.values():
-            self.publisher.put([tracker.state(d) for d in tracker.devices])
+        for source, tracker in self.trackers.items():
+            if self._holds(source):
+                self.publisher.put([tracker.state(d) for d in tracker.devices
+                                    if tracker.state(d).status is not DeviceStatus.UNKNOWN
+                                    or source != "tapi_bridge"])
         await self.clients.republish()
         return last
 

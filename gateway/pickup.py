@@ -131,6 +131,10 @@ class Pickups:
         me = cfg.client_by_name[session.client]  # type: ignore[index]
         target = find_ringing(gw, devices)
         if target is None:
+            taker = await gw.store.taken_by(devices)
+            if taker is not None and taker != me.name:
+                # Lost the race: the call rang a moment ago and someone else took it.
+                raise WireError("conflict", f"{taker} has just taken that call", req.id)
             raise WireError("not_found", f"nothing is ringing at {label}", req.id)
         device, call = target
         mine = gw.engine.devices_of(me, gw.clients.current(me.name))
@@ -145,7 +149,9 @@ class Pickups:
         pcfg = cfg.device_by_id.get(picker_device) if picker_device else None
         if pcfg is not None and pcfg.source == "ami" and gw.ami is not None:
             ok, message = await self._by_ami(pcfg, dcfg, call)
-            if not ok:
+            if ok:
+                await gw.store.mark_taken(device, me.name, cfg.pickup.claim_seconds)
+            else:
                 await gw.store.release_call(call.id, me.name)
             log.info("pickup %s by %s of %s on %s via AMI: %s", op, me.name, call.id, device,
                      "ok" if ok else message)
@@ -171,6 +177,7 @@ class Pickups:
         }
         log.info("pickup %s by %s of %s on %s: action sent to the picker's phone",
                  op, me.name, call.id, device)
+        await gw.store.mark_taken(device, me.name, cfg.pickup.claim_seconds)
         return {"message": action}
 
     async def _by_ami(self, picker, target, call: Call) -> tuple[bool, str | None]:

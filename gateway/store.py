@@ -55,6 +55,9 @@ K_CLAIM = PREFIX + "claim:"
 K_JOURNAL = PREFIX + "journal"
 K_OFFLINE = PREFIX + "off:"
 K_FAIL = PREFIX + "fail:"
+K_ALIVE = PREFIX + "alive:"
+K_OWNERS = PREFIX + "owners"
+K_LEASE = PREFIX + "lease:"
 K_OP = PREFIX + "op:"
 
 # How many changes the log keeps: a process (or a client resuming with `since`) that is
@@ -309,6 +312,17 @@ class Store:
         holder = await self.redis.get(K_CLAIM + call_id)
         return holder if holder is not None else await self.claim_call(call_id, owner, ttl)
 
+    async def mark_taken(self, device: str, by: str, ttl: int) -> None:
+        """Remember for a while who took the call that rang on `device`, so that a picker
+        who lost the race hears `conflict` rather than `not_found`."""
+        await self.redis.set(K_CLAIM + "taken:" + device, by, ex=ttl)
+
+    async def taken_by(self, devices: list[str]) -> str | None:
+        if not devices:
+            return None
+        values = await self.redis.mget([K_CLAIM + "taken:" + d for d in devices])
+        return next((v for v in values if v), None)
+
     async def release_call(self, call_id: str, owner: str) -> None:
         script = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
         await self.redis.eval(script, 1, K_CLAIM + call_id, owner)
@@ -376,6 +390,47 @@ class Store:
 
     async def clear_failures(self, client: str) -> None:
         await self.redis.delete(K_FAIL + client)
+
+
+    # -- several processes: liveness, device owners, source leases ---------------------------
+
+    async def heartbeat(self, pid: str, ttl_ms: int) -> None:
+        await self.redis.set(K_ALIVE + pid, "1", px=ttl_ms)
+
+    async def alive(self) -> set[str]:
+        return {k[len(K_ALIVE):] async for k in self.redis.scan_iter(match=K_ALIVE + "*")}
+
+    async def set_owner(self, devices: list[str], pid: str) -> None:
+        if devices:
+            await self.redis.hset(K_OWNERS, mapping={d: pid for d in devices})
+
+    async def owners(self) -> dict[str, str]:
+        return await self.redis.hgetall(K_OWNERS)
+
+    async def drop_owner(self, device: str, pid: str) -> bool:
+        """Forget that dead process `pid` owns `device` (only if it still does)."""
+        script = """
+        if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+          redis.call('HDEL', KEYS[1], ARGV[1]) return 1 end
+        return 0"""
+        return bool(await self.redis.eval(script, 1, K_OWNERS, device, pid))
+
+    async def lease(self, name: str, pid: str, ttl_ms: int) -> bool:
+        """Take or renew the lease `name` for `pid`; True while we hold it."""
+        script = """
+        local cur = redis.call('GET', KEYS[1])
+        if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+        if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+        return 0"""
+        return bool(await self.redis.eval(script, 1, K_LEASE + name, pid, ttl_ms))
+
+    async def release(self, name: str, pid: str) -> None:
+        script = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                  "redis.call('DEL', KEYS[1]) end")
+        await self.redis.eval(script, 1, K_LEASE + name, pid)
+
+    async def lease_holder(self, name: str) -> str | None:
+        return await self.redis.get(K_LEASE + name)
 
 
 # -- the embedded server --------------------------------------------------------------------

@@ -62,8 +62,15 @@ class HttpRoutes:
         sources = {}
         if gw.bridge is not None:
             sources["tapi_bridge"] = {"connections": gw.bridge.connections}
+        if gw.config.sources.ami is not None:
+            sources["ami"] = {"held_here": "ami" in gw.leases,
+                              "connected": bool(gw.ami is not None and gw.ami.connected)}
+        if gw.config.sources.sip is not None:
+            sources["sip"] = {"held_here": "sip" in gw.leases}
         body = {
             "status": "ok" if gw.redis_up else "degraded",
+            "process": gw.pid,
+            "leases": sorted(gw.leases),
             "redis": gw.redis_up,
             "seq": gw.engine.seq,
             "clients": sum(len(s) for s in gw.clients.sessions.values()),
@@ -95,6 +102,23 @@ class HttpRoutes:
             f"blf_config_reloads_total {gw.metrics['config_reloads']}",
             "# TYPE blf_rate_limited_total counter",
             f"blf_rate_limited_total {gw.metrics['rate_limited']}",
+        ]
+        lines += [
+            "# TYPE blf_redis_latency_seconds gauge",
+            f"blf_redis_latency_seconds {gw.redis_latency:.6f}",
+            "# TYPE blf_source_up gauge",
+        ]
+        for name in ("ami", "sip"):
+            if getattr(gw.config.sources, name) is not None:
+                up = name in gw.leases and (name != "ami" or bool(gw.ami and gw.ami.connected))
+                lines.append(f'blf_source_up{{source="{name}",held_here="{int(name in gw.leases)}"}} {int(up)}')
+        lines += [
+            "# TYPE blf_outbox_frames gauge",
+            f"blf_outbox_frames {sum(len(s.outbox.pending) for s in sessions)}",
+            "# TYPE blf_journal_written_total counter",
+            f"blf_journal_written_total {gw.journal.written}",
+            "# TYPE blf_published_device_states_total counter",
+            f"blf_published_device_states_total {gw.publisher.published}",
         ]
         if gw.bridge is not None:
             lines += [

@@ -1,7 +1,10 @@
 """The browser switchboard (web_panel/) against a real gateway process.
 
 A gateway subprocess runs a test configuration with the TAPI bridge source; the test plays the
-TAPI bridge over TCP (contract section 5) and drives Debian's chromium with Playwright.
+TAPI bridge over TCP (contract section 5) and drives Debian's chromium with Playwright. For
+pickup through the PBX a second gateway subprocess has Asterisk lines, fed by tests/amipeer.py
+(an AMI peer: Asterisk itself is not packaged for Debian 12). A second CTI client, where a
+test needs one, speaks the WebSocket protocol directly.
 
     apt-get install -y chromium && .venv/bin/pip install playwright
     .venv/bin/pytest -m browser tests/browser -v
@@ -571,6 +574,129 @@ def test_pickup_not_offered_without_the_right(page, gateway):
     assert [r["member"] for r in _pickup_frames(page)] == ["dave", "alice"]
     gateway.call("L204", "c-dave-2", "idle")
     wait_lamp(page, "backoffice", "dave", "idle")
+
+
+AMI_CONFIG = """
+[server]
+listen = "127.0.0.1:{port}"
+login_attempts_per_minute = 500
+
+[state]
+dir = "{state}"
+
+[sources.ami]
+host = "127.0.0.1"
+port = {ami_port}
+username = "blf"
+secret_file = "ami.secret"
+pickup = "redirect"
+context = "from-internal"
+
+[[devices]]
+id = "201"
+name = "Alice line"
+number = "201"
+source = "ami"
+line = "PJSIP/201"
+
+[[devices]]
+id = "202"
+name = "Bob line"
+number = "202"
+source = "ami"
+line = "PJSIP/202"
+
+[[clients]]
+name = "alice"
+first_name = "Alice"
+last_name = "Archer"
+devices = ["201"]
+
+[[clients]]
+name = "bob"
+first_name = "Bob"
+last_name = "Baker"
+devices = ["202"]
+
+[[groups]]
+name = "desk"
+members = ["alice", "bob"]
+rights = {{ visible = true, calls = true, numbers = "all", pickup = true, presence = true }}
+"""
+
+
+class AsteriskPeer:
+    """tests/amipeer.py (a protocol-faithful Asterisk Manager Interface peer: Asterisk itself
+    is not packaged for Debian 12) on its own event loop in a thread."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        from amipeer import AmiPeer
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.peer = AmiPeer(secret="s3cret")
+        for n, name in (("201", "Alice"), ("202", "Bob")):
+            self.peer.model.add_endpoint(f"PJSIP/{n}", n, name)
+        self.port = self.run(self.peer.start())
+
+    def run(self, coro):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def call(self, fn, *args):
+        """Run a PbxModel scenario step on the peer's loop (its events go to the gateway)."""
+        async def step():
+            return fn(*args)
+        return self.run(step())
+
+    def close(self) -> None:
+        self.run(self.peer.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def asterisk_gateway(tmp_path_factory):
+    """A second gateway whose lines are Asterisk lines (AMI): pickup by the PBX."""
+    tmp = tmp_path_factory.mktemp("webpanel-ami")
+    ami = AsteriskPeer()
+    gw = Gateway(tmp)
+    gw.config.write_text(AMI_CONFIG.format(port=gw.port, state=gw.state, ami_port=ami.port))
+    (tmp / "ami.secret").write_text("s3cret\n")
+    gw.connect_bridge = lambda: None  # no TAPI bridge here
+    for client in ("alice", "bob"):
+        gw.set_password(client, PASSWORDS.get(client))
+    gw.start()
+    yield gw, ami
+    gw.close()
+    ami.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_pickup_through_asterisk_shows_the_result(page, asterisk_gateway):
+    # alice's line is an Asterisk line: the PBX carries the pickup out (Redirect) and the
+    # gateway answers `ok`, then `pickup_result`.
+    gw, ami = asterisk_gateway
+    login(page, gw, "alice")
+    wait_lamp(page, "desk", "bob", "idle", timeout=20000)
+    ami.call(ami.peer.model.external_call, "+4930555", "Customer", "202")
+    wait_lamp(page, "desk", "bob", "ringing")
+    card(page, "desk", "bob").click()
+    state, text = _outcome(page, "desk", "bob")
+    result = _wait_frame(page, lambda m: m.get("type") == "pickup_result")
+    assert result["ok"] is True and result["by"] == "alice", result
+    assert (state, text) == ("taken", "Taken: the call is coming to your phone")
+    _wait_announced(page, "Taken")
+    # The lamps move as the PBX reports it: the call now rings at alice's phone.
+    wait_lamp(page, "desk", "bob", "idle")
+    wait_lamp(page, "desk", "alice", "ringing")
+    assert "Redirect" in [a for a, _ in ami.peer.actions]
 
 
 def test_password_transfer_is_shown_once(page, gateway):
