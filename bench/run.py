@@ -493,10 +493,11 @@ class Driver:
 
     async def open(self, token: str | None) -> None:
         _, self.w = await asyncio.open_connection(HOST, self.server.bridge)
-        self.w.write(b"".join(bline(device=str(1000 + d), devstate="inservice")
-                              for d in range(MEMBERS)))
-        await self.w.drain()
-        await asyncio.sleep(0.5)
+        if self.server.gw:  # the bare baseline knows call lines only
+            self.w.write(b"".join(bline(device=str(1000 + d), devstate="inservice")
+                                  for d in range(MEMBERS)))
+            await self.w.drain()
+            await asyncio.sleep(0.5)
         probe = await open_client(self.server.ws, token, on_lamp=self.on_lamp)
         if not isinstance(probe, RawClient):
             raise RuntimeError(f"probe client: {probe}")
@@ -632,8 +633,10 @@ async def latency(server: Server, token: str | None, clients: int, rate: float, 
             await asyncio.sleep(0.02)
     await asyncio.wait_for(ready.wait(), 120)
     _, w = await asyncio.open_connection(HOST, server.bridge)
-    w.write(b"".join(bline(device=str(1000 + d), devstate="inservice") for d in range(MEMBERS)))
-    await w.drain()
+    if server.gw:
+        w.write(b"".join(bline(device=str(1000 + d), devstate="inservice")
+                         for d in range(MEMBERS)))
+        await w.drain()
     await asyncio.sleep(1.0)
     ringing: dict[int, str] = {}
     interval = 1.0 / rate

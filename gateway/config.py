@@ -75,8 +75,8 @@ class RedisCfg(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        if not v.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+            raise ValueError("expected a redis://, rediss://, unix:// or redis+sentinel:// URL")
         return v
 
 

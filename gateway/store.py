@@ -136,6 +136,24 @@ def decode_client(client: str, text: str) -> ClientState:
     )
 
 
+def _sentinel_master(url: str, options: dict) -> aioredis.Redis:
+    """`redis+sentinel://HOST:PORT,HOST:PORT/SERVICE[/DB]` -> a client that follows the
+    master Sentinel names for SERVICE."""
+    from redis.asyncio.sentinel import Sentinel
+
+    rest = url[len("redis+sentinel://"):]
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    if not hosts or not service:
+        raise ValueError("expected redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB]")
+    nodes = []
+    for h in hosts.split(","):
+        host, _, port = h.rpartition(":")
+        nodes.append((host or h, int(port) if port.isdigit() else 26379))
+    sentinel = Sentinel(nodes, socket_connect_timeout=2.0)
+    return sentinel.master_for(service, db=int(db or 0), **options)
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One entry of the change log."""
@@ -165,14 +183,12 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=2.0,
-            socket_timeout=None,
-            health_check_interval=0,
-            retry_on_timeout=False,
-        )
+        options = dict(decode_responses=True, socket_connect_timeout=2.0, socket_timeout=None,
+                       health_check_interval=0, retry_on_timeout=False)
+        if url.startswith("redis+sentinel://"):
+            self.redis = _sentinel_master(url, options)
+        else:
+            self.redis = aioredis.Redis.from_url(url, **options)
         self._publish = self.redis.register_script(_PUBLISH)
 
     async def close(self) -> None:
