@@ -896,7 +896,7 @@ async def run_all(args) -> dict:  # noqa: ANN001, C901
             driver = Driver(s, "g")
             await driver.open(token)
             r = await fanout(s, workers, driver, have + 1, warm, window)
-            res[(kind, "fanout", big)] = r
+            res[(kind, "fanout-big", big)] = r
             say(f"  N={have + 1}: {r['deliveries_s']:,.0f} deliveries/s ({r['events_s']:,.0f} "
                 f"events/s, {r['alive']} open)")
             since = s.healthz()["seq"] if gw else None
@@ -965,15 +965,17 @@ def table(res: dict) -> str:
     def verdict(ok: bool | None) -> str:
         return "-" if ok is None else ("PASS" if ok else "FAIL")
 
-    for n in (200, 1000, p["big"]):
-        g, b = res.get(("gateway", "fanout", n)), res.get(("raw", "fanout", n))
+    for key, n in (("fanout", 200), ("fanout", 1000), ("fanout-big", p["big"])):
+        g, b = res.get(("gateway", key, n)), res.get(("raw", key, n))
         if not g or not b:
             continue
         ratio = g["deliveries_s"] / b["deliveries_s"]
-        target = ">= 0.8x raw" if n == 1000 else ""
-        rows.append((f"fan-out deliveries/s, N={n:,}", f"{g['deliveries_s']:,.0f}",
+        scored = key == "fanout" and n == 1000
+        target = ">= 0.8x raw" if scored else ""
+        where = " (2nd server)" if key == "fanout-big" else ""
+        rows.append((f"fan-out deliveries/s, N={n:,}{where}", f"{g['deliveries_s']:,.0f}",
                      f"{b['deliveries_s']:,.0f}", f"{ratio:.2f}x", target,
-                     verdict(ratio >= 0.8) if n == 1000 else "-"))
+                     verdict(ratio >= 0.8) if scored else "-"))
     for n, rate, lim in ((200, 100, 10.0), (1000, 20, 30.0)):
         g, b = res.get(("gateway", "latency", n)), res.get(("raw", "latency", n))
         if g is None or b is None:

@@ -245,6 +245,7 @@ class Gateway:
         self._sip_lamps: dict[str, str] = {}
         self._sip_ha1: dict[str, str] = {}
         self._refresh_sip_lamps()
+        await self._load_ha1()  # before the first phone can ask
         self.blf_server = BlfServer(self.sip_endpoint, self._sip_lookup, self._sip_authorize,
                                     self._sip_ha1.get)
         await self.blf_server.start()
@@ -283,20 +284,25 @@ class Gateway:
             return combined_rights(cfg, subscriber, target) is not None
         return False
 
+    async def _load_ha1(self) -> None:
+        for name, c in self.config.client_by_name.items():
+            if c.type == "nologin":
+                continue
+            ha1 = (await self.store.get_password(name)).get("ha1")
+            if ha1:
+                self._sip_ha1[name] = ha1
+            else:
+                self._sip_ha1.pop(name, None)
+
     async def _refresh_ha1(self) -> None:
+        """The SIP thread checks digests against this copy (it cannot wait for Redis): a
+        changed password reaches desk phones within 2 s."""
         while True:
+            await asyncio.sleep(2.0)
             try:
-                for name, c in self.config.client_by_name.items():
-                    if c.type == "nologin":
-                        continue
-                    ha1 = (await self.store.get_password(name)).get("ha1")
-                    if ha1:
-                        self._sip_ha1[name] = ha1
-                    else:
-                        self._sip_ha1.pop(name, None)
+                await self._load_ha1()
             except (RedisError, OSError):
                 pass
-            await asyncio.sleep(2.0)
 
     def _deliver(self, deltas) -> None:  # noqa: ANN001
         """Hand deltas to the WebSocket fan-out and to the desk phones' BLF server."""

@@ -144,15 +144,17 @@ class Pickups:
         holder = await gw.store.claim_call(call.id, me.name, cfg.pickup.claim_seconds)
         if holder is not None and holder != me.name:
             raise WireError("conflict", f"{holder} is already taking that call", req.id)
+        # Said before the call moves, so a picker arriving after it stopped ringing hears
+        # who took it rather than "nothing to take".
+        await gw.store.mark_taken(device, me.name, cfg.pickup.claim_seconds)
 
         dcfg = cfg.device_by_id[device]
         pcfg = cfg.device_by_id.get(picker_device) if picker_device else None
         if pcfg is not None and pcfg.source == "ami" and gw.ami is not None:
             ok, message = await self._by_ami(pcfg, dcfg, call)
-            if ok:
-                await gw.store.mark_taken(device, me.name, cfg.pickup.claim_seconds)
-            else:
+            if not ok:
                 await gw.store.release_call(call.id, me.name)
+                await gw.store.unmark_taken(device, me.name)
             log.info("pickup %s by %s of %s on %s via AMI: %s", op, me.name, call.id, device,
                      "ok" if ok else message)
             result = {"type": "pickup_result", "op": op, "ok": ok, "by": me.name if ok else None,
@@ -177,7 +179,6 @@ class Pickups:
         }
         log.info("pickup %s by %s of %s on %s: action sent to the picker's phone",
                  op, me.name, call.id, device)
-        await gw.store.mark_taken(device, me.name, cfg.pickup.claim_seconds)
         return {"message": action}
 
     async def _by_ami(self, picker, target, call: Call) -> tuple[bool, str | None]:

@@ -333,6 +333,11 @@ class Store:
         who lost the race hears `conflict` rather than `not_found`."""
         await self.redis.set(K_CLAIM + "taken:" + device, by, ex=ttl)
 
+    async def unmark_taken(self, device: str, by: str) -> None:
+        script = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                  "redis.call('DEL', KEYS[1]) end")
+        await self.redis.eval(script, 1, K_CLAIM + "taken:" + device, by)
+
     async def taken_by(self, devices: list[str]) -> str | None:
         if not devices:
             return None
