@@ -66,6 +66,36 @@ class Outbox:
         self.wakeup.clear()
         return frames
 
+    def take_batched(self, limit: int = 500) -> list[str]:
+        """Like take(), but runs of lamp frames become `lamps` frames of up to `limit`
+        changes each (for clients that asked for it at login): a client that is behind
+        catches up in a few frames. Each lamp frame is already a JSON object, so a batch is
+        joined as text, not re-encoded."""
+        out: list[str] = []
+        run: list[str] = []
+        for key, frame in self.pending.items():
+            if isinstance(key, tuple):  # a lamp
+                run.append(frame)
+                if len(run) == limit:
+                    out.append(_batch(run))
+                    run = []
+                continue
+            if run:
+                out.append(_batch(run))
+                run = []
+            out.append(frame)
+        if run:
+            out.append(_batch(run))
+        self.pending.clear()
+        self.wakeup.clear()
+        return out
+
+
+def _batch(frames: list[str]) -> str:
+    if len(frames) == 1:
+        return frames[0]
+    return '{"type":"lamps","changes":[' + ",".join(frames) + "]}"
+
 
 class Subscriber(Protocol):
     outbox: Outbox

@@ -119,6 +119,7 @@ class Auth:
         token = new_token()
         await store.new_token(token, cfg.name, version, self.gw.config.server.token_idle_seconds)
         session.client = cfg.name
+        session.batch = req.batch
         # A computer client logs in with its computer name: that is its computer.
         session.computer = req.computer or (cfg.name if cfg.type == "computer" else None)
         await self.gw.clients.session_started(session)

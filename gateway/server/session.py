@@ -79,6 +79,7 @@ class Session:
         self.outbox = Outbox(cfg.queue_limit)
         self.client: str | None = None
         self.computer: str | None = None
+        self.batch = False  # the client accepts `lamps` frames (several changes in one)
         self.subs: dict[Topic, Rights] = {}
         self.bucket = TokenBucket(cfg.messages_per_second, cfg.message_burst, time.monotonic())
         self.address = ws.remote_address[0] if ws.remote_address else "?"
@@ -104,7 +105,8 @@ class Session:
                                 self.client, self.address, len(self.outbox.pending))
                     await self.ws.close(1008, "too slow: reconnect and resume with since")
                     return
-                for frame in self.outbox.take():
+                frames = self.outbox.take_batched() if self.batch else self.outbox.take()
+                for frame in frames:
                     await self.ws.send(frame)
         except ConnectionClosed:
             pass

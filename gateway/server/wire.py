@@ -73,6 +73,9 @@ class Login(_Req):
     password: Annotated[str, Field(max_length=256)] | None = None
     token: Annotated[str, Field(max_length=256)] | None = None
     computer: Short | None = None
+    # The client understands `lamps` frames: when it falls behind, several lamp changes
+    # travel in one frame (an addition to the contract; off unless asked for).
+    batch: bool = False
 
 
 class Subscribe(_Req):

@@ -555,3 +555,52 @@ async def test_a_client_that_stops_reading_never_slows_the_others(redis_url, sta
             last = frame
     assert last is not None and last["lamp"] == "idle"
     await stalled.close()
+
+
+async def test_a_batching_client_that_fell_behind_catches_up_in_few_frames(
+        redis_url, start_gateway, connect, bridge):
+    import socket
+
+    import websockets
+
+    gw = await start_gateway(config(redis_url))
+    b = await bridge(gw)
+    await all_in_service(b)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(("127.0.0.1", gw.ws_port))
+    slow = await websockets.connect(f"ws://127.0.0.1:{gw.ws_port}/ws", sock=sock, max_queue=1)
+    await slow.send(json.dumps({"type": "login", "id": 1, "client": "carol", "password": PW,
+                                "batch": True}))
+    await slow.recv()
+    await slow.send(json.dumps({"type": "subscribe", "id": 2, "panel": "all_numbers"}))
+    await slow.recv()
+    [session] = gw.clients.sessions["carol"]
+    session.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET,
+                                                             socket.SO_SNDBUF, 4096)
+    reader = await login(connect, gw, "alice")
+    await reader.request({"type": "subscribe", "panel": "all_numbers"})
+    lines = {"alice": "Line 201", "room": "Line 209", "carol": "Line 203"}
+    for i in range(300):
+        member_name = list(lines)[i % 3]
+        mark = len(reader.received)
+        state = "offering" if (i // 3) % 2 == 0 else "disconnected"
+        await b.send({"device": lines[member_name], "call": str(i // 6), "state": state,
+                      "caller": f"0301{i:06d}", "caller_name": "y" * 100})
+        await reader.wait(lambda m: m.get("member") == member_name, timeout=3, start=mark)
+    assert not session.writable()
+    frames = []
+    while True:
+        try:
+            frames.append(json.loads(await asyncio.wait_for(slow.recv(), 2)))
+        except asyncio.TimeoutError:
+            break
+    batches = [f for f in frames if f["type"] == "lamps"]
+    assert batches, [f["type"] for f in frames]
+    assert any(len({c["member"] for c in f["changes"]}) >= 2 for f in batches)
+    changes = [c for f in frames for c in (f["changes"] if f["type"] == "lamps" else [f])]
+    assert all(c["type"] == "lamp" for c in changes)
+    final = {c["member"]: c["lamp"] for c in changes}
+    assert final == {m: gw.engine.member(m).lamp.value for m in final}
+    assert len(frames) < 300  # far fewer frames than changes
+    await slow.close()
