@@ -255,7 +255,7 @@ class App {
       return;
     }
     try {
-      const welcome = await conn.request({ type: 'login', client: saved.client, token: saved.token });
+      const welcome = await conn.request({ type: 'login', client: saved.client, token: saved.token, batch: true });
       this._established(conn, welcome, saved.client);
     } catch (e) {
       conn.close();
@@ -276,7 +276,7 @@ class App {
       return;
     }
     try {
-      const welcome = await conn.request({ type: 'login', client, password });
+      const welcome = await conn.request({ type: 'login', client, password, batch: true });
       $('login-password').value = '';
       this._established(conn, welcome, client);
     } catch (e) {
@@ -360,6 +360,9 @@ class App {
       case 'lamp':
         this.board.applyLamp(msg);
         break;
+      case 'lamps': // several changes in one frame (we log in with batch: true)
+        for (const change of msg.changes || []) this.board.applyLamp(change);
+        break;
       case 'snapshot':
         this.board.applySnapshot(msg);
         break;
@@ -441,7 +444,7 @@ class App {
     if (this.mode !== 'reconnecting' || this.pendingConn !== conn) { conn.close(); return; }
     let welcome;
     try {
-      welcome = await conn.request({ type: 'login', client: this.client, token: this.token });
+      welcome = await conn.request({ type: 'login', client: this.client, token: this.token, batch: true });
     } catch (e) {
       conn.close();
       if (this.mode !== 'reconnecting') return;
