@@ -595,6 +595,8 @@ async def latency(server: Server, token: str | None, clients: int, rate: float, 
                     await ws.send(json.dumps({"type": "login", "id": 1, "client": "watcher",
                                               "token": token}))
                     reply = json.loads(await ws.recv())
+                    while reply.get("id") != 1:  # anything pushed before the reply
+                        reply = json.loads(await ws.recv())
                     if reply["type"] == "welcome":
                         break
                     why = f"{reply.get('code')}: {reply.get('message')}"
@@ -603,7 +605,8 @@ async def latency(server: Server, token: str | None, clients: int, rate: float, 
                 else:
                     raise RuntimeError(f"latency client login: {reply}")
                 await ws.send(json.dumps({"type": "subscribe", "id": 2, "panel": PANEL}))
-                await ws.recv()
+                while json.loads(await ws.recv()).get("id") != 2:
+                    pass
             counter[0] += 1
             if counter[0] == clients:
                 ready.set()

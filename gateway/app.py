@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from .calls import CallReport, LineTracker
+from .calls import CallReport, LineTracker, ServiceReport
 from .clients import Clients
 from .config import Config, ConfigError, load_config, parse_hostport
 from .model import DeviceState, DeviceStatus
@@ -199,6 +199,22 @@ class Gateway:
         bridges; the Asterisk and SIP connections go with their lease."""
         return source == "tapi_bridge" or source in self.leases
 
+    def _reports_to(self, tracker: LineTracker):  # noqa: ANN202
+        """The callback a source adapter hands its reports to (on the loop's thread)."""
+
+        def on_reports(reports: list[CallReport | ServiceReport]) -> None:
+            now = time.time()
+            changed: dict[str, DeviceState] = {}
+            for r in reports:
+                states = (tracker.call(r, now) if isinstance(r, CallReport)
+                          else tracker.service(r, now))
+                for st in states:
+                    changed[st.device] = st
+            if changed:
+                self._source_update(tracker, list(changed.values()))
+
+        return on_reports
+
     def _source_update(self, tracker: LineTracker, states: list[DeviceState]) -> None:
         """A source changed device states: publish them, journal the calls that ended."""
         self.publisher.put(states)
@@ -223,22 +239,11 @@ class Gateway:
             else None)
         await asyncio.to_thread(self.sip_endpoint.start)
 
-        def on_reports(reports) -> None:  # noqa: ANN001
-            now = time.time()
-            changed: dict[str, DeviceState] = {}
-            for r in reports:
-                states = (tracker.call(r, now) if isinstance(r, CallReport)
-                          else tracker.service(r, now))
-                for st in states:
-                    changed[st.device] = st
-            if changed:
-                self._source_update(tracker, list(changed.values()))
-
         def on_lost(conn: str | None) -> None:
             self.publisher.put(tracker.connection_lost(conn))
 
         self.sip_source = SipPresenceSource(self.sip_endpoint, self._sip_line_map(),
-                                            on_reports, on_lost)
+                                            self._reports_to(tracker), on_lost)
         await self.sip_source.start()
         # The BLF server reads these on the SIP thread: plain dicts, only replaced whole or
         # item by item from the loop (each a single atomic store).
@@ -394,17 +399,6 @@ class Gateway:
         assert acfg is not None
         tracker = self.trackers["ami"]
 
-        def on_reports(reports) -> None:  # noqa: ANN001
-            now = time.time()
-            changed: dict[str, DeviceState] = {}
-            for r in reports:
-                states = (tracker.call(r, now) if isinstance(r, CallReport)
-                          else tracker.service(r, now))
-                for st in states:
-                    changed[st.device] = st
-            if changed:
-                self._source_update(tracker, list(changed.values()))
-
         def on_lost() -> None:
             lost = tracker.connection_lost()
             log.warning("Asterisk connection lost: %d device(s) unknown until re-synced",
@@ -413,7 +407,7 @@ class Gateway:
 
         self.ami = AmiSource(
             acfg.host, acfg.port, acfg.username, self.config.path(acfg.secret_file),
-            self._ami_line_map(), on_reports, on_lost,
+            self._ami_line_map(), self._reports_to(tracker), on_lost,
             on_synced=lambda: log.info("Asterisk state re-synced"),
         )
         self._ami_task = asyncio.create_task(self.ami.run())
