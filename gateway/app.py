@@ -41,6 +41,8 @@ log = logging.getLogger("gateway")
 HEARTBEAT_SECONDS = 1.0
 HEARTBEAT_TTL_MS = 3000  # a process silent this long is taken for dead
 LEASE_TTL_MS = 3000  # so another process takes a source over within about 4 s
+DELIVER_CHUNK = 200  # deltas fanned out before the loop gets a turn for other work
+LISTEN_BACKLOG = 4096  # a reconnect storm of thousands of clients queues, not refused
 
 
 class Publisher:
@@ -183,6 +185,7 @@ class Gateway:
             ping_interval=20,
             ping_timeout=20,
             max_queue=16,
+            backlog=LISTEN_BACKLOG,
         )
         self.ws_port = self.ws_server.sockets[0].getsockname()[1]
         log.info("WebSocket and web panel on http://%s:%d/ (ws path /ws)", host, self.ws_port)
@@ -589,7 +592,16 @@ class Gateway:
                 elif ch.kind == "client":
                     deltas.extend(self.engine.update_client(ch.state, ch.seq))  # type: ignore[arg-type]
             if deltas:
-                self._deliver(deltas)
+                # A read batch (up to 2,000 changes after a burst) may change one view many
+                # times: only its newest state goes out (each delta is a full state), and the
+                # fan-out yields between chunks so requests are answered meanwhile.
+                if len(deltas) > DELIVER_CHUNK:
+                    newest = {(d.kind, d.key): d for d in deltas}
+                    deltas = sorted(newest.values(), key=lambda d: d.seq)
+                for i in range(0, len(deltas), DELIVER_CHUNK):
+                    self._deliver(deltas[i : i + DELIVER_CHUNK])
+                    if i + DELIVER_CHUNK < len(deltas):
+                        await asyncio.sleep(0)
 
     async def _redis_lost(self, exc: Exception) -> int:
         log.error("lost Redis (%s): every lamp is unknown until it is back", exc)

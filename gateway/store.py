@@ -64,6 +64,9 @@ K_OP = PREFIX + "op:"
 # further behind than this reloads the full state instead.
 LOG_MAXLEN = 20000
 
+POOL_SIZE = 64  # Redis connections per process (one is held by the change-log reader)
+POOL_WAIT = 10.0  # seconds a command may wait for a free connection
+
 # KEYS: seq, entity, log. ARGV: kind, id, json, maxlen. Returns {seq, changed}.
 _PUBLISH = """
 local cur = redis.call('GET', KEYS[2])
@@ -188,7 +191,10 @@ class Store:
         if url.startswith("redis+sentinel://"):
             self.redis = _sentinel_master(url, options)
         else:
-            self.redis = aioredis.Redis.from_url(url, **options)
+            # A login storm must wait for a connection, not fail: a blocking pool, bounded.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options)
+            self.redis = aioredis.Redis(connection_pool=pool)
         self._publish = self.redis.register_script(_PUBLISH)
 
     async def close(self) -> None:

@@ -8,7 +8,6 @@ that falls too far behind is cut off; either way the others never wait for it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Iterable
@@ -40,16 +39,19 @@ class Outbox:
     `limit` frames are pending: the connection is then closed as too slow.
     """
 
-    __slots__ = ("pending", "limit", "wakeup", "overflowed", "_n")
+    __slots__ = ("pending", "limit", "on_first", "overflowed", "_n")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_first: Any = None) -> None:
         self.pending: dict[Any, str] = {}
         self.limit = limit
-        self.wakeup = asyncio.Event()
+        # Called when the outbox stops being empty: its owner starts a writer then (an idle
+        # client has no writer task at all, which keeps a connection small).
+        self.on_first = on_first
         self.overflowed = False
         self._n = 0
 
     def put(self, frame: str, key: Any = None) -> None:
+        was_empty = not self.pending
         if key is None:
             self._n += 1
             key = self._n
@@ -58,12 +60,12 @@ class Outbox:
         self.pending[key] = frame
         if len(self.pending) > self.limit:
             self.overflowed = True
-        self.wakeup.set()
+        if was_empty and self.on_first is not None:
+            self.on_first()
 
     def take(self) -> list[str]:
         frames = list(self.pending.values())
         self.pending.clear()
-        self.wakeup.clear()
         return frames
 
     def take_batched(self, limit: int = 500) -> list[str]:
@@ -87,7 +89,6 @@ class Outbox:
         if run:
             out.append(_batch(run))
         self.pending.clear()
-        self.wakeup.clear()
         return out
 
 

@@ -76,7 +76,8 @@ class Session:
         self.gw = gw
         self.ws = ws
         cfg = gw.config.server
-        self.outbox = Outbox(cfg.queue_limit)
+        self.outbox = Outbox(cfg.queue_limit, self._start_writer)
+        self._writer: asyncio.Task | None = None
         self.client: str | None = None
         self.computer: str | None = None
         self.batch = False  # the client accepts `lamps` frames (several changes in one)
@@ -96,33 +97,36 @@ class Session:
         transport = self.ws.transport
         return transport is not None and transport.get_write_buffer_size() < WRITE_HIGH_WATER
 
+    def _start_writer(self) -> None:
+        if not self.closed and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.create_task(self.writer())
+
     async def writer(self) -> None:
+        """Drain the outbox, then end: a client that keeps up needs no task of its own."""
         try:
-            while True:
-                await self.outbox.wakeup.wait()
+            while self.outbox.pending:
                 if self.outbox.overflowed:
                     log.warning("client %s at %s is too slow (%d frames pending): closing",
                                 self.client, self.address, len(self.outbox.pending))
+                    self.outbox.pending.clear()
                     await self.ws.close(1008, "too slow: reconnect and resume with since")
                     return
                 frames = self.outbox.take_batched() if self.batch else self.outbox.take()
                 for frame in frames:
                     await self.ws.send(frame)
         except ConnectionClosed:
-            pass
+            self.outbox.pending.clear()
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self.writer())
         try:
             async for frame in self.ws:
-                if writer.done():
-                    break
                 await self.handle(frame)
         except ConnectionClosed:
             pass
         finally:
             self.closed = True
-            writer.cancel()
+            if self._writer is not None:
+                self._writer.cancel()
             for topic, rights in self.subs.items():
                 self.gw.hub.remove(self, topic, rights)
             self.subs.clear()
