@@ -177,6 +177,7 @@ HANDSHAKE = ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r
              "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
              "Sec-WebSocket-Version: 13\r\n\r\n")
 LAMP = b'{"type":"lamp"'
+LAMPS = b'{"type":"lamps"'
 
 
 def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
@@ -287,7 +288,9 @@ class RawClient(asyncio.Protocol):
             op = buf[pos] & 0x0F
             start = pos + hl
             if op == 1:
-                if buf.startswith(LAMP, start):
+                if buf.startswith(LAMPS, start):  # several changes in one frame
+                    self.lamps += buf.count(LAMP + b",", start, end)
+                elif buf.startswith(LAMP, start):
                     self.lamps += 1
                     if self.track or self.on_lamp is not None:
                         self._track(buf, start, end)
@@ -302,22 +305,27 @@ class RawClient(asyncio.Protocol):
             del buf[:pos]
 
 
-def login_msgs(token: str | None, since: int | None) -> tuple[dict | None, dict | None]:
+def login_msgs(token: str | None, since: int | None,
+               batch: bool = False) -> tuple[dict | None, dict | None]:
     if token is None:
         return None, None
     sub: dict = {"type": "subscribe", "id": 2, "panel": PANEL}
     if since is not None:
         sub["since"] = since
-    return {"type": "login", "id": 1, "client": "watcher", "token": token}, sub
+    login = {"type": "login", "id": 1, "client": "watcher", "token": token}
+    if batch:
+        login["batch"] = True
+    return login, sub
 
 
 FAILURES: dict[str, int] = {}  # reasons of failed attempts (also those a retry fixed)
 
 
 async def open_client(port: int, token: str | None, since: int | None = None,
-                      track: bool = False, on_lamp=None, tries: int = 3) -> RawClient | str:  # noqa: ANN001
+                      track: bool = False, on_lamp=None, tries: int = 3,
+                      batch: bool = False) -> RawClient | str:  # noqa: ANN001
     loop = asyncio.get_running_loop()
-    login, sub = login_msgs(token, since)
+    login, sub = login_msgs(token, since, batch)
     why = "?"
     for _ in range(tries):
         try:
@@ -334,12 +342,12 @@ async def open_client(port: int, token: str | None, since: int | None = None,
 
 
 async def open_many(port: int, n: int, token: str | None, since: int | None, concurrency: int | None,
-                    track: bool) -> tuple[list[RawClient], list[str]]:
+                    track: bool, batch: bool = False) -> tuple[list[RawClient], list[str]]:
     sem = asyncio.Semaphore(concurrency or n or 1)
 
     async def one():  # noqa: ANN202
         async with sem:
-            return await open_client(port, token, since, track)
+            return await open_client(port, token, since, track, batch=batch)
 
     res = await asyncio.gather(*(one() for _ in range(n)))
     return [c for c in res if isinstance(c, RawClient)], [c for c in res if isinstance(c, str)]
@@ -370,10 +378,11 @@ async def worker_async(conn) -> None:  # noqa: ANN001
             conn.send(None)
             return
         if cmd == "connect":
-            port, n, token, since = args
+            port, n, token, since, *rest = args
+            batch = bool(rest and rest[0])
             t0 = time.monotonic()
             FAILURES.clear()
-            new, errors = await open_many(port, n, token, since, 100, track)
+            new, errors = await open_many(port, n, token, since, 100, track, batch)
             clients += new
             conn.send((len(new), errors[:3], len(errors), time.monotonic() - t0, dict(FAILURES)))
         elif cmd == "counts":
@@ -428,10 +437,11 @@ class Workers:
         loop = asyncio.get_running_loop()
         return list(await asyncio.gather(*(loop.run_in_executor(None, c.recv) for c in self.conns)))
 
-    async def connect(self, port: int, n: int, token: str | None, since: int | None = None) -> int:
+    async def connect(self, port: int, n: int, token: str | None, since: int | None = None,
+                      batch: bool = False) -> int:
         k = len(self.conns)
         parts = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        res = await self.call(*[("connect", port, p, token, since) for p in parts])
+        res = await self.call(*[("connect", port, p, token, since, batch) for p in parts])
         failed = sum(r[2] for r in res)
         if failed:
             print(f"  ! {failed} client(s) failed to connect: {res[0][1] or res[-1][1]}", flush=True)

@@ -41,7 +41,7 @@ log = logging.getLogger("gateway")
 HEARTBEAT_SECONDS = 1.0
 HEARTBEAT_TTL_MS = 3000  # a process silent this long is taken for dead
 LEASE_TTL_MS = 3000  # so another process takes a source over within about 4 s
-DELIVER_CHUNK = 200  # deltas fanned out before the loop gets a turn for other work
+YIELD_DELIVERIES = 4000  # socket writes before the loop gets a turn for other work
 LISTEN_BACKLOG = 4096  # a reconnect storm of thousands of clients queues, not refused
 
 
@@ -312,6 +312,23 @@ class Gateway:
             except (RedisError, OSError):
                 pass
 
+    async def _fan_out(self, deltas: list) -> None:
+        """Deliver a read batch's deltas, giving the loop a turn every few thousand socket
+        writes so that requests are answered during a burst. A batch may change one view
+        many times: only its newest state goes out (each delta is a full state), so a client
+        that subscribes during a pause never gets an older state after its snapshot."""
+        if len(deltas) > 1:
+            newest = {(d.kind, d.key): d for d in deltas}
+            if len(newest) < len(deltas):
+                deltas = sorted(newest.values(), key=lambda d: d.seq)
+        # Chunks sized so that one chunk costs about YIELD_DELIVERIES socket writes: a client
+        # that takes batches takes a whole chunk in one write, the others one per change.
+        step = min(500, max(1, YIELD_DELIVERIES // max(1, self.hub.unbatched_count())))
+        for i in range(0, len(deltas), step):
+            self._deliver(deltas[i : i + step])
+            if i + step < len(deltas):
+                await asyncio.sleep(0)
+
     def _deliver(self, deltas) -> None:  # noqa: ANN001
         """Hand deltas to the WebSocket fan-out and to the desk phones' BLF server."""
         if not deltas:
@@ -573,7 +590,7 @@ class Gateway:
         after = self._log_pos
         while True:
             try:
-                changes = await self.store.read_log(after, block_ms=1000)
+                changes = await self.store.read_log(after, block_ms=1000, count=500)
             except (RedisError, OSError) as exc:
                 after = await self._redis_lost(exc)
                 continue
@@ -592,16 +609,7 @@ class Gateway:
                 elif ch.kind == "client":
                     deltas.extend(self.engine.update_client(ch.state, ch.seq))  # type: ignore[arg-type]
             if deltas:
-                # A read batch (up to 2,000 changes after a burst) may change one view many
-                # times: only its newest state goes out (each delta is a full state), and the
-                # fan-out yields between chunks so requests are answered meanwhile.
-                if len(deltas) > DELIVER_CHUNK:
-                    newest = {(d.kind, d.key): d for d in deltas}
-                    deltas = sorted(newest.values(), key=lambda d: d.seq)
-                for i in range(0, len(deltas), DELIVER_CHUNK):
-                    self._deliver(deltas[i : i + DELIVER_CHUNK])
-                    if i + DELIVER_CHUNK < len(deltas):
-                        await asyncio.sleep(0)
+                await self._fan_out(deltas)
 
     async def _redis_lost(self, exc: Exception) -> int:
         log.error("lost Redis (%s): every lamp is unknown until it is back", exc)

@@ -68,7 +68,7 @@ class Outbox:
         self.pending.clear()
         return frames
 
-    def take_batched(self, limit: int = 500) -> list[str]:
+    def take_batched(self, limit: int = 500) -> list[str]:  # BATCH_LIMIT
         """Like take(), but runs of lamp frames become `lamps` frames of up to `limit`
         changes each (for clients that asked for it at login): a client that is behind
         catches up in a few frames. Each lamp frame is already a JSON object, so a batch is
@@ -101,6 +101,7 @@ def _batch(frames: list[str]) -> str:
 class Subscriber(Protocol):
     outbox: Outbox
     ws: Any
+    batch: bool
 
     def writable(self) -> bool:
         """True when a frame may be written at once: nothing queued, socket not congested."""
@@ -142,41 +143,59 @@ class Hub:
     def audiences(self, topic: Topic) -> dict[Rights, set[Subscriber]]:
         return self._audiences.get(topic, {})
 
+    def unbatched_count(self) -> int:
+        """Subscribers that take one frame per change (the ones a big chunk costs most)."""
+        return sum(1 for by in self._audiences.values() for subs in by.values()
+                   for s in subs if not s.batch)
+
     def subscriber_count(self) -> int:
         return sum(len(s) for by in self._audiences.values() for s in by.values())
 
     def deliver(self, deltas: Iterable[Delta]) -> None:
+        """Render each delta once per audience, then hand every audience's frames to its
+        subscribers: a client that asked for batches and keeps up gets all of them in one
+        `lamps` frame (one socket write instead of one per change)."""
+        frames: dict[tuple[Topic, Rights], list[tuple[str, Any]]] = {}
         for d in deltas:
             if d.kind == "member":
                 view: MemberView = d.view  # type: ignore[assignment]
                 for panel in self._panels_of.get(d.key, ()):
-                    by_rights = self._audiences.get(("panel", panel))
-                    if not by_rights:
-                        continue
-                    for rights, subs in by_rights.items():
+                    topic = ("panel", panel)
+                    for rights in self._audiences.get(topic, ()):
                         msg = {"type": "lamp", "panel": panel, "member": d.key,
                                **render_member(view, rights), "seq": d.seq}
                         del msg["client"]
-                        self._send(subs, dumps(msg), ("p", panel, d.key))
+                        frames.setdefault((topic, rights), []).append(
+                            (dumps(msg), ("p", panel, d.key)))
             else:
                 dview: DeviceView = d.view  # type: ignore[assignment]
-                by_rights = self._audiences.get(("device", d.key))
-                if not by_rights:
-                    continue
-                for rights, subs in by_rights.items():
+                topic = ("device", d.key)
+                for rights in self._audiences.get(topic, ()):
                     msg = {"type": "lamp", **render_device(dview, rights), "seq": d.seq}
-                    self._send(subs, dumps(msg), ("d", d.key))
+                    frames.setdefault((topic, rights), []).append((dumps(msg), ("d", d.key)))
+        for (topic, rights), items in frames.items():
+            subs = self._audiences.get(topic, {}).get(rights)
+            if subs:
+                self._send(subs, items)
 
-    def _send(self, subs: set[Subscriber], frame: str, key: Any) -> None:
-        # The common case writes straight into the sockets, like websockets.broadcast, with
-        # the frame encoded once; a client with frames queued or a full write buffer gets it
+    def _send(self, subs: set[Subscriber], items: list[tuple[str, Any]]) -> None:
+        # The common case writes straight into the sockets, like websockets.broadcast, each
+        # frame encoded once; a client with frames queued or a full write buffer gets them
         # through its outbox instead, where a newer frame for the same lamp replaces it.
-        direct = []
+        direct, direct_batch = [], []
         for s in subs:
             if s.writable():
-                direct.append(s.ws)
+                (direct_batch if s.batch else direct).append(s.ws)
             else:
-                s.outbox.put(frame, key)
+                for frame, key in items:
+                    s.outbox.put(frame, key)
         if direct:
-            broadcast(direct, frame)
-        self.deliveries += len(subs)
+            for frame, _ in items:
+                broadcast(direct, frame)
+        if direct_batch:
+            for i in range(0, len(items), BATCH_LIMIT):
+                broadcast(direct_batch, _batch([f for f, _ in items[i : i + BATCH_LIMIT]]))
+        self.deliveries += len(subs) * len(items)
+
+
+BATCH_LIMIT = 500  # lamp changes in one `lamps` frame

@@ -360,6 +360,9 @@ class AmiSource:
                 reports += self._dispatch(msg)
             if reports:
                 self._deliver(reports)
+            # A read returns at once while data is buffered: give the loop a turn between
+            # reads, so a reload burst does not hold up everything else.
+            await asyncio.sleep(0)
 
     def _parse(self, data: bytes) -> list[AmiMessage]:
         out = []

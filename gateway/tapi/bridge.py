@@ -28,6 +28,8 @@ __all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer"]
 
 log = logging.getLogger("gateway.tapi")
 
+YIELD_EVERY = 500  # bridge lines handled before the loop gets a turn for other work
+
 # LINECALLSTATE (lower case) -> phase and, where the state says it, the direction.
 # UNKNOWN (0x8000) is absent on purpose: it carries no information, so it changes nothing.
 TAPI_PHASES: dict[str, tuple[Phase, Direction | None]] = {
@@ -195,6 +197,7 @@ class TapiBridgeServer:
             self._handlers.add(task)
         self.connections += 1
         log.info("TAPI bridge %s connected from %s", conn, peer)
+        n = 0
         try:
             while True:
                 try:
@@ -211,6 +214,11 @@ class TapiBridgeServer:
                     await self._discard_line(reader)
                     continue
                 self.feed(raw, conn)
+                n += 1
+                if n % YIELD_EVERY == 0:
+                    # Buffered lines are read without the loop getting a turn: a burst of
+                    # thousands (a PBX reload) must not hold up everybody else.
+                    await asyncio.sleep(0)
         except (ConnectionError, OSError) as exc:
             log.warning("TAPI bridge %s connection error: %s", conn, exc)
         except asyncio.CancelledError:
