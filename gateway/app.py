@@ -169,6 +169,9 @@ class Gateway:
         # The Asterisk login and the SIP user agent are held by one process at a time (a
         # lease in Redis): see _leases.
 
+        await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
+        await self._leases()  # take what is free now, before serving
+
         self.http = HttpRoutes(self)
         from websockets.asyncio.server import serve
 
@@ -190,8 +193,6 @@ class Gateway:
         self.ws_port = self.ws_server.sockets[0].getsockname()[1]
         log.info("WebSocket and web panel on http://%s:%d/ (ws path /ws)", host, self.ws_port)
 
-        await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
-        await self._leases()  # take what is free now, before serving
         for coro in (self.publisher.run(), self._follow_log(), self._watch_config(),
                      self._timers(), self.journal.run(), self._presence_import(),
                      self._keepalive()):

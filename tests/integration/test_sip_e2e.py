@@ -88,12 +88,14 @@ async def send(w, *msgs):
     await w.drain()
 
 
-async def until(pred, timeout=20.0):
+async def until(pred, timeout=20.0, phone=None):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not pred():
         if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
+            seen = "" if phone is None else (
+                f": the phone saw {phone.events[-8:]}, exit code {phone.proc.returncode}")
+            raise AssertionError("condition not reached in time" + seen)
         await asyncio.sleep(0.05)
 
 
@@ -102,24 +104,26 @@ async def test_desk_phone_key_follows_a_bridge_line(sip_gateway):
     await send(g["bridge"], {"device": "201", "devstate": "inservice"},
                {"device": "202", "devstate": "inservice"})
     phone = await DeskPhone.start(f"sip:201@127.0.0.1:{g['sip']}", "alice", "alice-pass-1")
-    member = await DeskPhone.start(f"sip:bob@127.0.0.1:{g['sip']}", "alice", "alice-pass-1")
+    member = None
     try:
-        await until(lambda: "Ready" in phone.notes())
+        await until(lambda: "Ready" in phone.notes(), phone=phone)
         assert 401 in phone.codes() and 200 in phone.codes()  # digest as the client
         await send(g["bridge"], {"device": "201", "call": "1", "state": "offering",
                                  "caller": "0301"})
-        await until(lambda: phone.notes()[-1:] == ["Ringing"])
+        await until(lambda: phone.notes()[-1:] == ["Ringing"], phone=phone)
         await send(g["bridge"], {"device": "201", "call": "1", "state": "connected"})
         await until(lambda: phone.notes()[-1:] == ["On the phone"])
         await send(g["bridge"], {"device": "201", "call": "1", "state": "disconnected"})
         await until(lambda: phone.notes()[-1:] == ["Ready"])
         # A client name as target: bob's member lamp (the gateway's de-duplicated lamp).
-        await until(lambda: "Ready" in member.notes())
+        member = await DeskPhone.start(f"sip:bob@127.0.0.1:{g['sip']}", "alice", "alice-pass-1")
+        await until(lambda: "Ready" in member.notes(), phone=member)
         await send(g["bridge"], {"device": "202", "call": "2", "state": "offering"})
-        await until(lambda: member.notes()[-1:] == ["Ringing"])
+        await until(lambda: member.notes()[-1:] == ["Ringing"], phone=member)
     finally:
         await phone.close()
-        await member.close()
+        if member is not None:
+            await member.close()
 
 
 async def test_desk_phone_sees_only_what_its_client_may_see(sip_gateway):
