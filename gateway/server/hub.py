@@ -184,7 +184,10 @@ class Hub:
         # through its outbox instead, where a newer frame for the same lamp replaces it.
         direct, direct_batch = [], []
         for s in subs:
-            if s.writable():
+            # Inlined Session.writable (this loop runs once per subscriber per change).
+            transport = s.ws.transport
+            if (not s.outbox.pending and transport is not None
+                    and transport.get_write_buffer_size() < WRITE_HIGH_WATER):
                 (direct_batch if s.batch else direct).append(s.ws)
             else:
                 for frame, key in items:
@@ -199,3 +202,6 @@ class Hub:
 
 
 BATCH_LIMIT = 500  # lamp changes in one `lamps` frame
+# Above this many bytes waiting in a socket's buffer, frames wait in the client's outbox,
+# where they coalesce (newest state per lamp) instead of piling up.
+WRITE_HIGH_WATER = 64 * 1024

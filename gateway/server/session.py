@@ -24,7 +24,7 @@ from ..panels.rights import (
     visible_panels,
     watchable_devices,
 )
-from .hub import Outbox, Topic, dumps
+from .hub import WRITE_HIGH_WATER, Outbox, Topic, dumps
 from .wire import (
     Journal,
     JournalAck,
@@ -49,9 +49,6 @@ __all__ = ["Session", "TokenBucket"]
 
 log = logging.getLogger("gateway.session")
 
-# Above this many bytes waiting in a socket's buffer, frames wait in the client's outbox,
-# where they coalesce (newest state per lamp) instead of piling up.
-WRITE_HIGH_WATER = 64 * 1024
 
 
 class TokenBucket:
