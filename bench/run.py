@@ -588,63 +588,59 @@ async def fanout(server: Server, workers: Workers, driver: Driver, n: int, warm:
 
 # -- latency (the Harness approach of bench/latency.py, clients log in with a token) ------------
 
+class LatencyClient(RawClient):
+    """A raw client that turns each ringing/idle lamp frame into a latency sample (the same
+    cheap client for both servers, so the harness costs as little as it can)."""
+
+    def __init__(self, *args, sent: dict, lat: list, **kw) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kw)
+        self.sent, self.lat, self.ringing = sent, lat, {}
+
+    def _track(self, buf: bytearray, start: int, end: int) -> None:
+        now = time.perf_counter()
+        i = buf.find(b'"member":"', start, end)
+        if i < 0:
+            return
+        i += 10
+        member = bytes(buf[i:buf.index(b'"', i)])
+        if buf.find(b'"lamp":"ringing"', start, end) >= 0:
+            r = buf.find(b'"remote":"', start, end)
+            if r < 0:
+                return
+            ev = self.ringing[member] = bytes(buf[r + 10:buf.index(b'"', r + 10)]).decode()
+        elif buf.find(b'"lamp":"idle"', start, end) >= 0 and member in self.ringing:
+            ev = "end-" + self.ringing.pop(member)
+        else:
+            return
+        t0 = self.sent.get(ev)
+        if t0 is not None:
+            self.lat.append(now - t0)
+
+
 async def latency(server: Server, token: str | None, clients: int, rate: float, seconds: float,
                   tag: str) -> list[float]:
-    import websockets
-
     sent: dict[str, float] = {}
     lat: list[float] = []
-    ready = asyncio.Event()
-    counter = [0]
-
-    async def client() -> None:
-        async with websockets.connect(f"ws://{HOST}:{server.ws}/ws", compression=None,
-                                      max_size=2**22, open_timeout=60) as ws:
-            if token is not None:
-                for _ in range(20):
-                    await ws.send(json.dumps({"type": "login", "id": 1, "client": "watcher",
-                                              "token": token}))
-                    reply = json.loads(await ws.recv())
-                    while reply.get("id") != 1:  # anything pushed before the reply
-                        reply = json.loads(await ws.recv())
-                    if reply["type"] == "welcome":
-                        break
-                    why = f"{reply.get('code')}: {reply.get('message')}"
-                    FAILURES[why] = FAILURES.get(why, 0) + 1
-                    await asyncio.sleep(0.1)
-                else:
-                    raise RuntimeError(f"latency client login: {reply}")
-                await ws.send(json.dumps({"type": "subscribe", "id": 2, "panel": PANEL}))
-                while json.loads(await ws.recv()).get("id") != 2:
-                    pass
-            counter[0] += 1
-            if counter[0] == clients:
-                ready.set()
-            last: dict[str, str] = {}
-            async for frame in ws:
-                now = time.perf_counter()
-                i = frame.find('"member":"')
-                if i < 0:
-                    continue
-                member = frame[i + 10:frame.index('"', i + 10)]
-                if '"lamp":"ringing"' in frame:
-                    j = frame.index('"remote":"') + 10
-                    ev = last[member] = frame[j:frame.index('"', j)]
-                elif '"lamp":"idle"' in frame and member in last:
-                    ev = "end-" + last.pop(member)
-                else:
-                    continue
-                t0 = sent.get(ev)
-                if t0 is not None:
-                    lat.append(now - t0)
-
+    loop = asyncio.get_running_loop()
+    login, sub = login_msgs(token, None)
     FAILURES.clear()
-    tasks = []
-    for i in range(clients):
-        tasks.append(asyncio.create_task(client()))
-        if i % 50 == 49:
-            await asyncio.sleep(0.02)
-    await asyncio.wait_for(ready.wait(), 120)
+    conns: list[LatencyClient] = []
+    sem = asyncio.Semaphore(100)
+
+    async def one() -> None:
+        async with sem:
+            for _ in range(3):
+                _, c = await loop.create_connection(
+                    lambda: LatencyClient(server.ws, login, sub, True, sent=sent, lat=lat),
+                    HOST, server.ws)
+                if await asyncio.wait_for(c.ready, 60):
+                    conns.append(c)
+                    return
+                FAILURES[c.error or "refused"] = FAILURES.get(c.error or "refused", 0) + 1
+                c.transport.close()
+            raise RuntimeError("latency client could not log in")
+
+    await asyncio.gather(*(one() for _ in range(clients)))
     _, w = await asyncio.open_connection(HOST, server.bridge)
     if server.gw:
         w.write(b"".join(bline(device=str(1000 + d), devstate="inservice")
@@ -671,9 +667,8 @@ async def latency(server: Server, token: str | None, clients: int, rate: float, 
             await asyncio.sleep(delay)
     await asyncio.sleep(1.0)
     w.close()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    for c in conns:
+        c.transport.close()
     await asyncio.sleep(0.5)
     return lat
 
