@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 import uuid
@@ -713,6 +712,3 @@ def install_signal_handlers(gw: Gateway) -> None:
         except (NotImplementedError, RuntimeError):
             pass
 
-
-def pid_info() -> str:
-    return f"pid {os.getpid()}"

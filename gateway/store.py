@@ -268,10 +268,6 @@ class Store:
                 out.append(_decode_change(int(entry_id.partition("-")[0]), fields))
         return out
 
-    async def first_kept_seq(self) -> int:
-        entries = await self.redis.xrange(K_LOG, count=1)
-        return int(entries[0][0].partition("-")[0]) if entries else 0
-
     # -- passwords and tokens --------------------------------------------------------------
 
     async def get_password(self, client: str) -> dict[str, str]:
@@ -456,8 +452,6 @@ class Store:
                   "redis.call('DEL', KEYS[1]) end")
         await self.redis.eval(script, 1, K_LEASE + name, pid)
 
-    async def lease_holder(self, name: str) -> str | None:
-        return await self.redis.get(K_LEASE + name)
 
 
 # -- the embedded server --------------------------------------------------------------------

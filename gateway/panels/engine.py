@@ -230,9 +230,6 @@ class Engine:
     def device_view(self, device: str) -> DeviceView:
         return self._dviews[device]
 
-    def device_view_seq(self, device: str) -> int:
-        return self._dview_seq.get(device, 0)
-
     def panel(self, name: str) -> list[MemberView]:
         group = self.config.group_by_name[name]
         return [self._members[m] for m in group.members]

@@ -137,9 +137,6 @@ class Hub:
         if not by_rights:
             del self._audiences[topic]
 
-    def topics(self) -> list[Topic]:
-        return list(self._audiences)
-
     def audiences(self, topic: Topic) -> dict[Rights, set[Subscriber]]:
         return self._audiences.get(topic, {})
 
