@@ -245,6 +245,20 @@ async def bridge():
         await b.close()
 
 
+@pytest.fixture
+async def peer():
+    """A protocol-faithful Asterisk Manager peer (tests/amipeer.py) with three PJSIP phones,
+    201 Alice, 202 Bob, 203 Carol; its Login secret is "s3cret"."""
+    from amipeer import AmiPeer
+
+    p = AmiPeer(secret="s3cret")
+    for n, name in (("201", "Alice"), ("202", "Bob"), ("203", "Carol")):
+        p.model.add_endpoint(f"PJSIP/{n}", n, name)
+    await p.start()
+    yield p
+    await p.stop()
+
+
 async def eventually(pred, timeout: float = 5.0, interval: float = 0.02):
     """Wait until pred() is truthy (for state that is reached asynchronously)."""
     deadline = time.monotonic() + timeout

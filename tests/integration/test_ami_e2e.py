@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 
-from amipeer import AmiPeer
 from conftest import eventually
 from test_gateway_e2e import HASH, PW, login
 
@@ -85,16 +84,6 @@ name = "quiet"
 members = ["alice", "bob", "eve"]
 rights = {{ numbers = "none", pickup = false }}
 """
-
-
-@pytest.fixture
-async def peer():
-    p = AmiPeer(secret="s3cret")
-    for n, name in (("201", "Alice"), ("202", "Bob"), ("203", "Carol")):
-        p.model.add_endpoint(f"PJSIP/{n}", n, name)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture

@@ -76,16 +76,6 @@ def secret_file(tmp_path) -> Path:
 
 
 @pytest.fixture
-async def peer():
-    p = AmiPeer(secret="s3cret")
-    for n, name in (("201", "Alice"), ("202", "Bob"), ("203", "Carol")):
-        p.model.add_endpoint(f"PJSIP/{n}", n, name)
-    await p.start()
-    yield p
-    await p.stop()
-
-
-@pytest.fixture
 async def rig(peer, secret_file):
     r = Rig(peer, secret_file)
     r.task = asyncio.create_task(r.source.run())

@@ -11,10 +11,8 @@ import subprocess
 import time
 import urllib.request
 
-import pytest
 import websockets
 
-from amipeer import AmiPeer
 from conftest import free_port
 from test_cli import BIN, _wait_port
 from test_gateway_e2e import HASH, PW
@@ -120,16 +118,6 @@ async def until(pred, timeout=15.0, what="condition"):
         if loop.time() > deadline:
             raise AssertionError(f"{what} not reached in {timeout} s")
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def peer():
-    p = AmiPeer(secret="s3cret")
-    for n in ("201", "202"):
-        p.model.add_endpoint(f"PJSIP/{n}", n, n)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_three_processes_one_asterisk_login_same_order_and_failover(
