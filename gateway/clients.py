@@ -8,32 +8,52 @@ state read is the newer of what this process last published and what the shared 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable
+from typing import Protocol
 
-from .calls import CallReport, CallTable, Phase
-from .model import ClientState, Direction, Presence
-from .store import encode_client
+from .calls import CallReport, CallTable
+from .config import Config
+from .journal import Journal
+from .model import ClientState, Presence
+from .panels.engine import Engine
+from .store import Store, encode_client
 
-if TYPE_CHECKING:
-    from .app import Gateway
-    from .server.session import Session
-    from .server.wire import Softphone
+__all__ = ["Clients", "ClientSession"]
 
-__all__ = ["Clients"]
+log = logging.getLogger("gateway")
+
+
+class ClientSession(Protocol):
+    """What the client state needs of a logged-in connection."""
+
+    client: str | None
+    computer: str | None
+    address: str
 
 
 class Clients:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.sessions: dict[str, set[Session]] = {}
+    """The run-time state of the clients whose sessions this process holds.
+
+    `engine()` and `config()` give the current engine and configuration (both are replaced on
+    a reload); ended softphone calls go to `journal`.
+    """
+
+    def __init__(self, store: Store, engine: Callable[[], Engine], journal: Journal,
+                 config: Callable[[], Config]) -> None:
+        self.store = store
+        self._engine = engine
+        self.journal = journal
+        self._config = config
+        self.sessions: dict[str, set[ClientSession]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._mine: dict[str, tuple[ClientState, int]] = {}  # last published by us, its seq
         self._softphones: dict[str, CallTable] = {}
 
     def current(self, client: str) -> ClientState:
-        engine = self.gw.engine
+        engine = self._engine()
         mine = self._mine.get(client)
         shared = engine.client_state(client)
         if mine is not None and mine[1] > engine.client_seq(client):
@@ -47,28 +67,29 @@ class Clients:
             new = change(old)
             if new == old:
                 return
-            (seq, _), = await self.gw.store.publish([("client", client, encode_client(new))])
+            (seq, _), = await self.store.publish([("client", client, encode_client(new))])
             self._mine[client] = (new, seq)
 
     # -- sessions -------------------------------------------------------------------------
 
     def desk_device(self, client: str, computer: str | None) -> str | None:
         """The hot-desk device a client gets when it logs in from `computer`."""
-        cfg = self.gw.config.client_by_name.get(client)
+        config = self._config()
+        cfg = config.client_by_name.get(client)
         if cfg is None or not cfg.devices_by_computer or not computer:
             return None
         wanted = computer.strip().lower()
-        return next((d.id for d in self.gw.config.devices
+        return next((d.id for d in config.devices
                      if d.computer and d.computer.strip().lower() == wanted), None)
 
-    async def session_started(self, session: Session) -> None:
+    async def session_started(self, session: ClientSession) -> None:
         name = session.client
         assert name is not None
         self.sessions.setdefault(name, set()).add(session)
         desk = self.desk_device(name, session.computer)
         if desk is not None:
             # A hot-desk device has one holder: whoever logged in there last.
-            for other in self.gw.engine.desk_holders(desk) - {name}:
+            for other in self._engine().desk_holders(desk) - {name}:
                 await self._update(other, lambda s: replace(
                     s, temp_devices=tuple(d for d in s.temp_devices if d != desk),
                     current_device=None if s.current_device == desk else s.current_device))
@@ -81,7 +102,7 @@ class Clients:
 
         await self._update(name, start)
 
-    async def session_ended(self, session: Session) -> None:
+    async def session_ended(self, session: ClientSession) -> None:
         name = session.client
         assert name is not None
         live = self.sessions.get(name, set())
@@ -99,7 +120,7 @@ class Clients:
                                   temp_devices=()),
             )
         except Exception:  # Redis away: the state is republished when it returns
-            self.gw.log.warning("could not record the logout of %s (Redis away)", name)
+            log.warning("could not record the logout of %s (Redis away)", name)
 
     async def select_device(self, client: str, device: str) -> None:
         await self._update(client, lambda s: replace(s, current_device=device))
@@ -114,20 +135,12 @@ class Clients:
 
         await self._update(client, change)
 
-    async def softphone(self, client: str, req: Softphone) -> None:
+    async def softphone(self, client: str, report: CallReport) -> None:
+        """A call report of the client's softphone (`report.device` is the client)."""
         table = self._softphones.get(client)
         if table is None:
             table = self._softphones[client] = CallTable(f"sp:{client}")
             table.load(self.current(client).softphone)
-        report = CallReport(
-            device=client,
-            call=req.call,
-            phase=Phase(req.state),
-            direction=Direction(req.direction),
-            remote=req.remote,
-            remote_name=req.remote_name,
-            link=req.link,
-        )
         now = time.time()
         table.expire(now)
         if table.apply(report, now):
@@ -135,14 +148,14 @@ class Clients:
             await self._update(client, lambda s: replace(s, softphone=calls))
             ended = table.take_ended()
             if ended:
-                self.gw.journal.record(ended)
+                self.journal.record(ended)
 
     async def republish(self) -> None:
         """After Redis came back: make sure what our sessions told us is there again."""
         for client in list(self.sessions):
             mine = self._mine.get(client)
             if mine is not None:
-                (seq, _), = await self.gw.store.publish(
+                (seq, _), = await self.store.publish(
                     [("client", client, encode_client(mine[0]))]
                 )
                 self._mine[client] = (mine[0], seq)

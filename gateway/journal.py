@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from .calls import EndedCall
+from .config import Config
+from .panels.engine import Engine
 from .panels.rights import Rights, combined_rights, panel_rights
-from .store import RedisError, wait_for_redis
-
-if TYPE_CHECKING:
-    from .app import Gateway
+from .store import RedisError, Store, wait_for_redis
 
 __all__ = ["Journal", "entry_of", "render_entry"]
 
@@ -59,8 +58,16 @@ def render_entry(entry_id: str, entry: dict, rights: Rights) -> dict:
 
 
 class Journal:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    """Queues entries of ended calls, writes them (:meth:`run`), reads them for a client.
+
+    `engine()` (whether an owner is logged in) and `config()` give the current ones.
+    """
+
+    def __init__(self, store: Store, engine: Callable[[], Engine],
+                 config: Callable[[], Config]) -> None:
+        self.store = store
+        self._engine = engine
+        self._config = config
         self._server: list[str] = []
         self._offline: list[tuple[str, str]] = []
         self._wake = asyncio.Event()
@@ -70,7 +77,8 @@ class Journal:
 
     def record(self, ended: list[EndedCall]) -> None:
         """Queue journal entries for calls that ended (no I/O here)."""
-        cfg = self.gw.config
+        cfg = self._config()
+        engine = self._engine()
         for e in ended:
             if e.owner.startswith("sp:"):
                 client = e.owner[3:]
@@ -85,7 +93,7 @@ class Journal:
             if dcfg.journal:
                 self._server.append(text)
             for owner in cfg.owners_of(e.owner):
-                if owner.offline_monitor and not self.gw.engine.client_state(owner.name).logged_in:
+                if owner.offline_monitor and not engine.client_state(owner.name).logged_in:
                     self._offline.append((owner.name, text))
         if len(self._server) > MAX_PENDING:
             del self._server[: len(self._server) - MAX_PENDING]
@@ -95,15 +103,15 @@ class Journal:
             self._wake.set()
 
     async def run(self) -> None:
-        jcfg = self.gw.config.journal
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._server or self._offline:
                 server, offline = self._server, self._offline
                 self._server, self._offline = [], []
+                jcfg = self._config().journal
                 try:
-                    await self.gw.store.append_journal(
+                    await self.store.append_journal(
                         server, offline, retention_seconds=jcfg.retention_days * 86400,
                         max_entries=jcfg.max_entries, offline_max=jcfg.offline_max_entries)
                     self.written += len(server) + len(offline)
@@ -112,12 +120,12 @@ class Journal:
                     self._offline[:0] = offline
                     log.warning("writing %d journal entries failed (%s); will retry",
                                 len(server) + len(offline), exc)
-                    await wait_for_redis(self.gw.store)
+                    await wait_for_redis(self.store)
 
     # -- reading ------------------------------------------------------------------------
 
     def _rights(self, reader: str, entry: dict, temp: tuple[str, ...]) -> Rights | None:
-        cfg = self.gw.config
+        cfg = self._config()
         if entry.get("device"):
             if entry["device"] not in cfg.device_by_id:
                 return None
@@ -134,7 +142,7 @@ class Journal:
 
     async def read(self, reader: str, scope: str, since: float | None,
                    temp: tuple[str, ...] = ()) -> list[dict]:
-        store = self.gw.store
+        store = self.store
         if scope == "offline":
             start = "-"
             entries = await store.read_journal(reader, start)

@@ -23,27 +23,58 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from .model import CallState, Direction
+from .clients import Clients
+from .config import Config, DeviceCfg
+from .errors import WireError
+from .model import Call, CallState, Direction
+from .panels.engine import Engine
 from .panels.rights import device_rights, panel_rights, visible_panels
-from .server.wire import Pickup, WireError
+from .store import Store
 
-if TYPE_CHECKING:
-    from .app import Gateway
-    from .model import Call
-    from .server.session import Session
-
-__all__ = ["Pickups", "find_ringing"]
+__all__ = ["Pickups", "PbxPickup", "find_ringing"]
 
 log = logging.getLogger("gateway.pickup")
 
 
-def find_ringing(gw: Gateway, devices: list[str]) -> tuple[str, Call] | None:
+class PickupRequest(Protocol):
+    """The `pickup` request as the wire layer validated it."""
+
+    id: Any
+    panel: str | None
+    member: str | None
+    device: str | None
+    op: str | int | None
+
+
+class PickupSession(Protocol):
+    """What a pickup needs of the picker's connection."""
+
+    client: str | None
+
+    def send(self, msg: dict) -> None: ...
+
+    def temp_devices(self) -> tuple[str, ...]: ...
+
+
+class PbxPickup(Protocol):
+    """A PBX connection that can carry out a pickup itself (the Asterisk source)."""
+
+    def handles(self, picker: DeviceCfg) -> bool:
+        """True when the picker's device is on a PBX line this process speaks for now."""
+
+    async def pickup(self, picker: DeviceCfg, target: DeviceCfg,
+                     call: Call) -> tuple[bool, str | None]:
+        """Move `call` to `picker`: (True, None), or (False, why not)."""
+
+
+def find_ringing(engine: Engine, devices: list[str]) -> tuple[str, Call] | None:
     """The longest-ringing incoming call on these devices."""
     best: tuple[str, Call] | None = None
     for d in devices:
-        for c in gw.engine.device_state(d).calls:
+        for c in engine.device_state(d).calls:
             if c.state is CallState.RINGING and c.direction is Direction.IN:
                 if best is None or c.since < best[1].since:
                     best = (d, c)
@@ -51,14 +82,21 @@ def find_ringing(gw: Gateway, devices: list[str]) -> tuple[str, Call] | None:
 
 
 class Pickups:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    """Answers `pickup` requests; `pbx` carries out those whose picker is on a PBX line."""
+
+    def __init__(self, store: Store, engine: Callable[[], Engine], clients: Clients,
+                 config: Callable[[], Config], pbx: PbxPickup) -> None:
+        self.store = store
+        self._engine = engine
+        self.clients = clients
+        self._config = config
+        self.pbx = pbx
 
     # -- the request ----------------------------------------------------------------------
 
-    def _targets(self, session: Session, req: Pickup) -> tuple[list[str], str]:
+    def _targets(self, session: PickupSession, req: PickupRequest) -> tuple[list[str], str]:
         """The devices to pick from and a label of the target, after the rights check."""
-        cfg = self.gw.config
+        cfg = self._config()
         me = cfg.client_by_name[session.client]  # type: ignore[index]
         if req.panel is not None:
             group = cfg.group_by_name.get(req.panel)
@@ -73,7 +111,7 @@ class Pickups:
             if req.member == me.name:
                 raise WireError("forbidden", "that is your own phone: answer it", req.id)
             target = cfg.client_by_name[req.member]  # type: ignore[index]
-            return self.gw.engine.devices_of(target), str(req.member)
+            return self._engine().devices_of(target), str(req.member)
         assert req.device is not None
         if req.device not in cfg.device_by_id:
             raise WireError("not_found", f"no device {req.device!r}", req.id)
@@ -82,14 +120,13 @@ class Pickups:
             raise WireError("forbidden", f"no pickup right on device {req.device!r}", req.id)
         return [req.device], req.device
 
-    async def pickup(self, session: Session, req: Pickup) -> None:
-        gw = self.gw
+    async def pickup(self, session: PickupSession, req: PickupRequest) -> None:
         me = session.client
         assert me is not None
         devices, label = self._targets(session, req)
         op = str(req.op) if req.op is not None else secrets.token_hex(8)
 
-        recorded = await gw.store.begin_op(me, op)
+        recorded = await self.store.begin_op(me, op)
         if recorded is not None:
             await self._replay(session, req, op, recorded)
             return
@@ -100,22 +137,24 @@ class Pickups:
         except Exception:
             log.exception("pickup by %s failed", me)
             outcome = {"error": {"code": "unavailable", "message": "pickup failed"}}
-        await gw.store.finish_op(me, op, outcome)
+        await self.store.finish_op(me, op, outcome)
         self._answer(session, req, outcome)
 
-    async def _replay(self, session: Session, req: Pickup, op: str, recorded: dict) -> None:
+    async def _replay(self, session: PickupSession, req: PickupRequest, op: str,
+                      recorded: dict) -> None:
         """A repeated op: wait for the first run to finish, then answer the same."""
         for _ in range(200):
             if recorded.get("state") == "done":
                 break
             await asyncio.sleep(0.05)
-            recorded = await self.gw.store.begin_op(session.client, op) or {"state": "pending"}  # type: ignore[arg-type]
+            recorded = (await self.store.begin_op(session.client, op)  # type: ignore[arg-type]
+                        or {"state": "pending"})
         if recorded.get("state") != "done":
             raise WireError("unavailable", f"pickup {op!r} is still in progress", req.id)
         self._answer(session, req, recorded)
 
     @staticmethod
-    def _answer(session: Session, req: Pickup, outcome: dict) -> None:
+    def _answer(session: PickupSession, req: PickupRequest, outcome: dict) -> None:
         if "error" in outcome:
             err = outcome["error"]
             raise WireError(err["code"], err["message"], req.id)
@@ -124,37 +163,37 @@ class Pickups:
 
     # -- carrying it out ------------------------------------------------------------------
 
-    async def _run(self, session: Session, req: Pickup, op: str, devices: list[str],
+    async def _run(self, session: PickupSession, req: PickupRequest, op: str, devices: list[str],
                    label: str) -> dict:
-        gw = self.gw
-        cfg = gw.config
+        cfg = self._config()
+        engine = self._engine()
         me = cfg.client_by_name[session.client]  # type: ignore[index]
-        target = find_ringing(gw, devices)
+        target = find_ringing(engine, devices)
         if target is None:
-            taker = await gw.store.taken_by(devices)
+            taker = await self.store.taken_by(devices)
             if taker is not None and taker != me.name:
                 # Lost the race: the call rang a moment ago and someone else took it.
                 raise WireError("conflict", f"{taker} has just taken that call", req.id)
             raise WireError("not_found", f"nothing is ringing at {label}", req.id)
         device, call = target
-        mine = gw.engine.devices_of(me, gw.clients.current(me.name))
-        picker_device = gw.clients.current(me.name).current_device or (
+        mine = engine.devices_of(me, self.clients.current(me.name))
+        picker_device = self.clients.current(me.name).current_device or (
             mine[0] if mine else None)
 
-        holder = await gw.store.claim_call(call.id, me.name, cfg.pickup.claim_seconds)
+        holder = await self.store.claim_call(call.id, me.name, cfg.pickup.claim_seconds)
         if holder is not None and holder != me.name:
             raise WireError("conflict", f"{holder} is already taking that call", req.id)
         # Said before the call moves, so a picker arriving after it stopped ringing hears
         # who took it rather than "nothing to take".
-        await gw.store.mark_taken(device, me.name, cfg.pickup.claim_seconds)
+        await self.store.mark_taken(device, me.name, cfg.pickup.claim_seconds)
 
         dcfg = cfg.device_by_id[device]
         pcfg = cfg.device_by_id.get(picker_device) if picker_device else None
-        if pcfg is not None and pcfg.source == "ami" and gw.ami is not None:
-            ok, message = await self._by_ami(pcfg, dcfg, call)
+        if pcfg is not None and self.pbx.handles(pcfg):
+            ok, message = await self.pbx.pickup(pcfg, dcfg, call)
             if not ok:
-                await gw.store.release_call(call.id, me.name)
-                await gw.store.unmark_taken(device, me.name)
+                await self.store.release_call(call.id, me.name)
+                await self.store.unmark_taken(device, me.name)
             log.info("pickup %s by %s of %s on %s via AMI: %s", op, me.name, call.id, device,
                      "ok" if ok else message)
             result = {"type": "pickup_result", "op": op, "ok": ok, "by": me.name if ok else None,
@@ -180,31 +219,3 @@ class Pickups:
         log.info("pickup %s by %s of %s on %s: action sent to the picker's phone",
                  op, me.name, call.id, device)
         return {"message": action}
-
-    async def _by_ami(self, picker, target, call: Call) -> tuple[bool, str | None]:
-        ami = self.gw.ami
-        acfg = self.gw.config.sources.ami
-        assert ami is not None and acfg is not None
-        if not ami.connected:
-            return False, "the Asterisk connection is down"
-        uniqueid = call.id.split("/", 1)[1]
-        try:
-            if acfg.pickup == "redirect":
-                caller = ami.translator.caller_channel(uniqueid)
-                if caller is None:
-                    return False, "the caller's channel is not known"
-                reply = await ami.redirect(caller, picker.number, acfg.context)
-            else:
-                ringing = ami.translator.channel_name(uniqueid)
-                if ringing is None:
-                    return False, "the ringing channel is not known"
-                from .tapi.ami_translate import channel_device
-
-                line = picker.line_name
-                picker_dial = line if "/" in line else f"Local/{picker.number}@{acfg.context}"
-                reply = await ami.originate_pickupchan(picker_dial, channel_device(ringing))
-        except Exception as exc:  # AmiError: no answer, connection dropped
-            return False, f"Asterisk did not take the request: {exc}"
-        if reply.get("Response", "").lower() != "success":
-            return False, f"Asterisk refused: {reply.get('Message') or 'error'}"
-        return True, None

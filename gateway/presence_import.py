@@ -6,18 +6,30 @@ without a zone is local time) or empty (since ever / until further notice). A ro
 from its start until its end; where several are in force for one client, the one that started
 last wins. When a row ends the client's status goes back to `available` (unless another row
 is in force). A bad row is reported with its line number and the others apply.
+
+The functions above are pure. :class:`PresenceImporter` is the thin loop around them: it
+re-reads the file when it changes, and sets each client's presence when a row starts or ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from .config import Config
 from .model import PRESENCE_STATUSES
+from .store import RedisError
 
-__all__ = ["PresenceRow", "parse_presence_csv", "in_force", "next_change"]
+__all__ = ["PresenceRow", "parse_presence_csv", "in_force", "next_change", "PresenceImporter"]
+
+log = logging.getLogger("gateway")
 
 _COLUMNS = ["id", "client", "status", "start", "end", "info", "set by"]
 
@@ -94,3 +106,60 @@ def next_change(rows: list[PresenceRow], now: float) -> float | None:
     """When the statuses in force next change (a row starts or ends), or None."""
     times = [t for r in rows for t in (r.start, r.end) if t is not None and t > now]
     return min(times, default=None)
+
+
+class PresenceImporter:
+    """Applies the admin's presence CSV (``[presence] import_file``) through `set_presence`
+    (client, status, info): re-read when the file changes; rows start and end by themselves
+    (:func:`next_change` says when the next one is due)."""
+
+    def __init__(self, config: Callable[[], Config],
+                 set_presence: Callable[[str, str, str | None], Awaitable[None]],
+                 metrics: Counter[str]) -> None:
+        self._config = config
+        self._set_presence = set_presence
+        self.metrics = metrics
+
+    def _read(self, path, clients: set[str]) -> list[PresenceRow]:  # noqa: ANN001
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("presence import %s: cannot read: %s", path, exc)
+            text = ""
+        rows, errors = parse_presence_csv(text, clients)
+        for e in errors:
+            log.error("presence import %s: %s (row skipped)", path, e)
+        self.metrics["presence_rows_rejected"] += len(errors)
+        log.info("presence import %s: %d row(s) applied, %d rejected",
+                 path, len(rows), len(errors))
+        return rows
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        seen: tuple | None = None
+        rows: list[PresenceRow] = []
+        applied: dict[str, tuple[str, str | None]] = {}
+        while True:
+            cfg = self._config()
+            pcfg = cfg.presence
+            path = cfg.path(pcfg.import_file) if pcfg.import_file else None
+            try:
+                st = path.stat() if path else None
+                stamp = (str(path), st.st_mtime_ns, st.st_size) if st else None
+            except OSError:
+                stamp = None
+            if stamp != seen:
+                seen = stamp
+                rows = [] if stamp is None else self._read(path, set(cfg.client_by_name))
+            now = time.time()
+            want = {c: (r.status, r.info) for c, r in in_force(rows, now).items()}
+            try:
+                for client in set(applied) | set(want):
+                    status = want.get(client, ("available", None))
+                    if applied.get(client) != status and client in cfg.client_by_name:
+                        await self._set_presence(client, *status)
+                applied = dict(want)
+            except (RedisError, OSError):
+                pass  # applied again on the next round
+            nxt = next_change(rows, now)
+            await asyncio.sleep(min(max((nxt or now + 1.0) - now, 0.05), 1.0))

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import json
 import mimetypes
-import time
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
-
-if TYPE_CHECKING:
-    from ..app import Gateway
 
 __all__ = ["HttpRoutes", "WEB_PANEL_DIR"]
 
@@ -43,8 +39,13 @@ def _response(status: int, body: bytes, content_type: str, extra=()) -> Response
 
 
 class HttpRoutes:
-    def __init__(self, gw: Gateway, web_dir: Path = WEB_PANEL_DIR) -> None:
-        self.gw = gw
+    """The plain HTTP answers. `health()` gives (status code, JSON body) for ``/healthz``,
+    `metrics()` the Prometheus text for ``/metrics``; `web_dir` holds the web panel."""
+
+    def __init__(self, health: Callable[[], tuple[int, dict]], metrics: Callable[[], str],
+                 web_dir: Path = WEB_PANEL_DIR) -> None:
+        self.health = health
+        self.metrics = metrics
         self.web_dir = web_dir
 
     def process_request(self, connection, request: Request) -> Response | None:  # noqa: ANN001
@@ -58,78 +59,8 @@ class HttpRoutes:
         return self.static(path)
 
     def healthz(self) -> Response:
-        gw = self.gw
-        sources = {}
-        if gw.bridge is not None:
-            sources["tapi_bridge"] = {"connections": gw.bridge.connections}
-        if gw.config.sources.ami is not None:
-            sources["ami"] = {"held_here": "ami" in gw.leases,
-                              "connected": bool(gw.ami is not None and gw.ami.connected)}
-        if gw.config.sources.sip is not None:
-            sources["sip"] = {"held_here": "sip" in gw.leases}
-        body = {
-            "status": "ok" if gw.redis_up else "degraded",
-            "process": gw.pid,
-            "leases": sorted(gw.leases),
-            "redis": gw.redis_up,
-            "seq": gw.engine.seq,
-            "clients": sum(len(s) for s in gw.clients.sessions.values()),
-            "sources": sources,
-            "uptime": round(time.time() - gw.started, 1),
-        }
-        return _response(200 if gw.redis_up else 503, json.dumps(body).encode(),
-                         "application/json")
-
-    def metrics(self) -> str:
-        gw = self.gw
-        sessions = [s for subs in gw.clients.sessions.values() for s in subs]
-        lines = [
-            "# TYPE blf_clients gauge",
-            f"blf_clients {len(sessions)}",
-            "# TYPE blf_subscriptions gauge",
-            f"blf_subscriptions {gw.hub.subscriber_count()}",
-            "# TYPE blf_changes_in_total counter",
-            f"blf_changes_in_total {gw.metrics['changes_in']}",
-            "# TYPE blf_deliveries_total counter",
-            f"blf_deliveries_total {gw.hub.deliveries}",
-            "# TYPE blf_queue_depth_max gauge",
-            f"blf_queue_depth_max {max((len(s.outbox.pending) for s in sessions), default=0)}",
-            "# TYPE blf_redis_up gauge",
-            f"blf_redis_up {int(gw.redis_up)}",
-            "# TYPE blf_seq gauge",
-            f"blf_seq {gw.engine.seq}",
-            "# TYPE blf_config_reloads_total counter",
-            f"blf_config_reloads_total {gw.metrics['config_reloads']}",
-            "# TYPE blf_rate_limited_total counter",
-            f"blf_rate_limited_total {gw.metrics['rate_limited']}",
-        ]
-        lines += [
-            "# TYPE blf_redis_latency_seconds gauge",
-            f"blf_redis_latency_seconds {gw.redis_latency:.6f}",
-            "# TYPE blf_source_up gauge",
-        ]
-        for name in ("ami", "sip"):
-            if getattr(gw.config.sources, name) is not None:
-                up = name in gw.leases and (name != "ami" or bool(gw.ami and gw.ami.connected))
-                lines.append(f'blf_source_up{{source="{name}",held_here="{int(name in gw.leases)}"}} {int(up)}')
-        lines += [
-            "# TYPE blf_outbox_frames gauge",
-            f"blf_outbox_frames {sum(len(s.outbox.pending) for s in sessions)}",
-            "# TYPE blf_journal_written_total counter",
-            f"blf_journal_written_total {gw.journal.written}",
-            "# TYPE blf_published_device_states_total counter",
-            f"blf_published_device_states_total {gw.publisher.published}",
-        ]
-        if gw.bridge is not None:
-            lines += [
-                "# TYPE blf_source_connections gauge",
-                f'blf_source_connections{{source="tapi_bridge"}} {gw.bridge.connections}',
-                "# TYPE blf_source_lines_total counter",
-                f'blf_source_lines_total{{source="tapi_bridge"}} {gw.bridge.lines_in}',
-                "# TYPE blf_source_bad_lines_total counter",
-                f'blf_source_bad_lines_total{{source="tapi_bridge"}} {gw.bridge.lines_bad}',
-            ]
-        return "\n".join(lines) + "\n"
+        status, body = self.health()
+        return _response(status, json.dumps(body).encode(), "application/json")
 
     def static(self, path: str) -> Response:
         name = "index.html" if path in ("/", "") else path.lstrip("/")

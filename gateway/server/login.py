@@ -12,7 +12,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from ..auth import (
     DUMMY_HASH,
@@ -22,14 +23,14 @@ from ..auth import (
     sip_ha1,
     verify_password,
 )
+from ..clients import Clients
+from ..config import Config
+from ..errors import WireError
 from ..panels.rights import visible_panels
-from .wire import Login, WireError
+from ..store import Store
+from .wire import Login
 
-if TYPE_CHECKING:
-    from ..app import Gateway
-    from .session import Session
-
-__all__ = ["Auth"]
+__all__ = ["Auth", "LoginSession"]
 
 audit = logging.getLogger("gateway.audit")
 FAILED = "wrong client name or password"
@@ -37,16 +38,33 @@ CLIENT_FAILURES = 10  # failed logins of one client ...
 CLIENT_FAILURE_WINDOW = 300  # ... within this many seconds: further attempts rate_limited
 
 
+class LoginSession(Protocol):
+    """What a login needs of the connection: it sets who logged in, from where."""
+
+    address: str
+    closed: bool
+    client: str | None
+    computer: str | None
+    batch: bool
+
+    def welcome_lists(self) -> dict: ...
+
+
 class Auth:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    """Checks logins (:meth:`login`) against the passwords in `store`; `config()` gives the
+    current configuration; a session that logs in is announced to `clients`."""
+
+    def __init__(self, store: Store, clients: Clients, config: Callable[[], Config]) -> None:
+        self.store = store
+        self.clients = clients
+        self._config = config
         self._attempts: dict[str, deque[float]] = {}
 
     def _limited(self, address: str, now: float) -> bool:
         window = self._attempts.setdefault(address, deque())
         while window and window[0] <= now - 60.0:
             window.popleft()
-        if len(window) >= self.gw.config.server.login_attempts_per_minute:
+        if len(window) >= self._config().server.login_attempts_per_minute:
             return True
         window.append(now)
         if len(self._attempts) > 10000:  # forget idle addresses, bounded memory
@@ -54,13 +72,13 @@ class Auth:
                 del self._attempts[addr]
         return False
 
-    async def login(self, session: Session, req: Login) -> dict:
+    async def login(self, session: LoginSession, req: Login) -> dict:
         now = time.monotonic()
         if self._limited(session.address, now):
             audit.warning("login rate limit hit from %s (client %r)", session.address, req.client)
             raise WireError("rate_limited", "too many login attempts: wait a minute", req.id)
-        cfg = self.gw.config.client_by_name.get(req.client)
-        store = self.gw.store
+        cfg = self._config().client_by_name.get(req.client)
+        store = self.store
         if cfg is None or cfg.type == "nologin":
             if req.password is not None:
                 await asyncio.to_thread(verify_password, req.password, DUMMY_HASH)
@@ -82,7 +100,7 @@ class Auth:
         version = record.get("version", "0")
         transferred: str | None = None
         if req.token is not None:
-            found = await store.check_token(req.token, self.gw.config.server.token_idle_seconds)
+            found = await store.check_token(req.token, self._config().server.token_idle_seconds)
             ok = found is not None and found == (cfg.name, version)
         elif record.get("at_next_login") == "1":
             took, transfer = await store.take_transfer(cfg.name)
@@ -117,12 +135,12 @@ class Auth:
         if session.closed:
             raise WireError("unavailable", "connection closed", req.id)
         token = new_token()
-        await store.new_token(token, cfg.name, version, self.gw.config.server.token_idle_seconds)
+        await store.new_token(token, cfg.name, version, self._config().server.token_idle_seconds)
         session.client = cfg.name
         session.batch = req.batch
         # A computer client logs in with its computer name: that is its computer.
         session.computer = req.computer or (cfg.name if cfg.type == "computer" else None)
-        await self.gw.clients.session_started(session)
+        await self.clients.session_started(session)
         audit.info("client %r logged in from %s", cfg.name, session.address)
         lists = session.welcome_lists()
         welcome: dict = {
@@ -139,8 +157,8 @@ class Auth:
                 "sip_user": cfg.sip_user,
             },
             "devices": lists["devices"],
-            "current_device": self.gw.clients.current(cfg.name).current_device,
-            "panels": visible_panels(self.gw.config, cfg.name),
+            "current_device": self.clients.current(cfg.name).current_device,
+            "panels": visible_panels(self._config(), cfg.name),
             "monitors": lists["monitors"],
             "offline_calls": await store.offline_count(cfg.name),
             "token": token,

@@ -10,10 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed
 
+from ..calls import CallReport, Phase
+from ..clients import Clients
+from ..config import Config
+from ..journal import Journal as CallJournal
+from ..model import Direction
+from ..panels.engine import Engine
 from ..panels.rights import (
     Rights,
     device_rights,
@@ -24,7 +32,10 @@ from ..panels.rights import (
     visible_panels,
     watchable_devices,
 )
-from .hub import WRITE_HIGH_WATER, Outbox, Topic, dumps
+from ..pickup import Pickups
+from ..store import Store
+from .hub import WRITE_HIGH_WATER, Hub, Outbox, Topic, dumps
+from .login import Auth
 from .wire import (
     Journal,
     JournalAck,
@@ -43,12 +54,38 @@ from .wire import (
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-    from ..app import Gateway
-
-__all__ = ["Session", "TokenBucket"]
+__all__ = ["Session", "SessionFactory", "TokenBucket"]
 
 log = logging.getLogger("gateway.session")
 
+
+class SessionFactory:
+    """What every session works with, given once by the wiring; :meth:`serve` is the
+    WebSocket server's connection handler.
+
+    `config()` and `engine()` give the current configuration and engine (a reload replaces
+    them); `metrics` counts connections and rate-limited messages.
+    """
+
+    def __init__(self, *, config: Callable[[], Config], engine: Callable[[], Engine],
+                 hub: Hub, clients: Clients, auth: Auth, pickups: Pickups,
+                 journal: CallJournal, store: Store, metrics: Counter[str]) -> None:
+        self.config = config
+        self.engine = engine
+        self.hub = hub
+        self.clients = clients
+        self.auth = auth
+        self.pickups = pickups
+        self.journal = journal
+        self.store = store
+        self.metrics = metrics
+
+    def __call__(self, ws: ServerConnection) -> Session:
+        return Session(self, ws)
+
+    async def serve(self, ws: ServerConnection) -> None:
+        self.metrics["connections"] += 1
+        await self(ws).run()
 
 
 class TokenBucket:
@@ -69,10 +106,12 @@ class TokenBucket:
 
 
 class Session:
-    def __init__(self, gw: Gateway, ws: ServerConnection) -> None:
-        self.gw = gw
+    """One client connection; see the module docstring."""
+
+    def __init__(self, svc: SessionFactory, ws: ServerConnection) -> None:
+        self.svc = svc
         self.ws = ws
-        cfg = gw.config.server
+        cfg = svc.config().server
         self.outbox = Outbox(cfg.queue_limit, self._start_writer)
         self._writer: asyncio.Task | None = None
         self.client: str | None = None
@@ -125,21 +164,21 @@ class Session:
             if self._writer is not None:
                 self._writer.cancel()
             for topic, rights in self.subs.items():
-                self.gw.hub.remove(self, topic, rights)
+                self.svc.hub.remove(self, topic, rights)
             self.subs.clear()
             if self.client is not None:
-                await self.gw.clients.session_ended(self)
+                await self.svc.clients.session_ended(self)
 
     async def handle(self, frame: str | bytes) -> None:
         if not self.bucket.take(time.monotonic()):
-            self.gw.metrics["rate_limited"] += 1
+            self.svc.metrics["rate_limited"] += 1
             self.send(error("rate_limited", "too many messages: slow down"))
             return
         msg_id = None
         try:
-            if len(frame) > self.gw.config.server.max_message_bytes:
+            if len(frame) > self.svc.config().server.max_message_bytes:
                 raise WireError("bad_request", "message too large (limit "
-                                f"{self.gw.config.server.max_message_bytes} bytes)")
+                                f"{self.svc.config().server.max_message_bytes} bytes)")
             req = parse_request(frame)
             msg_id = req.id
             if self.client is None and not isinstance(req, Login):
@@ -157,11 +196,11 @@ class Session:
     async def _login(self, req: Login) -> None:
         if self.client is not None:
             raise WireError("conflict", f"already logged in as {self.client}", req.id)
-        welcome = await self.gw.auth.login(self, req)
+        welcome = await self.svc.auth.login(self, req)
         self.send(welcome)
 
     def _check_topic(self, req: Subscribe | Unsubscribe | Pickup) -> tuple[Topic, Rights]:
-        cfg = self.gw.config
+        cfg = self.svc.config()
         me = cfg.client_by_name.get(self.client or "")
         if me is None:
             raise WireError("forbidden", "your account is no longer configured", req.id)
@@ -183,7 +222,7 @@ class Session:
     def snapshot(self, topic: Topic, rights: Rights, since: int | None = None,
                  msg_id: Any = None) -> dict:
         """The reply to subscribe; with `since` only the members changed after it."""
-        engine = self.gw.engine
+        engine = self.svc.engine()
         kind, name = topic
         out: dict = {"type": "snapshot"}
         if msg_id is not None:
@@ -202,52 +241,64 @@ class Session:
 
     async def _subscribe(self, req: Subscribe) -> None:
         topic, rights = self._check_topic(req)
-        if topic not in self.subs and len(self.subs) >= self.gw.config.server.max_subscriptions:
+        if topic not in self.subs and len(self.subs) >= self.svc.config().server.max_subscriptions:
             raise WireError("forbidden", "subscription limit reached: unsubscribe first", req.id)
         old = self.subs.get(topic)
         if old is not None:
-            self.gw.hub.remove(self, topic, old)
+            self.svc.hub.remove(self, topic, old)
         # Snapshot and registration with no await in between: every later change is a delta.
         self.send(self.snapshot(topic, rights, req.since, req.id))
-        self.gw.hub.add(self, topic, rights)
+        self.svc.hub.add(self, topic, rights)
         self.subs[topic] = rights
 
     async def _unsubscribe(self, req: Unsubscribe) -> None:
         topic: Topic = ("panel", req.panel) if req.panel is not None else ("device", req.device)  # type: ignore[assignment]
         rights = self.subs.pop(topic, None)
         if rights is not None:
-            self.gw.hub.remove(self, topic, rights)
+            self.svc.hub.remove(self, topic, rights)
         self.send({"type": "ok", "id": req.id})
 
     def temp_devices(self) -> tuple[str, ...]:
-        return self.gw.clients.current(self.client).temp_devices if self.client else ()  # type: ignore[arg-type]
+        if not self.client:
+            return ()
+        return self.svc.clients.current(self.client).temp_devices
 
     def my_devices(self) -> list[str]:
-        me = self.gw.config.client_by_name[self.client]  # type: ignore[index]
-        return self.gw.engine.devices_of(me, self.gw.clients.current(me.name))
+        me = self.svc.config().client_by_name[self.client]  # type: ignore[index]
+        return self.svc.engine().devices_of(me, self.svc.clients.current(me.name))
 
     async def _select_device(self, req: SelectDevice) -> None:
         if req.device not in self.my_devices():
             raise WireError("forbidden", f"device {req.device!r} is not one of yours", req.id)
-        await self.gw.clients.select_device(self.client, req.device)  # type: ignore[arg-type]
+        await self.svc.clients.select_device(self.client, req.device)  # type: ignore[arg-type]
         self.send({"type": "ok", "id": req.id})
 
     async def _softphone(self, req: Softphone) -> None:
-        await self.gw.clients.softphone(self.client, req)  # type: ignore[arg-type]
+        report = CallReport(
+            device=self.client,  # type: ignore[arg-type]
+            call=req.call,
+            phase=Phase(req.state),
+            direction=Direction(req.direction),
+            remote=req.remote,
+            remote_name=req.remote_name,
+            link=req.link,
+        )
+        await self.svc.clients.softphone(self.client, report)  # type: ignore[arg-type]
         self.send({"type": "ok", "id": req.id})
 
     async def _presence(self, req: PresenceSet) -> None:
-        await self.gw.clients.presence(self.client, req.status, req.info, req.locked)  # type: ignore[arg-type]
+        await self.svc.clients.presence(self.client, req.status, req.info,  # type: ignore[arg-type]
+                                        req.locked)
         self.send({"type": "ok", "id": req.id})
 
     async def _pickup(self, req: Pickup) -> None:
-        await self.gw.pickups.pickup(self, req)
+        await self.svc.pickups.pickup(self, req)
 
     async def _journal(self, req: Journal) -> None:
-        me = self.gw.config.client_by_name[self.client]  # type: ignore[index]
+        me = self.svc.config().client_by_name[self.client]  # type: ignore[index]
         if req.scope == "server" and "r" not in me.journal:
             raise WireError("forbidden", "you have no right to read the server journal", req.id)
-        entries = await self.gw.journal.read(me.name, req.scope, req.since,
+        entries = await self.svc.journal.read(me.name, req.scope, req.since,
                                              self.temp_devices())
         self.send({"type": "journal", "id": req.id, "scope": req.scope, "entries": entries})
 
@@ -256,7 +307,7 @@ class Session:
         ms, dash, seq = upto.partition("-")
         if not (ms.isdigit() and (not dash or seq.isdigit())):
             raise WireError("bad_request", "journal_ack: upto must be an entry id", req.id)
-        await self.gw.store.ack_offline(self.client, upto)  # type: ignore[arg-type]
+        await self.svc.store.ack_offline(self.client, upto)  # type: ignore[arg-type]
         self.send({"type": "ok", "id": req.id})
 
     _handlers = {
@@ -276,7 +327,7 @@ class Session:
     def revalidate(self, reshaped: set[str]) -> None:
         """After a config reload: re-check every subscription; send a fresh snapshot where
         the rights or the panel changed, drop (with an error) what is no longer allowed."""
-        cfg = self.gw.config
+        cfg = self.svc.config()
         me = cfg.client_by_name.get(self.client or "")
         for topic, old in list(self.subs.items()):
             kind, name = topic
@@ -289,17 +340,17 @@ class Session:
                 new = (device_rights(me, name, self.temp_devices())
                        if name in cfg.device_by_id else None)
             if new is None:
-                self.gw.hub.remove(self, topic, old)
+                self.svc.hub.remove(self, topic, old)
                 del self.subs[topic]
                 self.send(error("forbidden", f"{kind} {name!r} is no longer yours to see"))
             elif new != old or (kind == "panel" and name in reshaped):
-                self.gw.hub.remove(self, topic, old)
+                self.svc.hub.remove(self, topic, old)
                 self.send(self.snapshot(topic, new))
-                self.gw.hub.add(self, topic, new)
+                self.svc.hub.add(self, topic, new)
                 self.subs[topic] = new
 
     def welcome_lists(self) -> dict:
-        cfg = self.gw.config
+        cfg = self.svc.config()
         me = cfg.client_by_name[self.client]  # type: ignore[index]
         return {
             "panels": visible_panels(cfg, me.name),

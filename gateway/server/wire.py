@@ -2,7 +2,9 @@
 
 :func:`parse_request` turns one text frame into a typed request or raises :class:`WireError`
 with the error code and a message that says what is wrong; the `id` is recovered whenever the
-frame was a JSON object, so even a bad request's error carries it.
+frame was a JSON object, so even a bad request's error carries it. The error codes and
+:class:`WireError` live in :mod:`gateway.errors` (services below the server raise them too)
+and are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from ..errors import ERROR_CODES, WireError, error
 from ..model import PRESENCE_STATUSES
 
 __all__ = [
+    "ERROR_CODES",
     "WireError",
     "parse_request",
     "error",
@@ -30,36 +34,9 @@ __all__ = [
     "Request",
 ]
 
-ERROR_CODES = (
-    "bad_request",
-    "unauthenticated",
-    "auth_failed",
-    "forbidden",
-    "not_found",
-    "conflict",
-    "rate_limited",
-    "unavailable",
-)
-
 MsgId = Union[Annotated[str, Field(max_length=128)], int, float, None]
 Short = Annotated[str, Field(min_length=1, max_length=128)]
 Text = Annotated[str, Field(max_length=512)]
-
-
-class WireError(Exception):
-    def __init__(self, code: str, message: str, msg_id: Any = None):
-        assert code in ERROR_CODES
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.id = msg_id
-
-
-def error(code: str, message: str, msg_id: Any = None) -> dict:
-    out: dict = {"type": "error", "code": code, "message": message}
-    if msg_id is not None:
-        out["id"] = msg_id
-    return out
 
 
 class _Req(BaseModel):

@@ -1,1 +1,1 @@
-"""SIP through pjsua2: presence line source and BLF server for desk phones (planned)."""
+"""SIP through pjsua2: the presence line source and the BLF server for desk phones."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..calls import CallReport, ServiceReport
 from .ami_protocol import AmiMessage, AmiParser, AmiProtocolError, format_action
-from .ami_translate import AmiTranslator
+from .ami_translate import AmiTranslator, channel_device
 
 __all__ = ["AmiSource", "AmiError", "AmiLoginRefused"]
 
@@ -220,6 +220,34 @@ class AmiSource:
         return await self.action("Originate", Channel=picker_dev, Application="Pickup",
                                  Data=f"{exten}@{context}", CallerID=caller_id,
                                  Timeout=timeout_ms, Async="true")
+
+    async def pickup(self, call_id: str, picker_number: str, picker_line: str, *,
+                     mode: str, context: str) -> tuple[bool, str | None]:
+        """Move the ringing call `call_id` (a gateway call id, ``DEVICE/UNIQUEID``) to the
+        picker: by ``Redirect`` of the caller's channel to `picker_number`@`context` (`mode`
+        "redirect"), else by ``Originate`` to the picker's line with ``PickupChan``.
+        Returns (True, None) or (False, why not); never raises."""
+        if not self.connected:
+            return False, "the Asterisk connection is down"
+        uniqueid = call_id.split("/", 1)[1]
+        try:
+            if mode == "redirect":
+                caller = self.translator.caller_channel(uniqueid)
+                if caller is None:
+                    return False, "the caller's channel is not known"
+                reply = await self.redirect(caller, picker_number, context)
+            else:
+                ringing = self.translator.channel_name(uniqueid)
+                if ringing is None:
+                    return False, "the ringing channel is not known"
+                picker_dial = (picker_line if "/" in picker_line
+                               else f"Local/{picker_number}@{context}")
+                reply = await self.originate_pickupchan(picker_dial, channel_device(ringing))
+        except Exception as exc:  # AmiError: no answer, connection dropped
+            return False, f"Asterisk did not take the request: {exc}"
+        if reply.get("Response", "").lower() != "success":
+            return False, f"Asterisk refused: {reply.get('Message') or 'error'}"
+        return True, None
 
     # -- connection -----------------------------------------------------------------------
 

@@ -1,0 +1,110 @@
+"""This process among the others on one Redis: liveness, the janitor, source leases.
+
+Every second (:meth:`Cluster.run`) a process renews its liveness key, takes or renews the
+leases of the sources only one process may hold (the Asterisk login and the SIP user agent),
+and runs the janitor: devices owned by a process whose liveness key expired turn `unknown`
+(its source connection went with it) until the process that takes the source over re-syncs
+them. See docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from .config import Config
+from .model import DeviceState
+from .store import RedisError, Store, encode_device
+
+__all__ = ["Cluster", "LEASED_SOURCES", "HEARTBEAT_SECONDS"]
+
+log = logging.getLogger("gateway")
+
+HEARTBEAT_SECONDS = 1.0
+HEARTBEAT_TTL_MS = 3000  # a process silent this long is taken for dead
+LEASE_TTL_MS = 3000  # so another process takes a source over within about 4 s
+LEASED_SOURCES = ("ami", "sip")  # held by one process at a time; every process hears bridges
+
+_LABEL = {"ami": "Asterisk", "sip": "SIP"}
+
+
+class Cluster:
+    """Liveness key, leases and janitor of process `pid`.
+
+    `start_source(name)` is awaited when this process takes the lease of a configured source,
+    `stop_source(name)` when it lost it to another process.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        pid: str,
+        config: Callable[[], Config],
+        start_source: Callable[[str], Awaitable[None]],
+        stop_source: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.pid = pid
+        self._config = config
+        self._start_source = start_source
+        self._stop_source = stop_source
+        self.leases: set[str] = set()
+        self.redis_latency = 0.0  # seconds, measured every second
+
+    async def join(self) -> None:
+        """Say we are alive and take the free leases (before serving clients)."""
+        await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
+        await self.renew_leases()
+
+    async def run(self) -> None:
+        """Every second: liveness, leases, janitor (until cancelled)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                self.redis_latency = await self.store.ping()
+                await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
+                await self.renew_leases()
+                await self.janitor()
+            except (RedisError, OSError) as exc:
+                log.debug("keepalive: Redis away (%s)", exc)
+
+    async def renew_leases(self) -> None:
+        cfg = self._config()
+        for name in LEASED_SOURCES:
+            if getattr(cfg.sources, name) is None:
+                continue
+            held = await self.store.lease(name, self.pid, LEASE_TTL_MS)
+            if held and name not in self.leases:
+                log.info("took the %s lease: this process now holds the %s connection",
+                         name, _LABEL[name])
+                self.leases.add(name)
+                await self._start_source(name)
+            elif not held and name in self.leases:
+                log.warning("lost the %s lease to another process: stopping that source", name)
+                self.leases.discard(name)
+                await self._stop_source(name)
+
+    async def janitor(self) -> None:
+        """Devices owned by a process that is gone turn unknown (its source connection went
+        with it); the process that takes over re-syncs them."""
+        owners = await self.store.owners()
+        if not owners:
+            return
+        alive = await self.store.alive()
+        known = self._config().device_by_id
+        dead = [(d, p) for d, p in owners.items() if p not in alive and p != self.pid]
+        for device, pid in dead:
+            if await self.store.drop_owner(device, pid) and device in known:
+                log.warning("device %s: its owner process %s is gone: unknown until its "
+                            "source reports again", device, pid)
+                await self.store.publish([("device", device, encode_device(DeviceState(device)))])
+
+    async def release_all(self) -> None:
+        """Give the leases back (at shutdown), so another process takes over at once."""
+        for name in list(self.leases):
+            try:
+                await asyncio.wait_for(self.store.release(name, self.pid), 2)
+            except (RedisError, OSError, asyncio.TimeoutError):
+                pass
+        self.leases.clear()

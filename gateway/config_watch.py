@@ -1,0 +1,76 @@
+"""Configuration reload: the file is watched; a good new version is applied live.
+
+:class:`ConfigWatcher` looks at the file's modification time and size twice a second. A
+changed file is parsed and checked in full (:func:`~gateway.config.load_config`): an invalid
+one is refused with every reason logged and the last good configuration stays; a valid one
+with a new digest goes to `apply`. :func:`restart_needed` says which changes only take effect
+after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+from .store import RedisError
+
+__all__ = ["ConfigWatcher", "restart_needed", "POLL_SECONDS"]
+
+log = logging.getLogger("gateway")
+
+POLL_SECONDS = 0.5
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The parts of a new configuration that a running gateway cannot take over live."""
+    out = [f"[{key}]" for key in ("redis", "state", "sources")
+           if getattr(old, key) != getattr(new, key)]
+    if old.server.listen != new.server.listen:
+        out.append("server.listen")
+    return out
+
+
+class ConfigWatcher:
+    """Watches `path`; `current()` is the configuration in force, `apply(new)` installs one."""
+
+    def __init__(self, path: Path, current: Callable[[], Config],
+                 apply: Callable[[Config], Awaitable[None]], metrics: Counter[str]) -> None:
+        self.path = path
+        self._current = current
+        self._apply = apply
+        self.metrics = metrics
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+            return st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+
+    async def run(self) -> None:
+        """Poll the file until cancelled."""
+        seen = self._stamp()
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            now = self._stamp()
+            if now == seen:
+                continue
+            seen = now
+            try:
+                new = load_config(self.path)
+            except ConfigError as exc:
+                log.error("configuration %s NOT applied, keeping the last good one:\n  %s",
+                          self.path, "\n  ".join(exc.errors))
+                self.metrics["config_rejected"] += 1
+                continue
+            if new.digest == self._current().digest:
+                continue
+            try:
+                await self._apply(new)
+            except (RedisError, OSError) as exc:
+                log.error("configuration change not applied (Redis away: %s); will retry", exc)
+                seen = None

@@ -1,0 +1,138 @@
+"""The shared state as this process sees it: the change log -> the engine -> the fan-out.
+
+:class:`LogFollower` loads every entity from Redis at start, then follows the change log in
+order, applies each change to the pure :class:`~gateway.panels.engine.Engine` and hands the
+deltas to the hub (WebSocket clients) and to the other listeners (the desk phones' BLF server).
+A gap in the log (it was trimmed past us) or a Redis that lost its data makes it reload
+everything; while Redis is away every lamp is `unknown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from .config import Config
+from .panels.engine import Delta, Engine
+from .server.hub import Hub
+from .store import RedisError, Store, wait_for_redis
+
+__all__ = ["LogFollower", "YIELD_DELIVERIES"]
+
+log = logging.getLogger("gateway")
+
+YIELD_DELIVERIES = 4000  # socket writes before the loop gets a turn for other work
+READ_COUNT = 500  # changes per read of the log
+CHUNK_MAX = 500  # deltas per fan-out chunk
+
+
+class LogFollower:
+    """Owns the engine; `listeners` get every batch of deltas after the hub.
+
+    `on_reloaded` is awaited after a full reload (Redis came back or lost its data): what this
+    process's sources and sessions know is published again from there.
+    """
+
+    def __init__(self, store: Store, config: Callable[[], Config], hub: Hub,
+                 metrics: Counter[str],
+                 on_reloaded: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.store = store
+        self._config = config
+        self.hub = hub
+        self.metrics = metrics
+        self.on_reloaded = on_reloaded
+        self.listeners: list[Callable[[list[Delta]], None]] = []
+        self.engine = Engine(config())
+        self.redis_up = False
+        self._pos = 0
+
+    async def load(self) -> None:
+        """Stamp the configuration and load the whole shared state (Redis must answer)."""
+        cfg = self._config()
+        config_seq = await self.store.stamp_config(cfg.digest)
+        self.engine = Engine(cfg, config_seq)
+        last, devices, clients = await self.store.load_all()
+        known = cfg.device_by_id
+        self.engine.load([(s, q) for s, q in devices if s.device in known], clients)
+        self._pos = last
+        self.redis_up = True
+
+    async def run(self) -> None:
+        """Follow the change log until cancelled."""
+        after = self._pos
+        while True:
+            try:
+                changes = await self.store.read_log(after, block_ms=1000, count=READ_COUNT)
+            except (RedisError, OSError) as exc:
+                after = await self._redis_lost(exc)
+                continue
+            if changes and after and changes[0].seq != after + 1:
+                log.warning("change log moved past us (%d -> %d): reloading all state",
+                            after, changes[0].seq)
+                after = await self._reload()
+                continue
+            deltas: list[Delta] = []
+            known = self._config().device_by_id
+            for ch in changes:
+                after = ch.seq
+                self.metrics["changes_in"] += 1
+                if ch.kind == "device" and ch.id in known:
+                    deltas += self.engine.update_device(ch.state, ch.seq)  # type: ignore[arg-type]
+                elif ch.kind == "client":
+                    deltas += self.engine.update_client(ch.state, ch.seq)  # type: ignore[arg-type]
+            if deltas:
+                await self.fan_out(deltas)
+
+    async def _redis_lost(self, exc: Exception) -> int:
+        log.error("lost Redis (%s): every lamp is unknown until it is back", exc)
+        self.redis_up = False
+        self.deliver(self.engine.set_trusted(False))
+        await wait_for_redis(self.store)
+        log.info("Redis is back: reloading the shared state")
+        return await self._reload()
+
+    async def _reload(self) -> int:
+        cfg = self._config()
+        last = await self.store.last_seq()
+        if last < self.engine.seq:
+            # Redis lost its data (restarted without persistence): start the views afresh.
+            log.warning("Redis lost its state (seq %d < %d): rebuilding", last, self.engine.seq)
+            config_seq = await self.store.stamp_config(cfg.digest)
+            self.engine = Engine(cfg, config_seq)
+        last, devices, clients = await self.store.load_all()
+        known = cfg.device_by_id
+        deltas = self.engine.load([(s, q) for s, q in devices if s.device in known], clients)
+        deltas += self.engine.set_trusted(True)
+        self.redis_up = True
+        self.deliver(deltas)
+        # What our sources and sessions know may be missing from a Redis that restarted.
+        if self.on_reloaded is not None:
+            await self.on_reloaded()
+        return last
+
+    async def fan_out(self, deltas: list[Delta]) -> None:
+        """Deliver a read batch's deltas, giving the loop a turn every few thousand socket
+        writes so that requests are answered during a burst. A batch may change one view
+        many times: only its newest state goes out (each delta is a full state), so a client
+        that subscribes during a pause never gets an older state after its snapshot."""
+        if len(deltas) > 1:
+            newest = {(d.kind, d.key): d for d in deltas}
+            if len(newest) < len(deltas):
+                deltas = sorted(newest.values(), key=lambda d: d.seq)
+        # Chunks sized so that one chunk costs about YIELD_DELIVERIES socket writes: a client
+        # that takes batches takes a whole chunk in one write, the others one per change.
+        step = min(CHUNK_MAX, max(1, YIELD_DELIVERIES // max(1, self.hub.unbatched_count())))
+        for i in range(0, len(deltas), step):
+            self.deliver(deltas[i : i + step])
+            if i + step < len(deltas):
+                await asyncio.sleep(0)
+
+    def deliver(self, deltas: list[Delta]) -> None:
+        """Hand deltas to the WebSocket fan-out, then to the other listeners."""
+        if not deltas:
+            return
+        self.hub.deliver(deltas)
+        for listener in self.listeners:
+            listener(deltas)

@@ -1,0 +1,82 @@
+"""Device states from the line sources -> Redis, newest per device, in pipelined batches.
+
+Sources hand their changed states to :meth:`Publisher.put` without waiting; one task
+(:meth:`Publisher.run`) writes whatever accumulated while the previous round trip was in
+flight, so a burst becomes a few round trips. While Redis is away the states wait here (a
+newer state of a device replaces the waiting one) and go out when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from .model import DeviceState
+from .store import RedisError, Store, encode_device, wait_for_redis
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger("gateway")
+
+CHUNK = 1000  # states per pipelined round trip
+
+
+class Publisher:
+    """Publishes device states in batches; retries while Redis is away.
+
+    `pid` is this process's identity: the devices it publishes are recorded as owned by it,
+    so the janitor of another process can make them unknown if this one dies.
+    """
+
+    def __init__(self, store: Store, pid: str = "") -> None:
+        self.store = store
+        self.pid = pid
+        self._owned: set[str] = set()  # devices this process has told Redis it owns
+        self._dirty: dict[str, DeviceState] = {}
+        self._wake = asyncio.Event()
+        self.published = 0
+        self.healthy = True
+
+    def put(self, states: Iterable[DeviceState]) -> None:
+        """Queue states (no I/O); the newest state of a device wins."""
+        for s in states:
+            self._dirty.pop(s.device, None)
+            self._dirty[s.device] = s
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write queued states until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                batch = self._dirty
+                self._dirty = {}
+                try:
+                    await self._write(batch)
+                except (RedisError, OSError) as exc:
+                    self.healthy = False
+                    # Keep what failed, unless a newer state for the device came meanwhile.
+                    for d, s in batch.items():
+                        self._dirty.setdefault(d, s)
+                    log.warning("publishing %d device state(s) failed (%s); will retry",
+                                len(batch), exc)
+                    await wait_for_redis(self.store)
+
+    async def flush(self) -> None:
+        """Write what is queued now, once, without retrying (the last word at shutdown)."""
+        batch, self._dirty = self._dirty, {}
+        if batch:
+            await self._write(batch)
+
+    async def _write(self, batch: dict[str, DeviceState]) -> None:
+        items = [("device", d, encode_device(s)) for d, s in batch.items()]
+        for i in range(0, len(items), CHUNK):
+            await self.store.publish(items[i : i + CHUNK])
+        new = [d for d in batch if d not in self._owned]
+        if new and self.pid:
+            await self.store.set_owner(new, self.pid)
+            self._owned.update(new)
+        self.published += len(items)
+        self.healthy = True
