@@ -28,9 +28,9 @@ from amipeer import AmiPeer, PbxModel  # noqa: E402
 from gateway.calls import CallReport, LineTracker  # noqa: E402
 from gateway.model import Lamp  # noqa: E402
 from gateway.panels.lamps import device_lamp, merge_lamps  # noqa: E402
-from gateway.tapi.ami import AmiSource  # noqa: E402
-from gateway.tapi.ami_protocol import AmiMessage, AmiParser, format_message  # noqa: E402
-from gateway.tapi.ami_translate import AmiTranslator  # noqa: E402
+from gateway.ami.client import AmiSource  # noqa: E402
+from gateway.ami.protocol import AmiMessage, AmiParser, format_message  # noqa: E402
+from gateway.ami.translate import AmiTranslator  # noqa: E402
 
 
 
@@ -110,21 +110,23 @@ async def main(n_hints: int, n_calls: int) -> None:
     lost = asyncio.Event()
     counts = {"reports": 0}
 
-    def on_reports(reports):
-        counts["reports"] += len(reports)
-        now = time.time()
-        for r in reports:
-            if isinstance(r, CallReport):
-                tracker.call(r, now)
-            else:
-                tracker.service(r, now)
+    class Handler:  # the gateway's handler of source events, reduced to the tracker
+        def reports(self, source, reports):
+            counts["reports"] += len(reports)
+            now = time.time()
+            for r in reports:
+                if isinstance(r, CallReport):
+                    tracker.call(r, now)
+                else:
+                    tracker.service(r, now)
 
-    def on_lost():
-        tracker.connection_lost()
-        lost.set()
+        def connection_lost(self, source, conn):
+            tracker.connection_lost(conn)
+            lost.set()
 
-    src = AmiSource("127.0.0.1", peer.port, "blf", secret, lines, on_reports, on_lost,
-                    synced.set, backoff_initial=0.05, backoff_max=0.5)
+    src = AmiSource("127.0.0.1", peer.port, "blf", secret,
+                    {line: (dev, "") for line, dev in lines.items()}, Handler(),
+                    on_synced=synced.set, backoff_initial=0.05, backoff_max=0.5)
     t0 = time.perf_counter()
     task = asyncio.create_task(src.run())
     await synced.wait()

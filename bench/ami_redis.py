@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from amipeer import AmiPeer, PbxModel  # noqa: E402
 
-from gateway.tapi.ami_protocol import AmiParser, format_message  # noqa: E402
-from gateway.tapi.ami_translate import AmiTranslator  # noqa: E402
+from gateway.ami.protocol import AmiParser, format_message  # noqa: E402
+from gateway.ami.translate import AmiTranslator  # noqa: E402
 
 
 def free_port() -> int:

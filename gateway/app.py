@@ -116,7 +116,7 @@ class Gateway:
         stack.push_async_callback(self.cluster.release_all)
         stack.push_async_callback(self._last_word)
         stack.push_async_callback(self.sources.close)
-        await self.sources.start_bridge()
+        await self.sources.start("tapi_bridge")
         await self.cluster.join()  # take the Asterisk/SIP leases that are free, before serving
 
         sessions = SessionFactory(

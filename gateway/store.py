@@ -27,6 +27,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .backoff import Backoff
 from .model import Call, CallState, ClientState, DeviceState, DeviceStatus, Direction, Presence
 
 __all__ = [
@@ -555,8 +556,9 @@ class EmbeddedRedis:
 
 async def wait_for_redis(store: Store, stop: asyncio.Event | None = None) -> None:
     """Retry until Redis answers, with backoff (0.2 s doubling to 5 s)."""
-    delay = 0.2
+    backoff = Backoff(0.2, 5.0)
     while True:
+        delay = backoff.peek()
         try:
             await store.ping()
             return
@@ -564,5 +566,4 @@ async def wait_for_redis(store: Store, stop: asyncio.Event | None = None) -> Non
             log.warning("Redis at %s unreachable (%s); retrying in %.1f s", store.url, exc, delay)
         if stop is not None and stop.is_set():
             raise asyncio.CancelledError
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
+        await asyncio.sleep(backoff.next())

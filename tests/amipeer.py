@@ -35,7 +35,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.tapi.ami_protocol import AmiMessage, AmiParser, format_message
+from gateway.ami.protocol import AmiMessage, AmiParser, format_message
 
 __all__ = ["PbxModel", "AmiPeer", "Chan", "Call", "Endpoint", "STATE_DESC"]
 

@@ -20,7 +20,6 @@ phone gets for a gateway lamp.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -178,15 +177,15 @@ _ACTIVITY_PHASE = {
 class PresenceTranslator:
     """Successive activities of each device -> core reports (one synthetic call per device).
 
-    Call ids are ``presence-{n}`` with `n` from one counter that starts at `start` (default:
-    the current time in milliseconds, so that ids never repeat across a gateway restart whose
-    stored calls the tracker may have reloaded). `conn(device)` names the reporting
+    Call ids are ``presence-{n}`` with `n` from one counter that starts at `start` (the
+    source passes the current time in milliseconds, so that ids never repeat across a gateway
+    restart whose stored calls the tracker may have reloaded; this module reads no clock). `conn(device)` names the reporting
     connection: each device is its own subscription, so each has its own connection and a
     subscription that fails takes only its device to `unknown` (LineTracker.connection_lost).
     """
 
-    def __init__(self, start: int | None = None) -> None:
-        self._next = int(time.time() * 1000) if start is None else start
+    def __init__(self, start: int) -> None:
+        self._next = start
         self._call: dict[str, tuple[str, Phase]] = {}  # device -> (synthetic call id, phase)
 
     @staticmethod

@@ -2,21 +2,22 @@
 and the BLF server that shows gateway lamps to desk phones.
 
 :class:`SipService` starts and stops the three together (one endpoint per process: pjsua2
-aborts on a second). The BLF server answers on the pjsua thread and cannot wait for the
-loop, so this service keeps plain-dict copies it reads there: the lamp of every device and
-client (updated from the engine's deltas, :meth:`SipService.lamps_changed`) and the SIP digest
-HA1 of every client (re-read from Redis every 2 s, so a new password reaches desk phones
-quickly). Both dicts are only replaced item by item from the loop: each a single atomic store.
+aborts on a second); it is the SIP :class:`~gateway.linesource.LineSource`. The BLF server
+answers on the pjsua thread and cannot wait for the loop, so this service keeps plain-dict
+copies it reads there: the lamp of every device and client (updated from the engine's
+deltas, :meth:`SipService.lamps_changed`) and the SIP digest HA1 of every client (re-read
+from Redis every 2 s, so a new password reaches desk phones quickly). Both dicts are only
+changed item by item from the loop: each a single atomic store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
-from ..calls import CallReport, ServiceReport
 from ..config import Config
+from ..linesource import Lines, SourceEvents, device_lines
 from ..panels.engine import Delta, Engine
 from ..panels.rights import combined_rights, visible_panels
 from ..store import RedisError, Store
@@ -30,23 +31,25 @@ STOP_TIMEOUT = 5.0
 
 
 class SipService:
-    """Endpoint + presence source + BLF server. `on_reports` / `on_connection_lost` receive
-    what the presence source says (on the loop); `engine()` and `config()` are read when
-    lamps are (re)loaded and when a desk phone subscribes."""
+    """Endpoint + presence source + BLF server. `lines` are the SIP URIs watched; what the
+    presence source says goes to `handler` (on the loop); `engine()` and `config()` are read
+    when lamps are (re)loaded and when a desk phone subscribes."""
+
+    name = "sip"
 
     def __init__(
         self,
         config: Callable[[], Config],
         store: Store,
         engine: Callable[[], Engine],
-        on_reports: Callable[[list[CallReport | ServiceReport]], None],
-        on_connection_lost: Callable[[str | None], None],
+        lines: Lines,
+        handler: SourceEvents,
     ) -> None:
         self._config = config
         self.store = store
         self._engine = engine
-        self._on_reports = on_reports
-        self._on_lost = on_connection_lost
+        self._lines = dict(lines)
+        self.handler = handler
         self.endpoint = None
         self.source = None
         self.blf_server = None
@@ -54,8 +57,8 @@ class SipService:
         self._ha1: dict[str, str] = {}
         self._refresh: asyncio.Task | None = None
 
-    async def start(self, lines: Mapping[str, str]) -> None:
-        """Start the user agent, watch `lines` (SIP URI -> device id), serve desk phones."""
+    async def start(self) -> None:
+        """Start the user agent, watch the lines, serve desk phones."""
         from .blf_server import BlfServer
         from .endpoint import SipEndpoint
         from .source import SipPresenceSource
@@ -67,7 +70,10 @@ class SipService:
             scfg.bind, registrar=scfg.registrar, username=scfg.username,
             password_file=str(cfg.path(scfg.password_file)) if scfg.password_file else None)
         await asyncio.to_thread(self.endpoint.start)
-        self.source = SipPresenceSource(self.endpoint, lines, self._on_reports, self._on_lost)
+        self.source = SipPresenceSource(
+            self.endpoint, device_lines(self._lines),
+            lambda reports: self.handler.reports(self.name, reports),
+            lambda conn: self.handler.connection_lost(self.name, conn))
         await self.source.start()
         self._lamps.clear()
         self._reload_lamps()
@@ -76,7 +82,7 @@ class SipService:
         await self.blf_server.start()
         self._refresh = asyncio.create_task(self._refresh_ha1())
         log.info("SIP user agent on %s (presence source for %d device(s), BLF server)",
-                 scfg.bind, len(lines))
+                 scfg.bind, len(self._lines))
 
     async def stop(self) -> None:
         """Unsubscribe and end the desk phones' subscriptions, then stop the user agent."""
@@ -95,13 +101,14 @@ class SipService:
             await asyncio.to_thread(self.endpoint.stop)
             self.endpoint = None
 
-    async def update_lines(self, lines: Mapping[str, str], devices: Iterable[str]) -> None:
-        """A configuration reload: watch the new lines; `devices` are the SIP devices, whose
-        lamps desk phones may now ask for."""
+    async def update_lines(self, lines: Lines) -> None:
+        """A configuration reload: watch the new lines (unchanged ones keep their
+        subscription); desk phones may ask for the lamps of their devices at once."""
+        self._lines = dict(lines)
         if self.source is not None:
-            await self.source.update_lines(lines)
-        for d in devices:
-            self._lamps.setdefault(d, "unknown")
+            await self.source.update_lines(device_lines(self._lines))
+        for device, _ in self._lines.values():
+            self._lamps.setdefault(device, "unknown")
 
     def lamps_changed(self, deltas: Iterable[Delta]) -> None:
         """Engine deltas: NOTIFY the desk phones whose lamp changed."""

@@ -9,8 +9,8 @@ A subscription that is refused, terminated, never answered, or not active within
 `subscribe_timeout` makes its device `unknown`: `on_connection_lost(conn)` is called with the
 device's connection name, ``"sip:" + device`` (the `conn` of all its reports), which the
 gateway passes to ``LineTracker.connection_lost(conn)``. The source then subscribes again with
-exponential backoff (`backoff_initial` doubling up to `backoff_max`, reset by a working
-subscription). Status text that pjsua2 shows after a termination is garbage and ignored.
+exponential backoff (:class:`~gateway.backoff.Backoff`: `backoff_initial` doubling up to
+`backoff_max`, reset by a working subscription). Status text that pjsua2 shows after a termination is garbage and ignored.
 
 Threads: all Buddy objects and the translator live on the pjsua thread; callbacks reach
 asyncio with ``loop.call_soon_threadsafe``.
@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..backoff import Backoff
 from ..calls import CallReport, ServiceReport
 from .endpoint import SipEndpoint, guarded
 from .presence import PresenceTranslator, buddy_presence, classify
@@ -45,15 +47,15 @@ class WatchState:
 
 
 class _Watch:
-    __slots__ = ("uri", "device", "buddy", "up", "attempts", "delay", "generation",
+    __slots__ = ("uri", "device", "buddy", "up", "attempts", "backoff", "generation",
                  "retry_token", "retry_in")
 
-    def __init__(self, uri: str, device: str, delay: float) -> None:
+    def __init__(self, uri: str, device: str, backoff: Backoff) -> None:
         self.uri, self.device = uri, device
         self.buddy: Any = None
         self.up = False
         self.attempts = 0
-        self.delay = delay
+        self.backoff = backoff
         self.generation = 0  # bumped by every (re)subscription: stale timers/callbacks no-op
         self.retry_token: object | None = None  # set while a re-subscription is scheduled
         self.retry_in: float | None = None
@@ -79,7 +81,8 @@ class SipPresenceSource:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.subscribe_timeout = subscribe_timeout
-        self.translator = PresenceTranslator()
+        # Synthetic call ids start at the clock (ms), so they never repeat across restarts.
+        self.translator = PresenceTranslator(start=int(time.time() * 1000))
         self._lines = dict(lines)
         self._watches: dict[str, _Watch] = {}  # pjsua thread only
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -169,7 +172,7 @@ class SipPresenceSource:
             self.translator.reset(w.device)
         for uri, device in lines.items():
             if uri not in self._watches:
-                w = _Watch(uri, device, self.backoff_initial)
+                w = _Watch(uri, device, Backoff(self.backoff_initial, self.backoff_max))
                 self._watches[uri] = w
                 self._subscribe(w)
 
@@ -217,8 +220,7 @@ class SipPresenceSource:
         was_up, w.up = w.up, False
         self.translator.reset(w.device)
         self._emit_lost(self.conn(w.device))
-        delay = w.delay
-        w.delay = min(w.delay * 2, self.backoff_max)
+        delay = w.backoff.next()
         token = w.retry_token = object()
         w.retry_in = delay
         (log.warning if was_up else log.info)(
@@ -266,7 +268,7 @@ class SipPresenceSource:
             return
         if not w.up:
             w.up = True
-            w.delay = self.backoff_initial
+            w.backoff.reset()
             log.info("SIP source: watching %s (%s)", w.uri, w.device)
         self._emit_reports(self.translator.update(w.device, activity))
 

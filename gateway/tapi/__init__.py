@@ -1,1 +1,1 @@
-"""Line sources speaking TAPI semantics: the TAPI bridge listener and the Asterisk (AMI) client."""
+"""The TAPI bridge line source: JSON lines from a Windows TAPI program over TCP."""

@@ -2,11 +2,11 @@
 
 :func:`parse_line` is pure: one line of text -> a :class:`~gateway.calls.CallReport` or
 :class:`~gateway.calls.ServiceReport` for a configured device, or :class:`BridgeLineError`
-saying what is wrong with it. :class:`TapiBridgeServer` is the thin asyncio listener: each
-connection's lines go through the :class:`~gateway.calls.LineTracker` and the changed device
-states to the publisher. A malformed line is logged and skipped; the connection lives on.
-When a connection drops, the devices it reported turn `unknown` until a bridge reports them
-again.
+saying what is wrong with it. :class:`TapiBridgeServer` is the thin asyncio listener, a
+:class:`~gateway.linesource.LineSource`: each connection's reports go to the one
+:class:`~gateway.linesource.SourceEvents` handler. A malformed line is logged and skipped;
+the connection lives on. When a connection drops the handler hears `connection_lost` with its
+name: the devices it reported turn `unknown` until a bridge reports them again.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import asyncio
 import itertools
 import json
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..calls import CallReport, LineTracker, Phase, ServiceReport
-from ..model import DeviceState, Direction
+from ..calls import CallReport, Phase, ServiceReport
+from ..linesource import Lines, SourceEvents
+from ..model import Direction
 
 __all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer"]
 
@@ -143,26 +143,26 @@ def parse_line(
 
 
 class TapiBridgeServer:
-    """Listens for TAPI bridge programs; feeds their lines to a LineTracker.
+    """Listens for TAPI bridge programs; their reports go to `handler`.
 
-    `publish` receives the device states that changed; `lines()` gives the current mapping
-    from TAPI line names to (device id, number), so a config reload applies at once.
+    `lines` maps TAPI line names to (device id, number); :meth:`update_lines` replaces it (a
+    configuration reload applies from the next line on).
     """
+
+    name = "tapi_bridge"
 
     def __init__(
         self,
         host: str,
         port: int,
-        tracker: LineTracker,
-        lines: Callable[[], Mapping[str, tuple[str, str]]],
-        publish: Callable[[list[DeviceState]], None],
+        handler: SourceEvents,
+        lines: Lines,
         *,
         max_line_bytes: int = 65536,
     ) -> None:
         self.host, self.port = host, port
-        self.tracker = tracker
-        self.lines = lines
-        self.publish = publish
+        self.handler = handler
+        self._lines: Mapping[str, tuple[str, str]] = dict(lines)
         self.max_line_bytes = max_line_bytes
         self.server: asyncio.Server | None = None
         self.connections = 0
@@ -179,7 +179,8 @@ class TapiBridgeServer:
         self.port = sock[1]
         log.info("TAPI bridge listener on %s:%d", sock[0], sock[1])
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """Stop listening and drop every bridge connection (each one's devices go unknown)."""
         if self.server is not None:
             self.server.close()
         for task in list(self._handlers):
@@ -188,6 +189,9 @@ class TapiBridgeServer:
             await asyncio.wait(self._handlers, timeout=5)
         if self.server is not None:
             await self.server.wait_closed()
+
+    async def update_lines(self, lines: Lines) -> None:
+        self._lines = dict(lines)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = f"tapi#{next(self._ids)}"
@@ -227,11 +231,9 @@ class TapiBridgeServer:
             self._handlers.discard(task)  # type: ignore[arg-type]
             self.connections -= 1
             writer.close()
-            lost = self.tracker.connection_lost(conn)
-            log.warning("TAPI bridge %s disconnected: %d device(s) unknown until re-sent",
-                        conn, len(lost))
-            if lost:
-                self.publish(lost)
+            log.warning("TAPI bridge %s disconnected: its devices are unknown until re-sent",
+                        conn)
+            self.handler.connection_lost(self.name, conn)
 
     @staticmethod
     async def _discard_line(reader: asyncio.StreamReader) -> None:
@@ -249,17 +251,10 @@ class TapiBridgeServer:
             return
         self.lines_in += 1
         try:
-            report = parse_line(line, self.lines(), conn)
+            report = parse_line(line, self._lines, conn)
         except BridgeLineError as exc:
             self.lines_bad += 1
             log.warning("TAPI bridge %s: line skipped: %s: %.200r", conn, exc, line)
             return
-        if report is None:
-            return
-        now = time.time()
-        if isinstance(report, ServiceReport):
-            changed = self.tracker.service(report, now)
-        else:
-            changed = self.tracker.call(report, now)
-        if changed:
-            self.publish(changed)
+        if report is not None:
+            self.handler.reports(self.name, (report,))

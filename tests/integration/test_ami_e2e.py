@@ -314,3 +314,20 @@ async def test_softphone_picker_gets_an_action(gw, peer, connect):
     action = await dan.wait(lambda m: m.get("type") == "action")
     assert action["dial"] == "**202" and action["op"] == "d1" and action["target"] == "bob"
     assert not [a for a, _ in peer.actions if a in ("Redirect", "Originate")]
+
+
+async def test_changed_ami_lines_are_resynced_at_once(gw, peer, connect):
+    """A reload that changes which AMI line a device is watched on reconnects to Asterisk and
+    re-syncs: the lamp is exact again without waiting for a new event."""
+    await synced(gw)
+    full, _ = await watchers(connect, gw)
+    peer.model.external_call("0301", "Customer", "203")
+    await member_lamp(full, "carol", "ringing")
+    logins = sum(1 for a, _ in peer.actions if a == "Login")
+    path = gw.config_path
+    path.write_text(path.read_text().replace('line = "203"', 'line = "PJSIP/203"'))
+    await eventually(lambda: sum(1 for a, _ in peer.actions if a == "Login") == logins + 1,
+                     timeout=5)
+    await eventually(lambda: lamp(gw, "carol") == "ringing" and gw.engine.device_state(
+        "203").calls[0].remote == "0301", timeout=5)
+    assert gw.config.device_by_id["203"].line == "PJSIP/203"

@@ -13,7 +13,7 @@ import pytest
 from gateway.calls import CallReport, LineTracker, ServiceReport
 from gateway.model import Lamp
 from gateway.panels.lamps import device_lamp
-from gateway.tapi.ami import AmiError, AmiSource
+from gateway.ami.client import AmiError, AmiSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amipeer import AmiPeer  # noqa: E402
@@ -32,13 +32,16 @@ class Rig:
         self.synced = 0
         self.lamps_when_lost: dict[str, str] = {}
         self.source = AmiSource(
-            "127.0.0.1", peer.port, "blf", secret_file, dict(LINES),
-            self.on_reports, self.on_lost, self.on_synced,
+            "127.0.0.1", peer.port, "blf", secret_file,
+            {line: (device, "") for line, device in LINES.items()}, self,
+            on_synced=self.on_synced,
             backoff_initial=kw.pop("backoff_initial", 0.02), backoff_max=0.2,
             action_timeout=2.0, **kw)
         self.task: asyncio.Task | None = None
 
-    def on_reports(self, reports) -> None:
+    # The source's handler (gateway.linesource.SourceEvents), as the gateway's would do it.
+
+    def reports(self, source, reports) -> None:
         self.batches.append(list(reports))
         for r in reports:
             if isinstance(r, CallReport):
@@ -46,9 +49,9 @@ class Rig:
             else:
                 self.tracker.service(r, time.time())
 
-    def on_lost(self) -> None:
+    def connection_lost(self, source, conn) -> None:
         self.lost += 1
-        self.tracker.connection_lost()
+        self.tracker.connection_lost(conn)
         self.lamps_when_lost = self.lamps()
 
     def on_synced(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.tapi.ami_protocol import (
+from gateway.ami.protocol import (
     AmiMessage,
     AmiParser,
     AmiProtocolError,

@@ -10,8 +10,8 @@ import pytest
 from gateway.calls import CallReport, LineTracker, Phase, ServiceReport
 from gateway.model import Direction, Lamp
 from gateway.panels.lamps import device_lamp
-from gateway.tapi.ami_protocol import AmiMessage, AmiParser, format_message
-from gateway.tapi.ami_translate import AmiTranslator, channel_device, channel_phase
+from gateway.ami.protocol import AmiMessage, AmiParser, format_message
+from gateway.ami.translate import AmiTranslator, channel_device, channel_phase
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amipeer import PbxModel  # noqa: E402
@@ -313,7 +313,7 @@ def test_late_caller_id_is_reported_once_then_deduplicated():
 
 
 def _f(pairs):
-    from gateway.tapi.ami_protocol import AmiFields
+    from gateway.ami.protocol import AmiFields
 
     return AmiFields(pairs), tuple(pairs)
 

@@ -203,9 +203,15 @@ def test_reset_after_a_lost_subscription_starts_a_fresh_call():
 
 
 def test_default_ids_do_not_repeat_across_restarts():
-    a = PresenceTranslator().update("201", A.RINGING)[-1].call
+    # The translator reads no clock: the SIP source (the I/O layer) seeds it with the time.
+    from gateway.sip.source import SipPresenceSource
+
+    def translator() -> PresenceTranslator:
+        return SipPresenceSource(None, {}, print, print).translator  # type: ignore[arg-type]
+
+    a = translator().update("201", A.RINGING)[-1].call
     time.sleep(0.002)
-    b = PresenceTranslator().update("201", A.RINGING)[-1].call
+    b = translator().update("201", A.RINGING)[-1].call
     assert a != b
 
 

@@ -1,6 +1,6 @@
 """Asterisk Manager events -> the core's CallReport / ServiceReport values, pure.
 
-:class:`AmiTranslator` is fed parsed :class:`~gateway.tapi.ami_protocol.AmiMessage` values in
+:class:`AmiTranslator` is fed parsed :class:`~gateway.ami.protocol.AmiMessage` values in
 the order Asterisk sent them (live events and re-sync list items alike) and returns the
 reports they imply. It keeps a small state: which device each channel belongs to, the
 channel's last state and what was last reported for it (so an event that changes nothing
@@ -48,7 +48,7 @@ from collections.abc import Iterable, Mapping
 
 from ..calls import CallReport, Phase, ServiceReport
 from ..model import Direction
-from .ami_protocol import AmiMessage
+from .protocol import AmiMessage
 
 __all__ = [
     "AmiTranslator",

@@ -3,12 +3,15 @@
 :class:`AmiSource` connects to Asterisk, logs in (the secret is read from its file at every
 connect and never logged), re-syncs with the lists CoreShowChannels, ExtensionStateList and
 DeviceStateList, then follows live events. Bytes go through
-:class:`~gateway.tapi.ami_protocol.AmiParser`, events through
-:class:`~gateway.tapi.ami_translate.AmiTranslator`; the resulting reports go to
-``on_reports`` (the re-sync in one batch, then one batch per read). When a synced
-connection drops, ``on_connection_lost`` is called (the caller marks the devices unknown)
-and the client reconnects with exponential backoff; a refused login is logged as
-``AMI login as USER refused: MESSAGE`` and retried the same way.
+:class:`~gateway.ami.protocol.AmiParser`, events through
+:class:`~gateway.ami.translate.AmiTranslator`; the resulting reports go to the
+:class:`~gateway.linesource.SourceEvents` handler (the re-sync in one batch, then one batch
+per read). When a synced connection drops, the handler hears ``connection_lost("ami", None)``
+(the devices turn unknown) and the client reconnects with exponential backoff
+(:class:`~gateway.backoff.Backoff`); a refused login is logged as
+``AMI login as USER refused: MESSAGE`` and retried the same way. It is a
+:class:`~gateway.linesource.LineSource`: :meth:`AmiSource.start`, :meth:`AmiSource.stop`,
+:meth:`AmiSource.update_lines` (changed lines: reconnect at once, to re-sync them).
 
 It also sends actions for call pickup: :meth:`AmiSource.redirect`,
 :meth:`AmiSource.originate_pickupchan`, :meth:`AmiSource.originate_pickup`.
@@ -23,15 +26,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..calls import CallReport, ServiceReport
-from .ami_protocol import AmiMessage, AmiParser, AmiProtocolError, format_action
-from .ami_translate import AmiTranslator, channel_device
+from ..backoff import Backoff
+from ..linesource import Lines, Report, SourceEvents, device_lines
+from .protocol import AmiMessage, AmiParser, AmiProtocolError, format_action
+from .translate import AmiTranslator, channel_device
 
 __all__ = ["AmiSource", "AmiError", "AmiLoginRefused"]
 
 log = logging.getLogger("gateway.ami")
-
-Report = CallReport | ServiceReport
 
 # The lists asked for after every login, in this order: the hints first, so the translator
 # knows which devices stand behind hint lines before the channels arrive.
@@ -53,10 +55,12 @@ class AmiLoginRefused(AmiError):
 class AmiSource:
     """One Asterisk Manager connection, kept up until :meth:`close`.
 
-    `lines` maps AMI line names (``PJSIP/201``, ``201``) to device ids. Callbacks run on the
-    event loop and must not block. `on_synced` is called after the re-sync batch of every
-    (re)connect. `conn` names this source in the reports.
+    `lines` maps AMI line names (``PJSIP/201``, ``201``) to (device id, number). `handler`
+    and `on_synced` (called after the re-sync batch of every (re)connect) run on the event
+    loop and must not block. `conn` names this source in the reports.
     """
+
+    name = "ami"
 
     def __init__(
         self,
@@ -64,11 +68,10 @@ class AmiSource:
         port: int,
         username: str,
         secret_file: Path,
-        lines: dict[str, str],
-        on_reports: Callable[[list[Report]], None],
-        on_connection_lost: Callable[[], None],
-        on_synced: Callable[[], None] | None = None,
+        lines: Lines,
+        handler: SourceEvents,
         *,
+        on_synced: Callable[[], None] | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         action_timeout: float = 10.0,
@@ -81,16 +84,16 @@ class AmiSource:
         self.port = port
         self.username = username
         self.secret_file = Path(secret_file)
-        self.on_reports = on_reports
-        self.on_connection_lost = on_connection_lost
+        self.handler = handler
         self.on_synced = on_synced
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self.backoff = Backoff(backoff_initial, backoff_max)
         self.action_timeout = action_timeout
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
         self.events = events
-        self.translator = AmiTranslator(lines, conn=conn)
+        self.conn = conn
+        self._lines = device_lines(lines)
+        self.translator = AmiTranslator(self._lines, conn=conn)
         self.parser = AmiParser()
         # Counters a metrics endpoint may read.
         self.connects = 0  # TCP connections opened
@@ -107,6 +110,7 @@ class AmiSource:
         self._synced = False
         self._closing = False
         self._run_task: asyncio.Task | None = None
+        self._reconnect_now = False
         # Re-sync in progress: the list ActionIDs not yet complete and the reports held back.
         self._sync_wait: dict[str, str] = {}
         self._sync_buf: list[Report] = []
@@ -123,10 +127,31 @@ class AmiSource:
         """Logged in and the re-sync of this connection has been delivered."""
         return self._synced
 
+    async def start(self) -> None:
+        """Run the connection in a task of its own (returns at once)."""
+        if self._run_task is None or self._run_task.done():
+            self._closing = False
+            self._run_task = asyncio.create_task(self.run(), name="ami")
+
+    async def stop(self) -> None:
+        await self.close()
+
+    async def update_lines(self, lines: Lines) -> None:
+        """New lines: drop the connection and reconnect at once, so the re-sync covers them
+        (the devices are unknown meanwhile)."""
+        new = device_lines(lines)
+        if new == self._lines:
+            return
+        log.info("AMI lines changed: reconnecting to Asterisk to re-sync them")
+        self._lines = new
+        self.translator = AmiTranslator(new, conn=self.conn)
+        if self._writer is not None:
+            self._reconnect_now = True
+            self._writer.close()
+
     async def run(self) -> None:
         """Connect, sync and follow events; reconnect with backoff until :meth:`close`."""
         self._run_task = asyncio.current_task()
-        delay = self.backoff_initial
         while not self._closing:
             was_synced = False
             try:
@@ -138,18 +163,24 @@ class AmiSource:
             except AmiLoginRefused:
                 pass  # logged where it happened
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, AmiError) as e:
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("AMI %s:%s: %s", self.host, self.port, self.last_error)
+                if not self._reconnect_now:  # else we closed it ourselves, to re-sync
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    log.warning("AMI %s:%s: %s", self.host, self.port, self.last_error)
             finally:
                 was_synced = self._teardown() or was_synced
             if was_synced:
-                delay = self.backoff_initial  # it worked: the next outage starts afresh
+                self.backoff.reset()  # it worked: the next outage starts afresh
                 try:
-                    self.on_connection_lost()
+                    self.handler.connection_lost(self.name, None)
                 except Exception:
-                    log.exception("AMI on_connection_lost callback failed")
+                    log.exception("AMI connection_lost handler failed")
             if self._closing:
                 break
+            if self._reconnect_now:
+                self._reconnect_now = False
+                self.backoff.reset()
+                continue
+            delay = self.backoff.next()
             log.info("AMI reconnecting to %s:%s in %.1f s", self.host, self.port, delay)
             try:
                 await asyncio.sleep(delay)
@@ -157,7 +188,6 @@ class AmiSource:
                 if self._closing:
                     break
                 raise
-            delay = min(delay * 2, self.backoff_max)
 
     async def close(self) -> None:
         """Log off, drop the connection and stop :meth:`run`."""
@@ -448,6 +478,6 @@ class AmiSource:
 
     def _deliver(self, reports: list[Report]) -> None:
         try:
-            self.on_reports(reports)
+            self.handler.reports(self.name, reports)
         except Exception:
-            log.exception("AMI on_reports callback failed")
+            log.exception("AMI reports handler failed")

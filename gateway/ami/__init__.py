@@ -1,0 +1,2 @@
+"""The Asterisk Manager Interface line source: `protocol` (pure framing), `translate` (pure:
+events -> core reports), `client` (the asyncio connection)."""
