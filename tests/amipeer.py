@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.ami.protocol import AmiMessage, AmiParser, format_message
 
@@ -423,10 +423,11 @@ class PbxModel:
 
 @dataclass(eq=False)
 class _Session:
-    writer: asyncio.StreamWriter
+    writer: asyncio.StreamWriter  # or anything with write(), close(), is_closing()
     authed: bool = False
     events: bool = True
     username: str = ""
+    parser: AmiParser = field(default_factory=AmiParser)
 
 
 class AmiPeer:
@@ -516,25 +517,41 @@ class AmiPeer:
             if s.authed and s.events and not s.writer.is_closing():
                 s.writer.write(data)
 
+    def open_session(self, writer) -> _Session:  # noqa: ANN001
+        """A new Manager session writing to `writer` (a StreamWriter, or any object with
+        write(), close() and is_closing() for tests without sockets); the banner goes out."""
+        session = _Session(writer)
+        self._sessions.add(session)
+        self.connections += 1
+        writer.write(f"Asterisk Call Manager/{self.version}\r\n".encode())
+        return session
+
+    def receive(self, session: _Session, data: bytes) -> bool:
+        """Bytes from the client; False when the peer ends the session (failed login,
+        Logoff): it is then closed."""
+        for msg in session.parser.feed(data):
+            if isinstance(msg, AmiMessage) and msg.kind == "action":
+                if not self._action(session, msg):
+                    self.close_session(session)
+                    return False
+        return True
+
+    def close_session(self, session: _Session) -> None:
+        self._sessions.discard(session)
+        session.writer.close()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
-        session = _Session(writer)
-        self._sessions.add(session)
-        self.connections += 1
-        parser = AmiParser()
+        session = self.open_session(writer)
         try:
-            writer.write(f"Asterisk Call Manager/{self.version}\r\n".encode())
             while True:
                 data = await reader.read(65536)
                 if not data:
                     break
-                for msg in parser.feed(data):
-                    if isinstance(msg, AmiMessage) and msg.kind == "action":
-                        if not self._action(session, msg):
-                            await writer.drain()
-                            return
+                if not self.receive(session, data):
+                    return  # closed: the transport still sends what was written
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass

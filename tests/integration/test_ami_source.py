@@ -1,4 +1,7 @@
-"""AmiSource against the AMI peer over real TCP on 127.0.0.1."""
+"""AmiSource against the AMI peer over real TCP on 127.0.0.1: what needs the socket and the
+loop (connect, backoff, a peer that restarts or goes away, actions awaited, garbage split
+across reads). The call scenarios and every step of the connection are unit tests of the
+sans-I/O connection (tests/unit/test_ami_connection.py)."""
 
 from __future__ import annotations
 
@@ -100,59 +103,6 @@ async def test_login_and_first_sync(rig, peer):
     assert all(isinstance(r, ServiceReport) for r in rig.batches[0])
 
 
-async def test_resync_after_connect_shows_calls_already_up(peer, secret_file):
-    m = peer.model
-    talk = m.internal_call("201", "202")
-    m.answer(talk)
-    m.external_call("0301", "Ext", "203")
-    r = Rig(peer, secret_file)
-    r.task = asyncio.create_task(r.source.run())
-    try:
-        await r.until(lambda: r.synced == 1)
-        assert r.lamps() == {"alice": "busy", "bob": "busy", "carol": "ringing"}
-        assert r.tracker.state("carol").calls[0].remote == "0301"
-    finally:
-        await r.source.close()
-        await r.task
-
-
-async def test_live_scenarios(rig, peer):
-    m = peer.model
-    # internal call answered
-    call = m.internal_call("201", "202")
-    await rig.lamps_become(alice="outgoing", bob="ringing")
-    m.answer(call)
-    await rig.lamps_become(alice="busy", bob="busy")
-    # hold / unhold
-    m.hold(call.caller)
-    await rig.lamps_become(alice="held")
-    m.unhold(call.caller)
-    await rig.lamps_become(alice="busy")
-    # call waiting on bob while he talks
-    waiting = m.external_call("0309", "Waiting", "202")
-    await rig.lamps_become(bob="ringing")
-    assert len(rig.tracker.state("bob").calls) == 2
-    # ... which is missed
-    m.cancel(waiting)
-    await rig.lamps_become(bob="busy")
-    m.hangup(call)
-    await rig.lamps_become(alice="idle", bob="idle")
-    # blind transfer of an external caller from alice to carol
-    ext = m.external_call("0301111", "Customer", "201")
-    m.answer(ext)
-    await rig.lamps_become(alice="busy")
-    moved = m.blind_transfer(ext, ext.callee, "203")
-    await rig.lamps_become(alice="idle", carol="ringing")
-    assert rig.tracker.state("carol").calls[0].remote == "0301111"
-    m.answer(moved)
-    await rig.lamps_become(carol="busy")
-    m.hangup(moved)
-    await rig.lamps_become(carol="idle")
-    # unregistered
-    m.set_registered("PJSIP/203", False)
-    await rig.lamps_become(carol="offline")
-
-
 async def test_pickup_by_redirect_round_trip(rig, peer):
     call = peer.model.external_call("0302222", "Vendor", "202")
     await rig.lamps_become(bob="ringing")
@@ -161,29 +111,6 @@ async def test_pickup_by_redirect_round_trip(rig, peer):
     await rig.lamps_become(bob="idle", alice="ringing")
     assert ("Redirect", ) == (peer.actions[-1][0],)
     assert peer.actions[-1][1]["Exten"] == "201"
-
-
-async def test_pickup_by_originate_pickupchan_and_pickup(rig, peer):
-    call = peer.model.external_call("0303333", "Supplier", "202")
-    await rig.lamps_become(bob="ringing")
-    resp = await rig.source.originate_pickupchan("PJSIP/201", call.callee.name)
-    assert resp.name == "Success"
-    await rig.lamps_become(bob="idle", alice="busy")
-    assert rig.tracker.state("alice").calls[0].remote == "0303333"
-
-    peer.model.external_call("0304444", "Other", "202")
-    await rig.lamps_become(bob="ringing")
-    resp = await rig.source.originate_pickup("PJSIP/203", "202", "from-internal")
-    assert resp.name == "Success"
-    await rig.lamps_become(bob="idle", carol="busy")
-
-
-async def test_failed_action_is_an_error_response_not_a_crash(rig):
-    resp = await rig.source.redirect("PJSIP/nonexistent-1", "201", "from-internal")
-    assert resp.name == "Error" and "does not exist" in resp.get("Message")
-    resp = await rig.source.action("NoSuchAction")
-    assert resp.name == "Error"
-    assert rig.source.connected
 
 
 async def test_failed_login_is_reported_and_retried_with_backoff(peer, tmp_path, caplog):
