@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 from ..config import ClientCfg, Config
 from ..model import Call, CallState, ClientState, DeviceState, Lamp, Presence
+from ..numbers import digits
 from .lamps import call_lamp, device_lamp, merge_lamps
 
 __all__ = [
@@ -73,15 +74,11 @@ class Delta:
     seq: int
 
 
-def _digits(number: str | None) -> str:
-    return "".join(ch for ch in number or "" if ch.isdigit()).lstrip("0")
-
-
 def _numbers_match(a: str | None, b: str | None) -> bool:
     """One number, perhaps written with and without a trunk or country prefix."""
     if a is None or b is None:
         return a is None and b is None  # both withheld (or both not told)
-    da, db = _digits(a), _digits(b)
+    da, db = digits(a), digits(b)
     if not da or not db:
         return a == b
     short, long_ = sorted((da, db), key=len)

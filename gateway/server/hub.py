@@ -19,14 +19,20 @@ from ..config import Config
 from ..panels.engine import Delta, DeviceView, MemberView
 from ..panels.rights import Rights, render_device, render_member
 
-__all__ = ["Outbox", "Hub", "Topic", "Subscriber"]
+__all__ = ["Outbox", "Hub", "Topic", "Subscriber", "BATCH_LIMIT", "WRITE_HIGH_WATER", "dumps"]
 
 log = logging.getLogger("gateway.hub")
 
 Topic = tuple[str, str]  # ("panel", name) or ("device", id)
 
+BATCH_LIMIT = 500  # lamp changes in one `lamps` frame
+# Above this many bytes waiting in a socket's buffer, frames wait in the client's outbox,
+# where they coalesce (newest state per lamp) instead of piling up.
+WRITE_HIGH_WATER = 64 * 1024
+
 
 def dumps(obj: Any) -> str:
+    """Compact JSON, non-ASCII kept: the text of every frame."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -68,7 +74,7 @@ class Outbox:
         self.pending.clear()
         return frames
 
-    def take_batched(self, limit: int = 500) -> list[str]:  # BATCH_LIMIT
+    def take_batched(self, limit: int = BATCH_LIMIT) -> list[str]:
         """Like take(), but runs of lamp frames become `lamps` frames of up to `limit`
         changes each (for clients that asked for it at login): a client that is behind
         catches up in a few frames. Each lamp frame is already a JSON object, so a batch is
@@ -196,9 +202,3 @@ class Hub:
             for i in range(0, len(items), BATCH_LIMIT):
                 broadcast(direct_batch, _batch([f for f, _ in items[i : i + BATCH_LIMIT]]))
         self.deliveries += len(subs) * len(items)
-
-
-BATCH_LIMIT = 500  # lamp changes in one `lamps` frame
-# Above this many bytes waiting in a socket's buffer, frames wait in the client's outbox,
-# where they coalesce (newest state per lamp) instead of piling up.
-WRITE_HIGH_WATER = 64 * 1024

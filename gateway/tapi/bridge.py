@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..calls import CallReport, Phase, ServiceReport
 from ..linesource import Lines, SourceEvents
 from ..model import Direction
+from ..numbers import digits
 
 __all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer"]
 
@@ -76,10 +77,6 @@ class BridgeLineError(ValueError):
     """A line that is not a valid bridge message; the reason is the text."""
 
 
-def _digits(n: str | None) -> str:
-    return "".join(ch for ch in n or "" if ch.isdigit())
-
-
 def parse_line(
     line: str | bytes, devices: Mapping[str, tuple[str, str]], conn: str = ""
 ) -> CallReport | ServiceReport | None:
@@ -119,10 +116,10 @@ def parse_line(
     if direction is None and (msg.caller or msg.called):
         # A call first seen connected or held (a re-sync): our own number tells which side
         # we are on.
-        own = _digits(own_number)
-        if own and _digits(msg.called) == own:
+        own = digits(own_number)
+        if own and digits(msg.called) == own:
             direction = Direction.IN
-        elif own and _digits(msg.caller) == own:
+        elif own and digits(msg.caller) == own:
             direction = Direction.OUT
     if direction is Direction.OUT:
         remote, remote_name = msg.called, msg.called_name

@@ -1,0 +1,193 @@
+"""Fan-out without sockets: the per-client Outbox (coalescing, order, overflow, batches) and
+the Hub (one rendering per audience, rights applied, deltas to the right subscribers)."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.config import parse_config
+from gateway.model import Call, CallState, DeviceState, DeviceStatus, Direction
+from gateway.panels.engine import Engine
+from gateway.panels.rights import Rights
+from gateway.server.hub import BATCH_LIMIT, Hub, Outbox
+
+
+def lamp(key: str, n: int) -> tuple[str, tuple]:
+    return json.dumps({"type": "lamp", "member": key, "n": n}), ("p", "team", key)
+
+
+# -- Outbox ------------------------------------------------------------------------------------
+
+
+def test_a_newer_lamp_frame_replaces_the_pending_one_and_moves_to_the_end():
+    box = Outbox(limit=10)
+    for frame, key in (lamp("alice", 1), lamp("bob", 1), lamp("alice", 2)):
+        box.put(frame, key)
+    frames = [json.loads(f) for f in box.take()]
+    assert [(f["member"], f["n"]) for f in frames] == [("bob", 1), ("alice", 2)]
+    assert box.take() == []  # taken
+
+
+def test_replies_keep_their_order_between_lamps():
+    box = Outbox(limit=10)
+    box.put('{"type":"ok","id":1}')
+    box.put(*lamp("alice", 1))
+    box.put('{"type":"ok","id":2}')
+    box.put('{"type":"ok","id":2}')  # unkeyed frames are never merged
+    assert [json.loads(f).get("id") for f in box.take()] == [1, None, 2, 2]
+
+
+def test_overflow_is_flagged_beyond_the_limit_only():
+    box = Outbox(limit=3)
+    for i in range(50):  # one lamp changing fast: coalesced, never overflows
+        box.put(*lamp("alice", i))
+    assert not box.overflowed and len(box.pending) == 1
+    for name in ("bob", "carol"):
+        box.put(*lamp(name, 0))
+    assert not box.overflowed  # 3 pending: at the limit
+    box.put(*lamp("dan", 0))
+    assert box.overflowed
+
+
+def test_the_owner_hears_only_when_the_outbox_stops_being_empty():
+    calls = []
+    box = Outbox(limit=10, on_first=lambda: calls.append(1))
+    box.put(*lamp("alice", 1))
+    box.put(*lamp("bob", 1))
+    assert calls == [1]
+    box.take()
+    box.put(*lamp("alice", 2))
+    assert calls == [1, 1]
+
+
+def test_batched_take_joins_runs_of_lamps_into_lamps_frames():
+    box = Outbox(limit=10_000)
+    box.put(*lamp("a", 1))
+    box.put(*lamp("b", 1))
+    box.put('{"type":"ok","id":9}')
+    box.put(*lamp("c", 1))
+    frames = [json.loads(f) for f in box.take_batched()]
+    assert frames[0] == {"type": "lamps", "changes": [
+        {"type": "lamp", "member": "a", "n": 1}, {"type": "lamp", "member": "b", "n": 1}]}
+    assert frames[1] == {"type": "ok", "id": 9}
+    assert frames[2] == {"type": "lamp", "member": "c", "n": 1}  # alone: as it is
+    assert box.pending == {}
+
+
+def test_batches_hold_at_most_the_batch_limit():
+    box = Outbox(limit=10_000)
+    for i in range(BATCH_LIMIT + 1):
+        box.put(*lamp(f"m{i}", 0))
+    first, second = (json.loads(f) for f in box.take_batched())
+    assert len(first["changes"]) == BATCH_LIMIT
+    assert second["member"] == f"m{BATCH_LIMIT}"
+
+
+# -- Hub ---------------------------------------------------------------------------------------
+
+CONFIG = parse_config("""
+[sources.tapi_bridge]
+[[devices]]
+id = "201"
+number = "201"
+[[clients]]
+name = "alice"
+devices = ["201"]
+[[clients]]
+name = "bob"
+[[groups]]
+name = "team"
+members = ["alice", "bob"]
+[[groups]]
+name = "other"
+members = ["bob"]
+""")
+
+FULL = Rights(numbers="all")
+LAMP_ONLY = Rights(calls=False)
+
+
+class Sub:
+    """A subscriber whose socket is not writable now: everything goes to its outbox."""
+
+    def __init__(self, batch: bool = False) -> None:
+        self.outbox = Outbox(limit=1000)
+        self.batch = batch
+        self.ws = type("Ws", (), {"transport": None})()
+
+    def writable(self) -> bool:
+        return False
+
+    def frames(self) -> list[dict]:
+        return [json.loads(f) for f in self.outbox.take()]
+
+
+def ringing(seq: int, remote: str = "0301") -> list:
+    engine = Engine(CONFIG, config_seq=1)
+    call = Call("201/c1", Direction.IN, CallState.RINGING, 10.0, remote, None, None)
+    return engine.update_device(DeviceState("201", DeviceStatus.ONLINE, (call,)), seq)
+
+
+def test_each_audience_gets_the_delta_rendered_with_its_rights():
+    hub = Hub(CONFIG)
+    full, full2, lamp_only, device_watcher, elsewhere = Sub(), Sub(), Sub(), Sub(), Sub()
+    hub.add(full, ("panel", "team"), FULL)
+    hub.add(full2, ("panel", "team"), FULL)
+    hub.add(lamp_only, ("panel", "team"), LAMP_ONLY)
+    hub.add(device_watcher, ("device", "201"), FULL)
+    hub.add(elsewhere, ("panel", "other"), FULL)  # alice is not on it
+    hub.deliver(ringing(seq=5))
+
+    (f,) = full.frames()
+    assert f["type"] == "lamp" and f["panel"] == "team" and f["member"] == "alice"
+    assert f["lamp"] == "ringing" and f["seq"] == 5 and "client" not in f
+    assert f["calls"][0]["remote"] == "0301"
+    assert full2.frames() == [f]  # the same audience: the same frame
+    (lo,) = lamp_only.frames()
+    assert lo["lamp"] == "ringing" and lo["calls"] == []  # no calls right: the lamp only
+    (d,) = device_watcher.frames()
+    assert d["device"] == "201" and d["lamp"] == "ringing" and d["seq"] == 5
+    assert elsewhere.frames() == []
+    assert hub.deliveries == 4 and hub.subscriber_count() == 5
+
+
+def test_removed_subscribers_get_nothing_and_empty_audiences_go():
+    hub = Hub(CONFIG)
+    s = Sub()
+    hub.add(s, ("panel", "team"), FULL)
+    hub.remove(s, ("panel", "team"), FULL)
+    hub.remove(s, ("panel", "team"), FULL)  # twice: harmless
+    hub.deliver(ringing(seq=5))
+    assert s.frames() == [] and hub.audiences(("panel", "team")) == {}
+
+
+def test_a_slow_subscriber_keeps_only_the_newest_state_of_a_lamp():
+    hub = Hub(CONFIG)
+    s, batched = Sub(), Sub(batch=True)
+    hub.add(s, ("panel", "team"), FULL)
+    hub.add(batched, ("panel", "team"), FULL)
+    hub.deliver(ringing(seq=5, remote="0301"))
+    hub.deliver(ringing(seq=6, remote="0302"))
+    (f,) = s.frames()
+    assert f["seq"] == 6 and f["calls"][0]["remote"] == "0302"
+    assert hub.unbatched_count() == 1
+
+
+def test_reconfigure_follows_the_panels_members():
+    hub = Hub(CONFIG)
+    s = Sub()
+    hub.add(s, ("panel", "other"), FULL)
+    hub.reconfigure(parse_config("""
+[sources.tapi_bridge]
+[[devices]]
+id = "201"
+[[clients]]
+name = "alice"
+devices = ["201"]
+[[groups]]
+name = "other"
+members = ["alice"]
+"""))
+    hub.deliver(ringing(seq=7))
+    (f,) = s.frames()
+    assert f["panel"] == "other" and f["member"] == "alice"

@@ -1,0 +1,132 @@
+"""The TAPI bridge's pure parser (contract section 5), and the listener's line handling
+without a socket."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.calls import CallReport, Phase, ServiceReport
+from gateway.model import Direction
+from gateway.tapi.bridge import TAPI_PHASES, BridgeLineError, TapiBridgeServer, parse_line
+
+LINES = {"Line 201": ("201", "201"), "Line 202": ("202", "+49 30 202")}
+
+
+def line(**fields) -> str:
+    return json.dumps({"device": "Line 201", "call": "c1", **fields})
+
+
+@pytest.mark.parametrize(("state", "phase", "direction"), [
+    ("offering", Phase.RINGING, Direction.IN),
+    ("accepted", Phase.RINGING, Direction.IN),
+    ("dialtone", Phase.DIALING, Direction.OUT),
+    ("dialing", Phase.DIALING, Direction.OUT),
+    ("ringback", Phase.DIALING, Direction.OUT),
+    ("proceeding", Phase.DIALING, Direction.OUT),
+    ("busy", Phase.DIALING, Direction.OUT),
+    ("specialinfo", Phase.DIALING, Direction.OUT),
+    ("connected", Phase.CONNECTED, None),
+    ("conferenced", Phase.CONNECTED, None),
+    ("onhold", Phase.HELD, None),
+    ("onholdpendconf", Phase.HELD, None),
+    ("onholdpendtransfer", Phase.HELD, None),
+    ("disconnected", Phase.ENDED, None),
+    ("idle", Phase.ENDED, None),
+])
+def test_every_linecallstate(state, phase, direction):
+    r = parse_line(line(state=state.upper()), LINES, "tapi#1")
+    assert r == CallReport("201", "c1", phase, direction, conn="tapi#1")
+    assert TAPI_PHASES[state] == (phase, direction)
+
+
+def test_unknown_state_carries_no_information():
+    assert parse_line(line(state="unknown"), LINES) is None
+
+
+def test_remote_party_is_the_caller_of_an_incoming_and_the_called_of_an_outgoing_call():
+    r = parse_line(line(state="offering", caller="0301", caller_name="Customer",
+                        called="201", called_name="Alice"), LINES)
+    assert (r.remote, r.remote_name) == ("0301", "Customer")
+    r = parse_line(line(state="dialing", caller="201", called="0302", called_name="Vendor"),
+                   LINES)
+    assert (r.remote, r.remote_name) == ("0302", "Vendor")
+
+
+def test_a_call_first_seen_connected_takes_its_side_from_the_own_number():
+    r = parse_line(line(state="connected", caller="0301", called="201"), LINES)
+    assert r.direction is Direction.IN and r.remote == "0301"
+    r = parse_line(line(state="connected", caller="201", called="0302"), LINES)
+    assert r.direction is Direction.OUT and r.remote == "0302"
+    # Written with a prefix or punctuation, it is the same number.
+    r = parse_line(json.dumps({"device": "Line 202", "call": 7, "state": "onhold",
+                               "caller": "0301", "called": "0049 30 202"}), LINES)
+    assert r.direction is Direction.IN and r.call == "7"
+    r = parse_line(line(state="connected", caller="0301", called="0302"), LINES)
+    assert r.direction is None and r.remote == "0301"
+
+
+def test_blocked_caller_id_is_withheld_on_incoming_calls_only():
+    assert parse_line(line(state="offering", caller="0301", blocked=True), LINES).withheld
+    assert not parse_line(line(state="dialing", called="0301", blocked=True), LINES).withheld
+
+
+def test_device_service_state():
+    assert parse_line(json.dumps({"device": "Line 202", "devstate": "outofservice"}),
+                      LINES, "tapi#2") == ServiceReport("202", False, "tapi#2")
+    assert parse_line(json.dumps({"device": "Line 202", "devstate": "inservice"}),
+                      LINES) == ServiceReport("202", True, "")
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('"Line 201"', "not a JSON object"),
+    (json.dumps({"device": "Line 999", "call": "1", "state": "offering"}),
+     "no device is configured for line 'Line 999'"),
+    (json.dumps({"device": "Line 999", "devstate": "inservice"}),
+     "no device is configured for line 'Line 999'"),
+    (json.dumps({"device": "Line 201", "call": "1", "state": "ringing"}),
+     "state 'ringing' is not a LINECALLSTATE name"),
+    (json.dumps({"device": "Line 201", "call": "1"}), "state: Field required"),
+    (json.dumps({"device": "Line 201", "devstate": "maybe"}), "devstate:"),
+    (json.dumps({"device": "Line 201", "call": "1", "state": "offering", "caller": "9" * 65}),
+     "caller:"),
+    (json.dumps({"device": "", "call": "1", "state": "offering"}), "device:"),
+    ("[" * 100000, "not valid JSON"),
+])
+def test_malformed_lines_say_why(text, reason):
+    with pytest.raises(BridgeLineError) as exc:
+        parse_line(text, LINES)
+    assert str(exc.value).startswith(reason)
+
+
+class Handler:
+    """The one handler of line-source events, recording."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, tuple]] = []
+        self.lost: list[tuple[str, str | None]] = []
+
+    def reports(self, source, reports) -> None:  # noqa: ANN001
+        self.seen.append((source, tuple(reports)))
+
+    def connection_lost(self, source, conn) -> None:  # noqa: ANN001
+        self.lost.append((source, conn))
+
+
+async def test_feed_hands_reports_to_the_handler_and_counts_bad_lines():
+    handler = Handler()
+    server = TapiBridgeServer("127.0.0.1", 0, handler, LINES)
+    server.feed(line(state="offering", caller="0301").encode() + b"\r\n", "tapi#1")
+    server.feed(b"   \n", "tapi#1")  # blank: nothing
+    server.feed(b"{garbage\n", "tapi#1")
+    server.feed(line(state="unknown").encode(), "tapi#1")
+    assert handler.seen == [("tapi_bridge", (CallReport("201", "c1", Phase.RINGING,
+                                                         Direction.IN, "0301", conn="tapi#1"),))]
+    assert (server.lines_in, server.lines_bad) == (3, 1)
+    # A reload's new lines apply from the next line on.
+    await server.update_lines({"Line 9": ("9", "9")})
+    server.feed(line(state="offering").encode(), "tapi#1")
+    assert server.lines_bad == 2 and len(handler.seen) == 1
