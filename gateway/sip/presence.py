@@ -179,9 +179,10 @@ class PresenceTranslator:
 
     Call ids are ``presence-{n}`` with `n` from one counter that starts at `start` (the
     source passes the current time in milliseconds, so that ids never repeat across a gateway
-    restart whose stored calls the tracker may have reloaded; this module reads no clock). `conn(device)` names the reporting
-    connection: each device is its own subscription, so each has its own connection and a
-    subscription that fails takes only its device to `unknown` (LineTracker.connection_lost).
+    restart whose stored calls the tracker may have reloaded; this module reads no clock).
+    `conn(device)` names the reporting connection: each device is its own subscription, so
+    each has its own connection and a subscription that fails takes only its device to
+    `unknown` (LineTracker.connection_lost).
     """
 
     def __init__(self, start: int) -> None:

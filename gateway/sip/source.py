@@ -10,7 +10,8 @@ A subscription that is refused, terminated, never answered, or not active within
 device's connection name, ``"sip:" + device`` (the `conn` of all its reports), which the
 gateway passes to ``LineTracker.connection_lost(conn)``. The source then subscribes again with
 exponential backoff (:class:`~gateway.backoff.Backoff`: `backoff_initial` doubling up to
-`backoff_max`, reset by a working subscription). Status text that pjsua2 shows after a termination is garbage and ignored.
+`backoff_max`, reset by a working subscription). Status text that pjsua2 shows after a
+termination is garbage and ignored.
 
 Threads: all Buddy objects and the translator live on the pjsua thread; callbacks reach
 asyncio with ``loop.call_soon_threadsafe``.
