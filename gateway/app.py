@@ -41,6 +41,7 @@ from .server.session import SessionFactory
 from .sources import LineSources
 from .status import Status
 from .store import EmbeddedRedis, Store, wait_for_redis
+from .tapi.bridge import TapiBridgeServer
 
 __all__ = ["Gateway", "install_signal_handlers"]
 
@@ -67,16 +68,52 @@ class Gateway:
         self.ws_port: int | None = None
         self._stop = asyncio.Event()
 
+        # Every part, built here without I/O; run() starts them.
+        conf = self.current_config
+        # No [redis]: a redis-server of our own, on a unix socket under the state dir.
+        self.embedded: EmbeddedRedis | None = None
+        if config.redis is None:
+            self.embedded = EmbeddedRedis(config.path(config.state.dir))
+            url = self.embedded.url
+        else:
+            url = config.redis.url
+        self.store = store = Store(url)
+        self.hub = Hub(config)
+        self.follower = LogFollower(store, conf, self.hub, self.metrics, self._republish)
+        engine = self._engine
+        self.journal = Journal(store, engine, conf)
+        self.publisher = Publisher(store, self.pid)
+        self.sources = LineSources(conf, self.publisher, self.journal, store, engine)
+        self.follower.listeners.append(self.sources.lamps_changed)
+        self.clients = Clients(store, engine, self.journal, conf)
+        self.cluster = Cluster(store, self.pid, conf, self.sources.start, self.sources.stop)
+        self.sessions = SessionFactory(
+            config=conf, engine=engine, hub=self.hub, clients=self.clients,
+            auth=Auth(store, self.clients, conf),
+            pickups=Pickups(store, engine, self.clients, conf, self.sources),
+            journal=self.journal, store=store, metrics=self.metrics)
+        status = Status(pid=self.pid, config=conf, cluster=self.cluster, follower=self.follower,
+                        clients=self.clients, sources=self.sources, journal=self.journal,
+                        publisher=self.publisher, metrics=self.metrics)
+        self.http = HttpRoutes(status.health, status.metrics_text)
+        self.presence_import = PresenceImporter(conf, self.clients.presence, self.metrics)
+        self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
+                                             self.metrics) if self.config_path else None)
+
     def current_config(self) -> Config:
         """The configuration in force (the one getter every part reads it through)."""
         return self.config
+
+    def _engine(self) -> Engine:
+        # A getter, not the object: the follower rebuilds the engine when Redis lost its data.
+        return self.follower.engine
 
     @property
     def engine(self) -> Engine:
         return self.follower.engine
 
     @property
-    def bridge(self):  # noqa: ANN201 - TapiBridgeServer | None
+    def bridge(self) -> TapiBridgeServer | None:
         return self.sources.bridge
 
     async def run(self) -> None:
@@ -90,64 +127,38 @@ class Gateway:
         self._stop.set()
 
     async def _start(self, stack: AsyncExitStack) -> None:
-        cfg, conf = self.config, self.current_config
-        if cfg.redis is None:
-            embedded = EmbeddedRedis(cfg.path(cfg.state.dir))
-            url = await asyncio.to_thread(embedded.start)
-            stack.push_async_callback(asyncio.to_thread, embedded.stop)
-        else:
-            url = cfg.redis.url
-        self.store = store = Store(url)
-        stack.push_async_callback(store.close)
-        await wait_for_redis(store, self._stop)
-
-        hub = Hub(cfg)
-        self.follower = LogFollower(store, conf, hub, self.metrics, self._republish)
-        engine = lambda: self.follower.engine  # noqa: E731 - replaced when Redis lost its data
-        self.journal = Journal(store, engine, conf)
-        self.publisher = Publisher(store, self.pid)
-        self.sources = LineSources(conf, self.publisher, self.journal, store, engine)
-        self.follower.listeners.append(self.sources.lamps_changed)
-        self.clients = Clients(store, engine, self.journal, conf)
-        self.cluster = Cluster(store, self.pid, conf, self.sources.start, self.sources.stop)
+        """Start the parts in order; each registers its shutdown (run in reverse)."""
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.start)
+            stack.push_async_callback(asyncio.to_thread, self.embedded.stop)
+        stack.push_async_callback(self.store.close)
+        await wait_for_redis(self.store, self._stop)
         await self.follower.load()
 
-        # Shutdown, in reverse: leases given back after the last word of the sources.
+        # Leases are given back after the last word of the stopped sources.
         stack.push_async_callback(self.cluster.release_all)
         stack.push_async_callback(self._last_word)
         stack.push_async_callback(self.sources.close)
         await self.sources.start("tapi_bridge")
         await self.cluster.join()  # take the Asterisk/SIP leases that are free, before serving
-
-        sessions = SessionFactory(
-            config=conf, engine=engine, hub=hub, clients=self.clients,
-            auth=Auth(store, self.clients, conf),
-            pickups=Pickups(store, engine, self.clients, conf, self.sources),
-            journal=self.journal, store=store, metrics=self.metrics)
-        status = Status(pid=self.pid, config=conf, cluster=self.cluster, follower=self.follower,
-                        clients=self.clients, sources=self.sources, journal=self.journal,
-                        publisher=self.publisher, metrics=self.metrics)
-        await self._serve(stack, sessions, HttpRoutes(status.health, status.metrics_text))
+        await self._serve(stack)
 
         runners = [self.publisher.run(), self.follower.run(), self.sources.run_timers(),
-                   self.journal.run(), self.cluster.run(),
-                   PresenceImporter(conf, self.clients.presence, self.metrics).run()]
-        if self.config_path is not None:
-            runners.append(ConfigWatcher(self.config_path, conf, self.apply_config,
-                                         self.metrics).run())
+                   self.journal.run(), self.cluster.run(), self.presence_import.run()]
+        if self.config_watcher is not None:
+            runners.append(self.config_watcher.run())
         tasks = [asyncio.create_task(r) for r in runners]
         stack.push_async_callback(_cancel, tasks)
 
-    async def _serve(self, stack: AsyncExitStack, sessions: SessionFactory,
-                     http: HttpRoutes) -> None:
+    async def _serve(self, stack: AsyncExitStack) -> None:
         from websockets.asyncio.server import serve
 
         host, port = parse_hostport(self.config.server.listen)
         server = await serve(
-            sessions.serve,
+            self.sessions.serve,
             host,
             port,
-            process_request=http.process_request,
+            process_request=self.http.process_request,
             # Frames up to 4x the limit are read and refused with an error; beyond that the
             # connection is closed (1009) before the frame is even buffered.
             max_size=4 * self.config.server.max_message_bytes,
@@ -188,7 +199,7 @@ class Gateway:
         seq = await self.store.stamp_config(new.digest)
         self.config = new
         deltas, reshaped = self.follower.engine.reconfigure(new, seq)
-        self.follower.hub.reconfigure(new)
+        self.hub.reconfigure(new)
         await self.sources.reconfigure()
         for session in [s for subs in self.clients.sessions.values() for s in subs]:
             session.revalidate(reshaped)  # type: ignore[attr-defined]
