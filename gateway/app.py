@@ -201,8 +201,7 @@ class Gateway:
         deltas, reshaped = self.follower.engine.reconfigure(new, seq)
         self.hub.reconfigure(new)
         await self.sources.reconfigure()
-        for session in [s for subs in self.clients.sessions.values() for s in subs]:
-            session.revalidate(reshaped)  # type: ignore[attr-defined]
+        self.sessions.revalidate(reshaped)
         self.follower.deliver(deltas)
         self.metrics["config_reloads"] += 1
         log.info("configuration reloaded (%d devices, %d clients, %d groups)",
@@ -216,6 +215,7 @@ async def _cancel(tasks: list[asyncio.Task]) -> None:
 
 
 def install_signal_handlers(gw: Gateway) -> None:
+    """SIGINT and SIGTERM stop the gateway cleanly (where the platform allows it)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:

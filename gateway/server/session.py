@@ -87,6 +87,14 @@ class SessionFactory:
         self.metrics["connections"] += 1
         await self(ws).run()
 
+    def revalidate(self, reshaped: set[str]) -> None:
+        """After a configuration reload: every logged-in session re-checks its subscriptions
+        (`reshaped`: panels whose members changed)."""
+        for subs in list(self.clients.sessions.values()):
+            for session in list(subs):
+                if isinstance(session, Session):
+                    session.revalidate(reshaped)
+
 
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up; `now` passed in."""

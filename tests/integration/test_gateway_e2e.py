@@ -604,3 +604,32 @@ async def test_a_batching_client_that_fell_behind_catches_up_in_few_frames(
     assert final == {m: gw.engine.member(m).lamp.value for m in final}
     assert len(frames) < 300  # far fewer frames than changes
     await slow.close()
+
+
+async def test_a_reload_rechecks_every_subscription(redis_url, start_gateway, connect, bridge):
+    """Rights taken away by a new configuration take effect on open subscriptions: a device
+    no longer watchable ends with an error, a panel whose rights changed gets a fresh
+    snapshot, and later lamps follow the new rights."""
+    gw = await start_gateway(config(redis_url))
+    b = await bridge(gw)
+    await all_in_service(b)
+    carol = await login(connect, gw, "carol")
+    await carol.request({"type": "subscribe", "panel": "all_numbers"})
+    await carol.request({"type": "subscribe", "device": "201"})
+    mark = len(carol.received)
+    text = config(redis_url)
+    text = text.replace('monitor = [ { device = "201", clip = true } ]', "")
+    text = text.replace('members = ["alice", "carol", "room"]\nrights = { numbers = "all" }',
+                        'members = ["alice", "carol", "room"]\nrights = { numbers = "none" }')
+    (start_gateway.dir / "gateway.toml").write_text(text)
+    dropped = await carol.wait(lambda m: m.get("type") == "error", timeout=3.0, start=mark)
+    assert dropped == {"type": "error", "code": "forbidden",
+                       "message": "device '201' is no longer yours to see"}
+    snap = await carol.wait(lambda m: m.get("type") == "snapshot", timeout=3.0, start=mark)
+    assert snap["panel"] == "all_numbers" and snap["rights"]["numbers"] == "none"
+    mark = len(carol.received)
+    await b.send({"device": "Line 201", "call": "7", "state": "offering", "caller": "0301"})
+    lamp = await carol.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "ringing",
+                            start=mark)
+    assert lamp["calls"][0]["remote"] is None
+    assert not [m for m in carol.received[mark:] if m.get("device") == "201"]
