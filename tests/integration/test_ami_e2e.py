@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from conftest import eventually
-from test_gateway_e2e import HASH, PW, login
+from test_gateway_e2e import HASH, login
 
 CONFIG = """
 [server]

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from gateway.calls import CallReport, LineTracker, ServiceReport
-from gateway.model import Lamp
 from gateway.panels.lamps import device_lamp
 from gateway.ami.client import AmiError, AmiSource
 
