@@ -61,9 +61,13 @@ REPLIES: list[tuple[str, Any, str]] = [
     ("pickupResult", m.PickupResult, "The outcome of a pickup the PBX carried out."),
 ]
 
-# Rules between fields that parse_request checks in code and a per-field model cannot say:
-# written here as JSON Schema so that a client author's validator knows them too.
+# Rules the gateway checks in code (parse_request, the session) that a per-field model cannot
+# say: written here as JSON Schema (added with allOf) so that a client author's validator knows
+# them too. The frame check of the test suite keeps them true.
 CROSS_FIELD_RULES: dict[str, dict] = {
+    "JournalAck": {"properties": {"upto": {"anyOf": [
+        {"type": "string", "pattern": "^[0-9]+(-[0-9]+)?$"},
+        {"type": "integer", "minimum": 0}]}}},
     "Subscribe": {"oneOf": [{"required": ["panel"]}, {"required": ["device"]}]},
     "Unsubscribe": {"oneOf": [{"required": ["panel"]}, {"required": ["device"]}]},
     "Login": {"oneOf": [{"required": ["password"]}, {"required": ["token"]}]},
@@ -91,7 +95,7 @@ def _schemas() -> dict[str, Any]:
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas: dict[str, Any] = dict(sorted(top.get("$defs", {}).items()))
     for name, rule in CROSS_FIELD_RULES.items():
-        schemas[name] = {**schemas[name], **rule}
+        schemas[name] = {**schemas[name], "allOf": [rule]}
     ref = "#/components/schemas/{}".format
     schemas["ClientMessage"] = {
         "description": "Any message a client sends.",
