@@ -26,14 +26,10 @@ hash in the gateway's state (Redis). A running gateway uses it at the next login
 """
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        stream=sys.stderr,
-    )
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from .logs import setup_logging
+
+    setup_logging(level, fmt)
 
 
 def _load(path: str) -> Config:
@@ -83,12 +79,14 @@ def _run_gateway(config: Config, config_path: str | Path | None, extra=None) -> 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
     config = _load(args.config)
+    _setup_logging(args.log_level, config.server.log_format)
     return _run_gateway(config, args.config)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .checks import config_warnings
+
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -100,7 +98,40 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK: {len(cfg.devices)} devices, {len(cfg.clients)} clients, "
           f"{len(cfg.groups)} groups; sources: {', '.join(sources) or 'none'}; "
           f"state: {'Redis at ' + cfg.redis.url if cfg.redis else 'embedded Redis in ' + str(cfg.path(cfg.state.dir))}")
-    return 0
+    warnings = config_warnings(cfg)
+    state, note = asyncio.run(_state_warnings(cfg))
+    warnings += state
+    if warnings:
+        print(f"{len(warnings)} warning(s):")
+        for w in warnings:
+            print(f"  - {w}")
+    if note:
+        print(note)
+    return 1 if warnings and args.strict else 0
+
+
+async def _state_warnings(cfg: Config) -> tuple[list[str], str | None]:
+    """Warnings that need Redis, only where it is reachable now: check never starts one."""
+    from .checks import state_warnings
+    from .store import EmbeddedRedis, Store
+
+    if cfg.redis is not None:
+        url, where = cfg.redis.url, f"Redis at {cfg.redis.url}"
+    else:
+        embedded = EmbeddedRedis(cfg.path(cfg.state.dir))
+        if not await asyncio.to_thread(embedded._alive):
+            return [], ("note: passwords and source reports were not checked: the embedded "
+                        "Redis is not running (run check again while the gateway runs)")
+        url, where = embedded.url, "the embedded Redis"
+    store = Store(url)
+    try:
+        await asyncio.wait_for(store.ping(), 3)
+        return await asyncio.wait_for(state_warnings(cfg, store), 10), None
+    except Exception as exc:  # unreachable, refused, timed out
+        return [], (f"note: passwords and source reports were not checked: {where} is not "
+                    f"reachable ({exc or type(exc).__name__})")
+    finally:
+        await store.close()
 
 
 async def _with_store(cfg: Config, work):
@@ -275,8 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["debug", "info", "warning", "error"])
     sp.set_defaults(func=cmd_demo)
 
-    sp = sub.add_parser("check", help="validate a configuration; exit 1 if anything is wrong")
+    sp = sub.add_parser(
+        "check", help="validate a configuration; exit 1 if anything is wrong",
+        description="Validate a configuration file and print every problem (exit 1), then "
+        "warnings worth a look before going live: panels nobody can see, devices on no "
+        "panel, TLS files expiring within 30 days, a port open to the network without TLS "
+        "or bridge authentication, and, where the gateway's Redis is reachable, clients "
+        "without a password and monitored devices no source reports.")
     with_config(sp)
+    sp.add_argument("--strict", action="store_true",
+                    help="exit 1 on warnings too (for deployment pipelines)")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("password", help="set a client's password (stored hashed)",
