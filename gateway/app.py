@@ -66,6 +66,7 @@ class Gateway:
         self.ready = asyncio.Event()
         self.ws_port: int | None = None
         self._stop = asyncio.Event()
+        self._watcher: ConfigWatcher | None = None
 
     def current_config(self) -> Config:
         """The configuration in force (the one getter every part reads it through)."""
@@ -88,6 +89,13 @@ class Gateway:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def reload_config(self) -> None:
+        """Re-read the configuration file now (SIGHUP, `systemctl reload`)."""
+        if self._watcher is not None:
+            self._watcher.reload_now()
+        else:
+            log.warning("reload requested, but this gateway runs without a configuration file")
 
     async def _start(self, stack: AsyncExitStack) -> None:
         cfg, conf = self.config, self.current_config
@@ -133,8 +141,9 @@ class Gateway:
                    self.journal.run(), self.cluster.run(),
                    PresenceImporter(conf, self.clients.presence, self.metrics).run()]
         if self.config_path is not None:
-            runners.append(ConfigWatcher(self.config_path, conf, self.apply_config,
-                                         self.metrics).run())
+            self._watcher = ConfigWatcher(self.config_path, conf, self.apply_config,
+                                          self.metrics)
+            runners.append(self._watcher.run())
         tasks = [asyncio.create_task(r) for r in runners]
         stack.push_async_callback(_cancel, tasks)
 
@@ -209,5 +218,10 @@ def install_signal_handlers(gw: Gateway) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, gw.stop)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if hasattr(signal, "SIGHUP"):  # systemctl reload: re-read the configuration
+        try:
+            loop.add_signal_handler(signal.SIGHUP, gw.reload_config)
         except (NotImplementedError, RuntimeError):
             pass

@@ -17,6 +17,7 @@ examples:
   blf-gateway demo                                  try it: a demo office with simulated calls
   blf-gateway check --config gateway.toml           validate a configuration
   blf-gateway run --config gateway.toml             run the gateway
+  blf-gateway health --config gateway.toml          is the running gateway healthy?
   blf-gateway password alice --config gateway.toml --generate
   echo 'S3cret!pass' | blf-gateway password alice --config gateway.toml --stdin
   blf-gateway password alice --config gateway.toml --at-next-login
@@ -230,6 +231,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def health_url(cfg: Config) -> str:
+    """The /healthz URL of the gateway this configuration runs, as seen from its own host."""
+    host, port = parse_hostport(cfg.server.listen)
+    if host in ("0.0.0.0", "", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if cfg.server.tls_cert else "http"
+    return f"{scheme}://{host}:{port}/healthz"
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    if args.url:
+        url = args.url
+    else:
+        url = health_url(_load(args.config))
+    # A liveness probe of the gateway on this host: it sends no secret, so the certificate
+    # (issued for the public name, not 127.0.0.1) is not checked.
+    ctx = ssl._create_unverified_context() if url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout, context=ctx) as resp:
+            body, status = resp.read(), resp.status
+    except urllib.error.HTTPError as exc:
+        body, status = exc.read(), exc.code
+    except (OSError, ValueError) as exc:
+        print(f"{url}: unreachable: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    try:
+        state = json.loads(body).get("status", "?")
+    except ValueError:
+        state = "?"
+    print(f"{url}: {status} {state}")
+    return 0 if status == 200 else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_LOGINS, SimulatedPbx, demo_config_text
 
@@ -331,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not check the next login; send the client its password then "
                     "(a generated one if none was given here)")
     sp.set_defaults(func=cmd_password)
+
+    sp = sub.add_parser("health", help="ask a running gateway's /healthz; exit 0 if healthy",
+                        description="GET /healthz of the gateway (the address is taken from "
+                        "[server] listen and tls_cert of --config, or given with --url) and "
+                        "exit 0 on 200 (healthy), 1 otherwise. Made for container "
+                        "HEALTHCHECKs and monitoring scripts.")
+    grp = sp.add_mutually_exclusive_group(required=True)
+    grp.add_argument("--config", "-c", metavar="FILE",
+                     help="the gateway's TOML configuration file")
+    grp.add_argument("--url", help="the /healthz URL, e.g. http://127.0.0.1:8765/healthz")
+    sp.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    sp.set_defaults(func=cmd_health)
 
     sp = sub.add_parser("status", help="list clients: Active, Offline or Offline monitor")
     with_config(sp)

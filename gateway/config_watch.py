@@ -43,6 +43,12 @@ class ConfigWatcher:
         self._current = current
         self._apply = apply
         self.metrics = metrics
+        self._now = asyncio.Event()
+
+    def reload_now(self) -> None:
+        """Re-read the file at once, even if its modification time did not change (SIGHUP,
+        `systemctl reload`)."""
+        self._now.set()
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -55,11 +61,18 @@ class ConfigWatcher:
         """Poll the file until cancelled."""
         seen = self._stamp()
         while True:
-            await asyncio.sleep(POLL_SECONDS)
+            try:
+                await asyncio.wait_for(self._now.wait(), POLL_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            forced = self._now.is_set()
+            self._now.clear()
             now = self._stamp()
-            if now == seen:
+            if now == seen and not forced:
                 continue
             seen = now
+            if forced:
+                log.info("reload requested (SIGHUP): re-reading %s", self.path)
             try:
                 new = load_config(self.path)
             except ConfigError as exc:
@@ -68,6 +81,8 @@ class ConfigWatcher:
                 self.metrics["config_rejected"] += 1
                 continue
             if new.digest == self._current().digest:
+                if forced:
+                    log.info("configuration unchanged")
                 continue
             try:
                 await self._apply(new)

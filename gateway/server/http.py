@@ -16,7 +16,23 @@ from websockets.http11 import Request, Response
 
 __all__ = ["HttpRoutes", "WEB_PANEL_DIR"]
 
-WEB_PANEL_DIR = Path(__file__).resolve().parent.parent.parent / "web_panel"
+def _web_panel_dir() -> Path:
+    """web_panel/ beside the package in a source checkout (and an editable install), else
+    where a wheel installs it: <prefix>/share/blf-gateway/web_panel (pyproject data-files)."""
+    import sys
+    import sysconfig
+
+    here = Path(__file__).resolve().parent.parent.parent / "web_panel"
+    if here.is_dir():
+        return here
+    for prefix in (sysconfig.get_path("data"), sys.prefix):
+        candidate = Path(prefix) / "share" / "blf-gateway" / "web_panel"
+        if candidate.is_dir():
+            return candidate
+    return here
+
+
+WEB_PANEL_DIR = _web_panel_dir()
 
 _SECURITY_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
