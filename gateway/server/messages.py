@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from ..errors import ERROR_CODES
 from ..model import PRESENCE_STATUSES, Lamp
 
 __all__ = [
@@ -48,17 +49,6 @@ __all__ = [
     "parse_server_message",
 ]
 
-# The error codes of contract section 4 (the same tuple the request side raises).
-ERROR_CODES = (
-    "bad_request",
-    "unauthenticated",
-    "auth_failed",
-    "forbidden",
-    "not_found",
-    "conflict",
-    "rate_limited",
-    "unavailable",
-)
 
 LampName = Literal[tuple(lamp.value for lamp in Lamp)]  # type: ignore[misc]
 PresenceStatus = Literal[PRESENCE_STATUSES]  # type: ignore[valid-type]
