@@ -41,6 +41,7 @@ from .server.session import SessionFactory
 from .sources import LineSources
 from .status import Status
 from .store import EmbeddedRedis, Store, wait_for_redis
+from .tls import TlsFiles
 
 __all__ = ["Gateway", "install_signal_handlers"]
 
@@ -48,6 +49,7 @@ log = logging.getLogger("gateway")
 
 LISTEN_BACKLOG = 4096  # a reconnect storm of thousands of clients queues, not refused
 CLOSE_TIMEOUT = 5.0
+TLS_CHECK_SECONDS = 2.0  # how often certificate files are checked for a renewal
 
 
 class Gateway:
@@ -67,6 +69,7 @@ class Gateway:
         self.ws_port: int | None = None
         self._stop = asyncio.Event()
         self._watcher: ConfigWatcher | None = None
+        self.tls: TlsFiles | None = None  # the WebSocket/HTTPS port's certificate, if any
 
     def current_config(self) -> Config:
         """The configuration in force (the one getter every part reads it through)."""
@@ -90,8 +93,24 @@ class Gateway:
     def stop(self) -> None:
         self._stop.set()
 
+    def tls_files(self) -> list[TlsFiles]:
+        """The certificates this process serves with (for renewal checks)."""
+        bridge_tls = getattr(getattr(self, "sources", None), "bridge_tls", None)
+        return [t for t in (self.tls, bridge_tls) if t is not None]
+
+    async def _renew_certificates(self) -> None:
+        """Renewed certificate files are picked up within a few seconds (and at SIGHUP):
+        new connections get the new certificate, connected clients keep their session."""
+        while True:
+            await asyncio.sleep(TLS_CHECK_SECONDS)
+            for t in self.tls_files():
+                t.reload()
+
     def reload_config(self) -> None:
-        """Re-read the configuration file now (SIGHUP, `systemctl reload`)."""
+        """Re-read the configuration file now (SIGHUP, `systemctl reload`), and the TLS
+        files."""
+        for t in self.tls_files():
+            t.reload()
         if self._watcher is not None:
             self._watcher.reload_now()
         else:
@@ -135,9 +154,11 @@ class Gateway:
         status = Status(pid=self.pid, config=conf, cluster=self.cluster, follower=self.follower,
                         clients=self.clients, sources=self.sources, journal=self.journal,
                         publisher=self.publisher, metrics=self.metrics)
-        await self._serve(stack, sessions, HttpRoutes(status.health, status.metrics_text))
+        await self._serve(stack, sessions, HttpRoutes(status.health, status.metrics_text,
+                                                      server=lambda: conf().server))
 
-        runners = [self.publisher.run(), self.follower.run(), self.sources.run_timers(),
+        runners = [self._renew_certificates(),
+                   self.publisher.run(), self.follower.run(), self.sources.run_timers(),
                    self.journal.run(), self.cluster.run(),
                    PresenceImporter(conf, self.clients.presence, self.metrics).run()]
         if self.config_path is not None:
@@ -151,11 +172,18 @@ class Gateway:
                      http: HttpRoutes) -> None:
         from websockets.asyncio.server import serve
 
-        host, port = parse_hostport(self.config.server.listen)
+        scfg = self.config.server
+        host, port = parse_hostport(scfg.listen)
+        if scfg.tls_cert and scfg.tls_key:
+            # Clear errors (expired, key mismatch, missing file) before anything listens.
+            self.tls = TlsFiles(self.config.path(scfg.tls_cert), self.config.path(scfg.tls_key),
+                                self.config.path(scfg.admin_client_ca) if scfg.admin_client_ca
+                                else None, name="server")
         server = await serve(
             sessions.serve,
             host,
             port,
+            ssl=self.tls.context if self.tls is not None else None,
             process_request=http.process_request,
             # Frames up to 4x the limit are read and refused with an error; beyond that the
             # connection is closed (1009) before the frame is even buffered.
@@ -176,7 +204,9 @@ class Gateway:
 
         stack.push_async_callback(close)
         self.ws_port = server.sockets[0].getsockname()[1]
-        log.info("WebSocket and web panel on http://%s:%d/ (ws path /ws)", host, self.ws_port)
+        scheme = "https" if self.tls is not None else "http"
+        log.info("WebSocket and web panel on %s://%s:%d/ (ws path /ws)", scheme, host,
+                 self.ws_port)
 
     async def _last_word(self) -> None:
         """Publish what the stopped sources left (their devices unknown), if Redis answers."""

@@ -70,10 +70,12 @@ def _run_gateway(config: Config, config_path: str | Path | None, extra=None) -> 
         if side is not None:
             side.cancel()
 
+    from .tls import TlsError
+
     _use_uvloop()
     try:
         asyncio.run(main())
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, TlsError) as exc:
         logging.getLogger("gateway").error("%s", exc)
         return 1
     return 0

@@ -27,11 +27,24 @@ POLL_SECONDS = 0.5
 
 def restart_needed(old: Config, new: Config) -> list[str]:
     """The parts of a new configuration that a running gateway cannot take over live."""
-    out = [f"[{key}]" for key in ("redis", "state", "sources")
+    out = [f"[{key}]" for key in ("redis", "state")
            if getattr(old, key) != getattr(new, key)]
-    if old.server.listen != new.server.listen:
-        out.append("server.listen")
+    if _without_live(old) != _without_live(new):
+        out.append("[sources]")
+    for key in ("listen", "tls_cert", "tls_key", "admin_client_ca", "log_format"):
+        if getattr(old.server, key) != getattr(new.server, key):
+            out.append(f"server.{key}")
     return out
+
+
+def _without_live(cfg: Config) -> object:
+    """[sources] without what applies live: the bridge allow-list and secret file are read
+    for every new bridge connection."""
+    bridge = cfg.sources.tapi_bridge
+    if bridge is None:
+        return cfg.sources
+    return cfg.sources.model_copy(
+        update={"tapi_bridge": bridge.model_copy(update={"allow": [], "secret_file": None})})
 
 
 class ConfigWatcher:
