@@ -147,7 +147,7 @@ async def test_healthcheck_command_against_a_running_gateway(tmp_path, redis_url
             .replace('"redis://redis:6379/0"', f'"{redis_url}"')
             .replace('"/var/lib/blf-gateway"', f'"{tmp_path / "state"}"')
             .replace('"/etc/blf-gateway/bridge.secret"', '"bridge.secret"'))
-    (tmp_path / "bridge.secret").write_text("example secret\n")
+    (tmp_path / "bridge.secret").write_text("an example bridge secret, long enough\n")
     f = tmp_path / "gateway.toml"
     f.write_text(text)
     health = [*BIN, "health", "--config", str(f)]
