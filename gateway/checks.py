@@ -17,7 +17,7 @@ from .config import Config
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["config_warnings", "state_warnings", "EXPIRY_WARNING_DAYS"]
+__all__ = ["startup_problems", "config_warnings", "state_warnings", "EXPIRY_WARNING_DAYS"]
 
 EXPIRY_WARNING_DAYS = 30
 
@@ -34,6 +34,39 @@ def _tls_files(cfg: Config) -> list[tuple[str, str]]:
             out.append(("sources.tapi_bridge.tls_cert", bridge.tls_cert))
         if bridge.tls_client_ca:
             out.append(("sources.tapi_bridge.tls_client_ca", bridge.tls_client_ca))
+    return out
+
+
+def startup_problems(cfg: Config) -> list[str]:
+    """Files the configuration names that would stop the gateway at start: a TLS pair that
+    is missing, expired or mismatched, a CA file that is not one, an unusable bridge secret."""
+    import ssl
+
+    from .tapi.access import load_secret
+    from .tls import TlsError, check_pair
+
+    out: list[str] = []
+    pairs = [("server", cfg.server.tls_cert, cfg.server.tls_key, cfg.server.admin_client_ca)]
+    bridge = cfg.sources.tapi_bridge
+    if bridge is not None:
+        pairs.append(("sources.tapi_bridge", bridge.tls_cert, bridge.tls_key,
+                      bridge.tls_client_ca))
+    for section, cert, key, ca in pairs:
+        if cert and key:
+            try:
+                check_pair(cfg.path(cert), cfg.path(key))
+            except TlsError as exc:
+                out.append(f"{section}.tls_cert: {exc}")
+        if ca:
+            try:
+                ssl.create_default_context(cafile=str(cfg.path(ca)))
+            except (ssl.SSLError, OSError) as exc:
+                out.append(f"{section}: {ca} is not a usable CA file ({exc})")
+    if bridge is not None and bridge.secret_file:
+        try:
+            load_secret(cfg.path(bridge.secret_file))
+        except ValueError as exc:
+            out.append(f"sources.tapi_bridge.secret_file: {exc}")
     return out
 
 

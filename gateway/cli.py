@@ -88,10 +88,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checks import config_warnings
+    from .checks import config_warnings, startup_problems
 
     try:
         cfg = load_config(args.config)
+        problems = startup_problems(cfg)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         print(f"{args.config}: {len(exc.errors)} problem(s):")
         for e in exc.errors:

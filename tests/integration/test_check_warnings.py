@@ -84,7 +84,9 @@ def test_certificate_expiring_soon_or_expired(tmp_path):
         "server.tls_cert: cert.pem expires in 10 day(s)" in r.stdout, r.stdout
     old = ca.issue_cert("gw.example.org", not_after=now - dt.timedelta(days=1))
     old.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    assert "server.tls_cert: cert.pem expired on" in check(f).stdout
+    r = check(f)
+    assert r.returncode == 1  # the gateway would refuse to start with it: a problem
+    assert "server.tls_cert: " in r.stdout and "the certificate expired on" in r.stdout
     fresh = ca.issue_cert("gw.example.org", not_after=now + dt.timedelta(days=90))
     fresh.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     assert "tls_cert" not in check(f).stdout
@@ -113,3 +115,17 @@ def test_unreachable_redis_is_said_not_hidden(tmp_path):
     assert r.returncode == 0
     assert "passwords and source reports were not checked" in r.stdout
     assert "is not reachable" in r.stdout
+
+
+def test_files_that_would_stop_the_start_are_problems(tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("gw.example.org")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    ca.issue_cert("other").private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    f = write(tmp_path, server_extra='tls_cert = "cert.pem"\ntls_key = "key.pem"')
+    f.write_text(f.read_text().replace('listen = "127.0.0.1:7001"',
+                                       'listen = "127.0.0.1:7001"\nsecret_file = "none.secret"'))
+    r = check(f)
+    assert r.returncode == 1
+    assert "server.tls_cert: " in r.stdout and "does not belong to the certificate" in r.stdout
+    assert "sources.tapi_bridge.secret_file: " in r.stdout and "cannot read" in r.stdout
