@@ -84,11 +84,13 @@ def test_certificate_expiring_soon_or_expired(tmp_path):
         "server.tls_cert: cert.pem expires in 10 day(s)" in r.stdout, r.stdout
     old = ca.issue_cert("gw.example.org", not_after=now - dt.timedelta(days=1))
     old.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    old.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     r = check(f)
     assert r.returncode == 1  # the gateway would refuse to start with it: a problem
     assert "server.tls_cert: " in r.stdout and "the certificate expired on" in r.stdout
     fresh = ca.issue_cert("gw.example.org", not_after=now + dt.timedelta(days=90))
     fresh.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    fresh.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     assert "tls_cert" not in check(f).stdout
 
 
