@@ -112,6 +112,13 @@ async def test_wss_and_https_with_a_renewal_while_clients_stay(start_gateway, re
         await asyncio.to_thread(urllib.request.urlopen,
                                 f"http://127.0.0.1:{gw.ws_port}/healthz", timeout=3)
 
+    # The container HEALTHCHECK's command works over https too.
+    r = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway", "health", "--url",
+                         f"https://127.0.0.1:{gw.ws_port}/healthz"],
+        capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "200 ok" in r.stdout, r.stdout + r.stderr
+
     old_der = await _served_cert(gw.ws_port, ctx)
     renewed = write_cert(ca, tmp_path)  # renewal: a new certificate and key in place
     await eventually(lambda: gw.tls.reloads == 1, timeout=10)
@@ -241,6 +248,7 @@ async def test_bridge_secret_only_an_honest_bridge_changes_lamps(start_gateway, 
         await _closed_by_gateway(r)
         w.close()
     assert gw.engine.device_view("201").lamp.value == "unknown"
+    assert gw.bridge.refused == 24  # every one counted (blf_source_refused_total)
     refusals = [rec for rec in caplog.records if "refused" in rec.getMessage()]
     assert 1 <= len(refusals) <= 4, [r.getMessage() for r in refusals]  # aggregated
     assert SECRET not in caplog.text and "guess-guess" not in caplog.text
