@@ -164,3 +164,65 @@ async def _until(pred, timeout: float = 5.0):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+class CuttingProxy:
+    """A TCP proxy between the client and the gateway that can lose the gateway's answer:
+    once armed, the next bytes from the gateway are dropped and the connection is cut, as a
+    network failure right after a request was sent would."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.armed = False
+        self.cuts = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _conn(self, cr, cw) -> None:
+        gr, gw = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(r, w, from_gateway: bool) -> None:
+            try:
+                while data := await r.read(65536):
+                    if from_gateway and self.armed:
+                        self.armed = False
+                        self.cuts += 1
+                        break  # the answer is lost with the connection
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            for writer in (cw, gw):
+                writer.close()
+
+        await asyncio.gather(pipe(cr, gw, False), pipe(gr, cw, True))
+
+    async def close(self) -> None:
+        self.server.close()
+
+
+async def test_pickup_answer_lost_with_the_connection_is_asked_again_with_its_op(
+        start_gateway, config):
+    gw = await start_gateway(config)
+    bridge = await Bridge.connect(gw.bridge.port)
+    proxy = CuttingProxy(gw.ws_port)
+    port = await proxy.start()
+    async with GatewayClient(f"ws://127.0.0.1:{port}/ws", "alice", PW) as alice:
+        changes = alice.changes()
+        await alice.subscribe(panel="team")
+        await bridge.send(ring("202", "c7"))
+        await next_change(changes, lambda c: c.member == "bob" and c.lamp == "ringing")
+        proxy.armed = True  # the gateway's answer to the pickup never arrives
+        outcome = await alice.pickup(panel="team", member="bob", op="op-lost", timeout=20)
+        assert proxy.cuts == 1 and alice.reconnects == 1
+        # After the reconnect the same op was asked again and answered like the first
+        # (recorded by the gateway), not refused or carried out anew.
+        assert isinstance(outcome, Action)
+        assert outcome.op == "op-lost" and outcome.device == "202"
+        again = await alice.pickup(panel="team", member="bob", op="op-lost")
+        assert again == outcome
+    await proxy.close()
+    await bridge.close()
