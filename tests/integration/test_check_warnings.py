@@ -6,7 +6,6 @@ import datetime as dt
 import subprocess
 import sys
 
-import pytest
 import trustme
 
 from conftest import free_port
