@@ -42,6 +42,7 @@ from .sources import LineSources
 from .status import Status
 from .store import EmbeddedRedis, Store, wait_for_redis
 from .tapi.bridge import TapiBridgeServer
+from .tls import TlsFiles
 
 __all__ = ["Gateway", "install_signal_handlers"]
 
@@ -49,6 +50,7 @@ log = logging.getLogger("gateway")
 
 LISTEN_BACKLOG = 4096  # a reconnect storm of thousands of clients queues, not refused
 CLOSE_TIMEOUT = 5.0
+TLS_CHECK_SECONDS = 2.0  # how often certificate files are checked for a renewal
 
 
 class Gateway:
@@ -67,6 +69,7 @@ class Gateway:
         self.ready = asyncio.Event()
         self.ws_port: int | None = None
         self._stop = asyncio.Event()
+        self.tls: TlsFiles | None = None  # the WebSocket/HTTPS port's certificate, if any
 
         # Every part, built here without I/O; run() starts them.
         conf = self.current_config
@@ -95,7 +98,8 @@ class Gateway:
         status = Status(pid=self.pid, config=conf, cluster=self.cluster, follower=self.follower,
                         clients=self.clients, sources=self.sources, journal=self.journal,
                         publisher=self.publisher, metrics=self.metrics)
-        self.http = HttpRoutes(status.health, status.metrics_text)
+        self.http = HttpRoutes(status.health, status.metrics_text,
+                               server=lambda: conf().server)
         self.presence_import = PresenceImporter(conf, self.clients.presence, self.metrics)
         self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
                                              self.metrics) if self.config_path else None)
@@ -126,6 +130,29 @@ class Gateway:
     def stop(self) -> None:
         self._stop.set()
 
+    def tls_files(self) -> list[TlsFiles]:
+        """The certificates this process serves with (for renewal checks)."""
+        bridge_tls = self.sources.bridge_tls
+        return [t for t in (self.tls, bridge_tls) if t is not None]
+
+    async def _renew_certificates(self) -> None:
+        """Renewed certificate files are picked up within a few seconds (and at SIGHUP):
+        new connections get the new certificate, connected clients keep their session."""
+        while True:
+            await asyncio.sleep(TLS_CHECK_SECONDS)
+            for t in self.tls_files():
+                t.reload()
+
+    def reload_config(self) -> None:
+        """Re-read the configuration file now (SIGHUP, `systemctl reload`), and the TLS
+        files."""
+        for t in self.tls_files():
+            t.reload()
+        if self.config_watcher is not None:
+            self.config_watcher.reload_now()
+        else:
+            log.warning("reload requested, but this gateway runs without a configuration file")
+
     async def _start(self, stack: AsyncExitStack) -> None:
         """Start the parts in order; each registers its shutdown (run in reverse)."""
         if self.embedded is not None:
@@ -143,7 +170,8 @@ class Gateway:
         await self.cluster.join()  # take the Asterisk/SIP leases that are free, before serving
         await self._serve(stack)
 
-        runners = [self.publisher.run(), self.follower.run(), self.sources.run_timers(),
+        runners = [self._renew_certificates(),
+                   self.publisher.run(), self.follower.run(), self.sources.run_timers(),
                    self.journal.run(), self.cluster.run(), self.presence_import.run()]
         if self.config_watcher is not None:
             runners.append(self.config_watcher.run())
@@ -153,11 +181,18 @@ class Gateway:
     async def _serve(self, stack: AsyncExitStack) -> None:
         from websockets.asyncio.server import serve
 
-        host, port = parse_hostport(self.config.server.listen)
+        scfg = self.config.server
+        host, port = parse_hostport(scfg.listen)
+        if scfg.tls_cert and scfg.tls_key:
+            # Clear errors (expired, key mismatch, missing file) before anything listens.
+            self.tls = TlsFiles(self.config.path(scfg.tls_cert), self.config.path(scfg.tls_key),
+                                self.config.path(scfg.admin_client_ca) if scfg.admin_client_ca
+                                else None, name="server")
         server = await serve(
             self.sessions.serve,
             host,
             port,
+            ssl=self.tls.context if self.tls is not None else None,
             process_request=self.http.process_request,
             # Frames up to 4x the limit are read and refused with an error; beyond that the
             # connection is closed (1009) before the frame is even buffered.
@@ -178,7 +213,9 @@ class Gateway:
 
         stack.push_async_callback(close)
         self.ws_port = server.sockets[0].getsockname()[1]
-        log.info("WebSocket and web panel on http://%s:%d/ (ws path /ws)", host, self.ws_port)
+        scheme = "https" if self.tls is not None else "http"
+        log.info("WebSocket and web panel on %s://%s:%d/ (ws path /ws)", scheme, host,
+                 self.ws_port)
 
     async def _last_word(self) -> None:
         """Publish what the stopped sources left (their devices unknown), if Redis answers."""
@@ -220,5 +257,10 @@ def install_signal_handlers(gw: Gateway) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, gw.stop)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if hasattr(signal, "SIGHUP"):  # systemctl reload: re-read the configuration
+        try:
+            loop.add_signal_handler(signal.SIGHUP, gw.reload_config)
         except (NotImplementedError, RuntimeError):
             pass

@@ -17,6 +17,7 @@ examples:
   blf-gateway demo                                  try it: a demo office with simulated calls
   blf-gateway check --config gateway.toml           validate a configuration
   blf-gateway run --config gateway.toml             run the gateway
+  blf-gateway health --config gateway.toml          is the running gateway healthy?
   blf-gateway password alice --config gateway.toml --generate
   echo 'S3cret!pass' | blf-gateway password alice --config gateway.toml --stdin
   blf-gateway password alice --config gateway.toml --at-next-login
@@ -26,14 +27,10 @@ hash in the gateway's state (Redis). A running gateway uses it at the next login
 """
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        stream=sys.stderr,
-    )
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from .logs import setup_logging
+
+    setup_logging(level, fmt)
 
 
 def _load(path: str) -> Config:
@@ -73,24 +70,31 @@ def _run_gateway(config: Config, config_path: str | Path | None, extra=None) -> 
         if side is not None:
             side.cancel()
 
+    from .tls import TlsError
+
     _use_uvloop()
     try:
         asyncio.run(main())
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, TlsError) as exc:
         logging.getLogger("gateway").error("%s", exc)
         return 1
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
     config = _load(args.config)
+    _setup_logging(args.log_level, config.server.log_format)
     return _run_gateway(config, args.config)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .checks import config_warnings, startup_problems
+
     try:
         cfg = load_config(args.config)
+        problems = startup_problems(cfg)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         print(f"{args.config}: {len(exc.errors)} problem(s):")
         for e in exc.errors:
@@ -100,7 +104,40 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK: {len(cfg.devices)} devices, {len(cfg.clients)} clients, "
           f"{len(cfg.groups)} groups; sources: {', '.join(sources) or 'none'}; "
           f"state: {'Redis at ' + cfg.redis.url if cfg.redis else 'embedded Redis in ' + str(cfg.path(cfg.state.dir))}")
-    return 0
+    warnings = config_warnings(cfg)
+    state, note = asyncio.run(_state_warnings(cfg))
+    warnings += state
+    if warnings:
+        print(f"{len(warnings)} warning(s):")
+        for w in warnings:
+            print(f"  - {w}")
+    if note:
+        print(note)
+    return 1 if warnings and args.strict else 0
+
+
+async def _state_warnings(cfg: Config) -> tuple[list[str], str | None]:
+    """Warnings that need Redis, only where it is reachable now: check never starts one."""
+    from .checks import state_warnings
+    from .store import EmbeddedRedis, Store
+
+    if cfg.redis is not None:
+        url, where = cfg.redis.url, f"Redis at {cfg.redis.url}"
+    else:
+        embedded = EmbeddedRedis(cfg.path(cfg.state.dir))
+        if not await asyncio.to_thread(embedded._alive):
+            return [], ("note: passwords and source reports were not checked: the embedded "
+                        "Redis is not running (run check again while the gateway runs)")
+        url, where = embedded.url, "the embedded Redis"
+    store = Store(url)
+    try:
+        await asyncio.wait_for(store.ping(), 3)
+        return await asyncio.wait_for(state_warnings(cfg, store), 10), None
+    except Exception as exc:  # unreachable, refused, timed out
+        return [], (f"note: passwords and source reports were not checked: {where} is not "
+                    f"reachable ({exc or type(exc).__name__})")
+    finally:
+        await store.close()
 
 
 async def _with_store(cfg: Config, work):
@@ -199,6 +236,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def health_url(cfg: Config) -> str:
+    """The /healthz URL of the gateway this configuration runs, as seen from its own host."""
+    host, port = parse_hostport(cfg.server.listen)
+    if host in ("0.0.0.0", "", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if cfg.server.tls_cert else "http"
+    return f"{scheme}://{host}:{port}/healthz"
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    if args.url:
+        url = args.url
+    else:
+        url = health_url(_load(args.config))
+    # A liveness probe of the gateway on this host: it sends no secret, so the certificate
+    # (issued for the public name, not 127.0.0.1) is not checked.
+    ctx = ssl._create_unverified_context() if url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout, context=ctx) as resp:
+            body, status = resp.read(), resp.status
+    except urllib.error.HTTPError as exc:
+        body, status = exc.read(), exc.code
+    except (OSError, ValueError) as exc:
+        print(f"{url}: unreachable: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    try:
+        state = json.loads(body).get("status", "?")
+    except ValueError:
+        state = "?"
+    print(f"{url}: {status} {state}")
+    return 0 if status == 200 else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_LOGINS, SimulatedPbx, demo_config_text
 
@@ -275,8 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["debug", "info", "warning", "error"])
     sp.set_defaults(func=cmd_demo)
 
-    sp = sub.add_parser("check", help="validate a configuration; exit 1 if anything is wrong")
+    sp = sub.add_parser(
+        "check", help="validate a configuration; exit 1 if anything is wrong",
+        description="Validate a configuration file and print every problem (exit 1), then "
+        "warnings worth a look before going live: panels nobody can see, devices on no "
+        "panel, TLS files expiring within 30 days, a port open to the network without TLS "
+        "or bridge authentication, and, where the gateway's Redis is reachable, clients "
+        "without a password and monitored devices no source reports.")
     with_config(sp)
+    sp.add_argument("--strict", action="store_true",
+                    help="exit 1 on warnings too (for deployment pipelines)")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("password", help="set a client's password (stored hashed)",
@@ -292,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not check the next login; send the client its password then "
                     "(a generated one if none was given here)")
     sp.set_defaults(func=cmd_password)
+
+    sp = sub.add_parser("health", help="ask a running gateway's /healthz; exit 0 if healthy",
+                        description="GET /healthz of the gateway (the address is taken from "
+                        "[server] listen and tls_cert of --config, or given with --url) and "
+                        "exit 0 on 200 (healthy), 1 otherwise. Made for container "
+                        "HEALTHCHECKs and monitoring scripts.")
+    grp = sp.add_mutually_exclusive_group(required=True)
+    grp.add_argument("--config", "-c", metavar="FILE",
+                     help="the gateway's TOML configuration file")
+    grp.add_argument("--url", help="the /healthz URL, e.g. http://127.0.0.1:8765/healthz")
+    sp.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    sp.set_defaults(func=cmd_health)
 
     sp = sub.add_parser("status", help="list clients: Active, Offline or Offline monitor")
     with_config(sp)

@@ -13,7 +13,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "Config",
@@ -56,8 +65,43 @@ def _check_hostport(v: str) -> str:
     return v
 
 
+def _check_origin(v: str) -> str:
+    if v == "*":
+        return v
+    scheme, sep, rest = v.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+        raise ValueError(f"expected an origin like https://board.example.org[:PORT] or '*', "
+                         f"got {v!r}")
+    return v.lower()
+
+
+def _check_network(v: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise ValueError(f"expected an IP address or CIDR network, got {v!r}") from None
+    return v
+
+
+def _tls_pair(cert: str | None, key: str | None) -> None:
+    if (cert is None) != (key is None):
+        raise ValueError("tls_cert and tls_key go together: give both or neither")
+
+
 class ServerCfg(_Model):
     listen: str = "127.0.0.1:8765"
+    # PEM files: when both are given the one port serves https:// and wss:// (re-read when
+    # they change, so a renewed certificate is used without a restart).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # Optional: /metrics answers only clients presenting a certificate signed by this CA.
+    admin_client_ca: str | None = None
+    # Origins a browser page may open a WebSocket from; None: the gateway's own origin only.
+    # A request without Origin (a CTI program, not a browser) is always allowed.
+    allowed_origins: list[Annotated[str, AfterValidator(_check_origin)]] | None = None
+    log_format: Literal["text", "json"] = "text"
     max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     messages_per_second: float = Field(20.0, gt=0)  # per connection, sustained
     message_burst: int = Field(60, ge=1)
@@ -67,6 +111,14 @@ class ServerCfg(_Model):
     queue_limit: int = Field(10000, ge=100)  # pending messages per client before cut-off
 
     _v_listen = field_validator("listen")(_check_hostport)
+
+    @model_validator(mode="after")
+    def _tls(self) -> "ServerCfg":
+        _tls_pair(self.tls_cert, self.tls_key)
+        if self.admin_client_ca is not None and self.tls_cert is None:
+            raise ValueError("admin_client_ca needs tls_cert and tls_key (client "
+                             "certificates exist only over TLS)")
+        return self
 
 
 class RedisCfg(_Model):
@@ -87,8 +139,22 @@ class StateCfg(_Model):
 class TapiBridgeCfg(_Model):
     listen: str = "127.0.0.1:7001"
     max_line_bytes: int = Field(65536, ge=256)
+    # A bridge's first line must be {"auth": SECRET} with the secret in this file.
+    secret_file: str | None = None
+    # Addresses / CIDR networks bridges may connect from; empty: any.
+    allow: list[Annotated[str, AfterValidator(_check_network)]] = []
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # bridges must present a certificate signed by it
 
     _v_listen = field_validator("listen")(_check_hostport)
+
+    @model_validator(mode="after")
+    def _tls(self) -> "TapiBridgeCfg":
+        _tls_pair(self.tls_cert, self.tls_key)
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        return self
 
 
 class AmiCfg(_Model):

@@ -27,11 +27,24 @@ POLL_SECONDS = 0.5
 
 def restart_needed(old: Config, new: Config) -> list[str]:
     """The parts of a new configuration that a running gateway cannot take over live."""
-    out = [f"[{key}]" for key in ("redis", "state", "sources")
+    out = [f"[{key}]" for key in ("redis", "state")
            if getattr(old, key) != getattr(new, key)]
-    if old.server.listen != new.server.listen:
-        out.append("server.listen")
+    if _without_live(old) != _without_live(new):
+        out.append("[sources]")
+    for key in ("listen", "tls_cert", "tls_key", "admin_client_ca", "log_format"):
+        if getattr(old.server, key) != getattr(new.server, key):
+            out.append(f"server.{key}")
     return out
+
+
+def _without_live(cfg: Config) -> object:
+    """[sources] without what applies live: the bridge allow-list and secret file are read
+    for every new bridge connection."""
+    bridge = cfg.sources.tapi_bridge
+    if bridge is None:
+        return cfg.sources
+    return cfg.sources.model_copy(
+        update={"tapi_bridge": bridge.model_copy(update={"allow": [], "secret_file": None})})
 
 
 class ConfigWatcher:
@@ -43,6 +56,12 @@ class ConfigWatcher:
         self._current = current
         self._apply = apply
         self.metrics = metrics
+        self._now = asyncio.Event()
+
+    def reload_now(self) -> None:
+        """Re-read the file at once, even if its modification time did not change (SIGHUP,
+        `systemctl reload`)."""
+        self._now.set()
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -55,11 +74,18 @@ class ConfigWatcher:
         """Poll the file until cancelled."""
         seen = self._stamp()
         while True:
-            await asyncio.sleep(POLL_SECONDS)
+            try:
+                await asyncio.wait_for(self._now.wait(), POLL_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            forced = self._now.is_set()
+            self._now.clear()
             now = self._stamp()
-            if now == seen:
+            if now == seen and not forced:
                 continue
             seen = now
+            if forced:
+                log.info("reload requested (SIGHUP): re-reading %s", self.path)
             try:
                 new = load_config(self.path)
             except ConfigError as exc:
@@ -68,6 +94,8 @@ class ConfigWatcher:
                 self.metrics["config_rejected"] += 1
                 continue
             if new.digest == self._current().digest:
+                if forced:
+                    log.info("configuration unchanged")
                 continue
             try:
                 await self._apply(new)

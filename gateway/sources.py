@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .ami.client import AmiSource
 from .calls import CallReport, LineTracker
@@ -27,7 +28,9 @@ from .panels.engine import Delta, Engine
 from .publisher import Publisher
 from .sip.service import SipService
 from .store import Store
+from .tapi.access import BridgeAccess, SecretFile
 from .tapi.bridge import TapiBridgeServer
+from .tls import TlsFiles
 
 __all__ = ["LineSources", "SOURCE_NAMES"]
 
@@ -54,6 +57,7 @@ class LineSources:
             name: LineTracker(self._devices_of(name))
             for name in SOURCE_NAMES if getattr(cfg.sources, name) is not None}
         self.running: dict[str, LineSource] = {}
+        self.bridge_tls: TlsFiles | None = None  # the bridge port's certificate, if any
         self._lines_of: tuple[Config, dict[str, dict[str, tuple[str, str]]]] | None = None
 
     @property
@@ -125,7 +129,16 @@ class LineSources:
             bcfg = cfg.sources.tapi_bridge
             assert bcfg is not None
             host, port = parse_hostport(bcfg.listen)
-            return TapiBridgeServer(host, port, self, lines, max_line_bytes=bcfg.max_line_bytes)
+            self.bridge_tls = None
+            if bcfg.tls_cert and bcfg.tls_key:
+                self.bridge_tls = TlsFiles(cfg.path(bcfg.tls_cert), cfg.path(bcfg.tls_key),
+                                           cfg.path(bcfg.tls_client_ca) if bcfg.tls_client_ca
+                                           else None, name="TAPI bridge")
+            return TapiBridgeServer(
+                host, port, self, lines, max_line_bytes=bcfg.max_line_bytes,
+                access=self._bridge_access_getter(),
+                ssl=self.bridge_tls.context if self.bridge_tls else None,
+                require_client_cert=bool(bcfg.tls_client_ca))
         if name == "ami":
             acfg = cfg.sources.ami
             assert acfg is not None
@@ -133,6 +146,38 @@ class LineSources:
                              lines, self,
                              on_synced=lambda: log.info("Asterisk state re-synced"))
         return SipService(self._config, self.store, self._engine, lines, self)
+
+    def _bridge_access_getter(self) -> Callable[[], BridgeAccess]:
+        """Per bridge connection: the allow-list of the configuration in force and the
+        secret of its file (re-read when the file changes). An unusable secret file at
+        start is a clear error; later, the last good secret stays."""
+        secrets: dict[Path, SecretFile] = {}
+
+        def secret_of(path: Path) -> bytes:
+            holder = secrets.get(path)
+            if holder is None:
+                try:
+                    holder = secrets[path] = SecretFile(path)
+                except ValueError as exc:
+                    if not secrets:  # at start
+                        raise RuntimeError(str(exc)) from None
+                    log.error("%s: keeping the previous bridge secret", exc)
+                    return next(iter(secrets.values())).secret
+            secret, warning = holder.get()
+            if warning:
+                log.error("%s", warning)
+            return secret
+
+        def access() -> BridgeAccess:
+            cfg = self._config()
+            bcfg = cfg.sources.tapi_bridge
+            if bcfg is None:
+                return BridgeAccess()
+            secret = secret_of(cfg.path(bcfg.secret_file)) if bcfg.secret_file else None
+            return BridgeAccess.build(secret, bcfg.allow)
+
+        access()  # a missing or short secret file stops the start with its reason
+        return access
 
     async def start(self, name: str) -> None:
         """Start a configured source. The bridge's devices stay as Redis has them until a

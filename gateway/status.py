@@ -123,5 +123,7 @@ class Status:
                 f'blf_source_lines_total{{source="tapi_bridge"}} {bridge.lines_in}',
                 "# TYPE blf_source_bad_lines_total counter",
                 f'blf_source_bad_lines_total{{source="tapi_bridge"}} {bridge.lines_bad}',
+                "# TYPE blf_source_refused_total counter",  # allow-list, secret, certificate
+                f'blf_source_refused_total{{source="tapi_bridge"}} {bridge.refused}',
             ]
         return "\n".join(lines) + "\n"

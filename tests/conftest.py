@@ -80,12 +80,14 @@ def redis_url(redis_server):
 
 
 class WsClient:
-    """A real WebSocket client that keeps every frame it received, in order."""
+    """A real WebSocket client that keeps every frame it sent and received, in order (the
+    `connect` fixture checks them against docs/asyncapi.yaml when the test ends)."""
 
     def __init__(self, ws) -> None:
         self.ws = ws
         self.received: list[dict] = []
         self.raw: list[str] = []
+        self.sent: list[str] = []
         self._cond = asyncio.Condition()
         self._n = 0
         self._reader = asyncio.create_task(self._read())
@@ -103,7 +105,10 @@ class WsClient:
             self._cond.notify_all()
 
     async def send(self, msg) -> None:
-        await self.ws.send(msg if isinstance(msg, str) else json.dumps(msg))
+        frame = msg if isinstance(msg, (str, bytes)) else json.dumps(msg)
+        if isinstance(frame, str):
+            self.sent.append(frame)
+        await self.ws.send(frame)
 
     async def request(self, msg: dict, timeout: float = 5.0) -> dict:
         self._n += 1
@@ -229,6 +234,12 @@ async def connect():
             await c.close()
         except Exception:
             pass
+    # The protocol document must describe every frame this test exchanged.
+    from schema_check import check_exchange
+
+    problems = [p for c in clients for p in check_exchange(c.sent, c.raw)]
+    if problems:
+        pytest.fail("frames that disagree with docs/asyncapi.yaml:\n  " + "\n  ".join(problems))
 
 
 @pytest.fixture

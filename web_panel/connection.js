@@ -1,5 +1,7 @@
 // One WebSocket to the gateway: request ids, replies, and a reconnect backoff.
 // Speaks only the public protocol (contract section 4); knows nothing of the board.
+// Every message and its JSON Schema: docs/asyncapi.yaml (AsyncAPI 3, generated from the
+// gateway's wire models); prose and examples: docs/protocol.md.
 
 export const BACKOFF_MIN_MS = 500;
 export const BACKOFF_MAX_MS = 10000;

@@ -15,7 +15,9 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Mapping
+import ssl as ssl_module
+import time
+from collections.abc import Callable, Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,6 +26,7 @@ from ..calls import CallReport, Phase, ServiceReport
 from ..linesource import Lines, SourceEvents
 from ..model import Direction
 from ..numbers import digits
+from .access import AUTH_TIMEOUT, MAX_UNAUTHENTICATED, BridgeAccess, RefusalLog
 
 __all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer"]
 
@@ -156,8 +159,21 @@ class TapiBridgeServer:
         lines: Lines,
         *,
         max_line_bytes: int = 65536,
+        access: Callable[[], BridgeAccess] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        require_client_cert: bool = False,
     ) -> None:
         self.host, self.port = host, port
+        # Who may connect (allow-list) and the auth line (shared secret); read per
+        # connection, so a changed allow-list or a rotated secret applies at once.
+        self.access = access
+        self.ssl = ssl
+        # The TLS context asks for a client certificate and verifies one that is presented
+        # (CERT_OPTIONAL); a connection that presents none is refused here, with a log line.
+        self.require_client_cert = require_client_cert
+        self.refusals = RefusalLog()
+        self.refused = 0
+        self._unauthenticated = 0
         self.handler = handler
         self._lines: Mapping[str, tuple[str, str]] = dict(lines)
         self.max_line_bytes = max_line_bytes
@@ -170,11 +186,12 @@ class TapiBridgeServer:
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(
-            self._serve, self.host, self.port, limit=self.max_line_bytes
+            self._serve, self.host, self.port, limit=self.max_line_bytes, ssl=self.ssl
         )
         sock = self.server.sockets[0].getsockname()
         self.port = sock[1]
-        log.info("TAPI bridge listener on %s:%d", sock[0], sock[1])
+        log.info("TAPI bridge listener on %s:%d%s", sock[0], sock[1],
+                 " (TLS)" if self.ssl is not None else "")
 
     async def stop(self) -> None:
         """Stop listening and drop every bridge connection (each one's devices go unknown)."""
@@ -190,7 +207,47 @@ class TapiBridgeServer:
     async def update_lines(self, lines: Lines) -> None:
         self._lines = dict(lines)
 
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """The allow-list, then the auth line. A refused connection is closed having
+        changed nothing; refusals are logged aggregated (a flood writes a few lines)."""
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if peer else "?"
+        access = self.access() if self.access is not None else BridgeAccess()
+        reason = None
+        if self.require_client_cert and not writer.get_extra_info("peercert"):
+            reason = "no client certificate (tls_client_ca is set)"
+        elif not access.address_allowed(host):
+            reason = "address not in [sources.tapi_bridge] allow"
+        elif access.secret is not None:
+            if self._unauthenticated >= MAX_UNAUTHENTICATED:
+                reason = "too many connections waiting to authenticate"
+            else:
+                self._unauthenticated += 1
+                try:
+                    line = await asyncio.wait_for(reader.readuntil(b"\n"), AUTH_TIMEOUT)
+                    reason = access.check_auth(line)
+                except asyncio.TimeoutError:
+                    reason = f"no auth line within {AUTH_TIMEOUT:.0f} s"
+                except asyncio.IncompleteReadError:
+                    reason = "closed before sending the auth line"
+                except asyncio.LimitOverrunError:
+                    reason = "the first line is too long to be an auth line"
+                except (ConnectionError, OSError) as exc:
+                    reason = f"connection error before the auth line ({exc})"
+                finally:
+                    self._unauthenticated -= 1
+        if reason is None:
+            return True
+        self.refused += 1
+        for text in self.refusals.refused(host, reason, time.monotonic()):
+            log.warning("%s", text)
+        writer.close()
+        return False
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if (self.access is not None or self.require_client_cert) \
+                and not await self._admit(reader, writer):
+            return
         conn = f"tapi#{next(self._ids)}"
         peer = writer.get_extra_info("peername")
         task = asyncio.current_task()

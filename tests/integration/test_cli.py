@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import websockets
 
+from blf_gateway.client import GatewayClient
 from conftest import free_port
 from test_gateway_e2e import PW, config, login
 
@@ -27,7 +28,7 @@ def cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess
 
 def test_help_explains_every_command():
     out = cli("--help").stdout
-    for cmd in ("run", "demo", "check", "password", "status"):
+    for cmd in ("run", "demo", "check", "password", "status", "health"):
         assert cmd in out
     assert "--at-next-login" in cli("password", "--help").stdout
 
@@ -146,15 +147,14 @@ async def test_run_with_embedded_redis_persists_and_stops_it(tmp_path):
             w.write(json.dumps({"device": "201", "call": "1", "state": "connected",
                                 "caller": "0301"}).encode() + b"\n")
             await w.drain()
-            async with websockets.connect(f"ws://127.0.0.1:{ws_port}/ws") as ws:
-                await ws.send(json.dumps({"type": "login", "id": 1, "client": "alice",
-                                          "password": "embedded secret"}))
-                assert json.loads(await ws.recv())["type"] == "welcome"
-                await ws.send(json.dumps({"type": "subscribe", "id": 2, "panel": "g"}))
-                snap = json.loads(await ws.recv())
-                while snap["members"][0]["lamp"] != "busy":
-                    snap = json.loads(await asyncio.wait_for(ws.recv(), 5))
-                seq = snap["seq"]
+            async with GatewayClient(f"ws://127.0.0.1:{ws_port}/ws", "alice",
+                                     "embedded secret") as client:
+                changes = client.changes()
+                snap = await client.subscribe(panel="g")
+                lamp, seq = snap.members[0].lamp, snap.seq
+                while lamp != "busy":
+                    change = await asyncio.wait_for(anext(changes), 5)
+                    lamp, seq = change.lamp, change.seq
             w.close()
         finally:
             proc.send_signal(signal.SIGTERM)

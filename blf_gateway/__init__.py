@@ -1,0 +1,3 @@
+"""Client-side tools for the BLF gateway: :mod:`blf_gateway.client` (asyncio WebSocket client)."""
+
+__all__ = ["client"]
