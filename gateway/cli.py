@@ -199,6 +199,60 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_DEMO_LISTEN = "127.0.0.1:8765"
+DEFAULT_DEMO_BRIDGE = "127.0.0.1:7001"
+
+
+def _demo_ports(cfg_path: Path, args: argparse.Namespace) -> bool:
+    """Make the demo's two ports usable: a port given with --listen/--bridge is used (and
+    written to the demo configuration) or refused with a clear message when taken; a port
+    from the file that is taken (another program, another demo) is replaced by a free one,
+    said on the terminal."""
+    import tomllib
+
+    from .demo import free_port, port_in_use, set_listen
+
+    text = cfg_path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return True  # _load reports it with the reason
+    wanted = (
+        ("server", "--listen", args.listen,
+         raw.get("server", {}).get("listen", DEFAULT_DEMO_LISTEN), "web panel and WebSocket"),
+        ("sources.tapi_bridge", "--bridge", args.bridge,
+         raw.get("sources", {}).get("tapi_bridge", {}).get("listen", DEFAULT_DEMO_BRIDGE),
+         "TAPI bridge listener"),
+    )
+    new = text
+    taken: set[int] = set()
+    for section, flag, given, current, what in wanted:
+        value = given or current
+        try:
+            host, port = parse_hostport(value)
+        except ValueError as exc:
+            print(f"{flag}: {exc}", file=sys.stderr)
+            return False
+        if port_in_use(host, port) or port in taken:
+            if given:
+                print(f"{value} ({what}) is already in use: choose another port with "
+                      f"{flag} HOST:PORT", file=sys.stderr)
+                return False
+            fresh = free_port(host)
+            while fresh in taken:
+                fresh = free_port(host)
+            print(f"port {port} ({what}) is in use: the demo uses {fresh} instead "
+                  f"(set it with {flag} HOST:PORT)", file=sys.stderr)
+            port = fresh
+            value = f"{'[' + host + ']' if ':' in host else host}:{port}"
+        taken.add(port)
+        if value != current:
+            new = set_listen(new, section, value)
+    if new != text:
+        cfg_path.write_text(new, encoding="utf-8")
+    return True
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_LOGINS, SimulatedPbx, demo_config_text
 
@@ -207,7 +261,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state.mkdir(parents=True, exist_ok=True)
     cfg_path = state / "demo.toml"
     if not cfg_path.exists() or args.reset:
-        cfg_path.write_text(demo_config_text(args.listen, args.bridge))
+        cfg_path.write_text(demo_config_text(args.listen or DEFAULT_DEMO_LISTEN,
+                                             args.bridge or DEFAULT_DEMO_BRIDGE))
+    if not _demo_ports(cfg_path, args):
+        return 2
     config = _load(str(cfg_path))
 
     async def side(gw) -> None:
@@ -224,6 +281,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\n" + "=" * 64, file=sys.stderr)
         print(f"  BLF gateway demo is running. Switchboard: {url}", file=sys.stderr)
         print(f"  WebSocket: ws://{host}:{gw.ws_port}/ws", file=sys.stderr)
+        print(f"  TAPI bridge listener: {gw.bridge.host}:{gw.bridge.port}", file=sys.stderr)
         print(f"  Configuration (edit it live): {cfg_path}", file=sys.stderr)
         print("  Demo logins (client / password):", file=sys.stderr)
         for name, pw in DEMO_LOGINS.items():
@@ -264,10 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "simulated PBX traffic into its TAPI bridge listener.")
     sp.add_argument("--state", default="./blf-demo", metavar="DIR",
                     help="where the demo keeps its configuration and data (default ./blf-demo)")
-    sp.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT",
-                    help="web panel and WebSocket address (default 127.0.0.1:8765)")
-    sp.add_argument("--bridge", default="127.0.0.1:7001", metavar="HOST:PORT",
-                    help="TAPI bridge listener (default 127.0.0.1:7001)")
+    sp.add_argument("--listen", default=None, metavar="HOST:PORT",
+                    help="web panel and WebSocket address (default 127.0.0.1:8765, or a "
+                    "free port when that one is taken)")
+    sp.add_argument("--bridge", default=None, metavar="HOST:PORT",
+                    help="TAPI bridge listener (default 127.0.0.1:7001, or a free port when "
+                    "that one is taken)")
     sp.add_argument("--pace", type=float, default=1.0,
                     help="stretch (>1) or squeeze (<1) the simulated call timings")
     sp.add_argument("--reset", action="store_true", help="rewrite the demo configuration")

@@ -127,7 +127,8 @@ class Auth:
             ) and stored is not None
         if not ok:
             audit.warning("login failed: client %r from %s (%s)", cfg.name, session.address,
-                          "bad token" if req.token is not None else "bad password")
+                          "bad token" if req.token is not None
+                          else "bad password" if req.password is not None else "no password")
             await store.count_failure(cfg.name, CLIENT_FAILURE_WINDOW)
             raise WireError("auth_failed", FAILED, req.id)
         if failures:

@@ -163,8 +163,10 @@ def parse_request(text: str | bytes) -> Any:
         or (req.device is not None and req.panel is None and req.member is None)
     ):
         raise WireError("bad_request", "pickup: give 'panel' and 'member', or 'device'", msg_id)
-    if isinstance(req, Login) and (req.password is None) == (req.token is None):
-        raise WireError("bad_request", "login: give exactly one of 'password' or 'token'", msg_id)
+    # Neither is allowed: a client marked "send the password at next login" has none yet
+    # (contract section 4); for any other client such a login fails like a wrong password.
+    if isinstance(req, Login) and req.password is not None and req.token is not None:
+        raise WireError("bad_request", "login: give 'password' or 'token', not both", msg_id)
     return req
 
 
