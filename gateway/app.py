@@ -34,6 +34,7 @@ from .panels.engine import Engine
 from .pickup import Pickups
 from .presence_import import PresenceImporter
 from .publisher import Publisher
+from .recorder import Recorder
 from .server.http import HttpRoutes
 from .server.hub import Hub
 from .server.login import Auth
@@ -83,9 +84,12 @@ class Gateway:
         engine = self._engine
         self.journal = Journal(store, engine, conf)
         self.publisher = Publisher(store, self.pid)
-        self.sources = LineSources(conf, self.publisher, self.journal, store, engine)
+        # Lamp provenance: every source and softphone report and what became of it.
+        self.recorder = Recorder(store, self.pid, lambda: conf().provenance.keep)
+        self.sources = LineSources(conf, self.publisher, self.journal, store, engine,
+                                   self.recorder)
         self.follower.listeners.append(self.sources.lamps_changed)
-        self.clients = Clients(store, engine, self.journal, conf)
+        self.clients = Clients(store, engine, self.journal, conf, self.recorder)
         self.cluster = Cluster(store, self.pid, conf, self.sources.start, self.sources.stop)
         self.sessions = SessionFactory(
             config=conf, engine=engine, hub=self.hub, clients=self.clients,
@@ -96,6 +100,7 @@ class Gateway:
                         clients=self.clients, sources=self.sources, journal=self.journal,
                         publisher=self.publisher, metrics=self.metrics)
         self.http = HttpRoutes(status.health, status.metrics_text)
+        self.recorder.health_provider = status.process_entry
         self.presence_import = PresenceImporter(conf, self.clients.presence, self.metrics)
         self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
                                              self.metrics) if self.config_path else None)
@@ -144,7 +149,8 @@ class Gateway:
         await self._serve(stack)
 
         runners = [self.publisher.run(), self.follower.run(), self.sources.run_timers(),
-                   self.journal.run(), self.cluster.run(), self.presence_import.run()]
+                   self.journal.run(), self.cluster.run(), self.presence_import.run(),
+                   self.recorder.run()]
         if self.config_watcher is not None:
             runners.append(self.config_watcher.run())
         tasks = [asyncio.create_task(r) for r in runners]

@@ -1,4 +1,4 @@
-"""The command line (contract section 3): run, demo, check, password, status."""
+"""The command line (contract section 3): run, demo, check, password, status, explain."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ examples:
   blf-gateway password alice --config gateway.toml --generate
   echo 'S3cret!pass' | blf-gateway password alice --config gateway.toml --stdin
   blf-gateway password alice --config gateway.toml --at-next-login
+  blf-gateway explain 201 --config gateway.toml     why is this lamp red?
 
 Passwords never stand in the configuration file in clear text: this command stores a scrypt
 hash in the gateway's state (Redis). A running gateway uses it at the next login.
@@ -253,6 +254,65 @@ def _demo_ports(cfg_path: Path, args: argparse.Namespace) -> bool:
     return True
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Why a lamp shows what it shows: the story of a device or a member, newest last."""
+    from .panels.engine import Engine
+    from .panels.rights import combined_rights, number_policy, visible_panels
+    from .provenance import explanation_json, redact, story
+    from .recorder import load_explanation
+
+    _setup_logging("warning")
+    cfg = _load(args.config)
+    target = args.target
+    if target not in cfg.device_by_id and target not in cfg.client_by_name:
+        print(f"no device or client {target!r} in {args.config}", file=sys.stderr)
+        return 2
+    if args.as_client is not None:
+        viewer = cfg.client_by_name.get(args.as_client)
+        if viewer is None:
+            print(f"no client {args.as_client!r} in {args.config}", file=sys.stderr)
+            return 2
+        if not viewer.admin:
+            # What a watcher may look at anyway: its devices and monitored ones, members of
+            # its visible panels, itself.
+            if target in cfg.device_by_id:
+                allowed = combined_rights(cfg, viewer.name, target) is not None
+            else:
+                allowed = target == viewer.name or any(
+                    target in cfg.group_by_name[p].members
+                    for p in visible_panels(cfg, viewer.name))
+            if not allowed:
+                print(f"{viewer.name} may not see {target!r}", file=sys.stderr)
+                return 3
+        policy = number_policy(cfg, viewer.name)
+    else:
+        policy = number_policy(cfg, None, "all" if args.numbers else "none")
+
+    async def work(store):
+        last, devices, clients = await store.load_all()
+        engine = Engine(cfg, 0)
+        engine.load([(s, q) for s, q in devices if s.device in cfg.device_by_id],
+                    [(s, q) for s, q in clients if s.client in cfg.client_by_name])
+        return await load_explanation(store, engine, cfg, target)
+
+    try:
+        expl = asyncio.run(_with_store(cfg, work))
+    except Exception as exc:
+        print(f"could not read the gateway's state: {exc}", file=sys.stderr)
+        return 1
+    expl = redact(expl, policy)
+    if args.json:
+        import json
+
+        print(json.dumps(explanation_json(expl), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(story(expl)))
+        if args.as_client is None and not args.numbers:
+            print("(numbers hidden: --numbers shows them, --as CLIENT shows what that client "
+                  "may see)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_LOGINS, SimulatedPbx, demo_config_text
 
@@ -356,6 +416,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="list clients: Active, Offline or Offline monitor")
     with_config(sp)
     sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser(
+        "explain", help="why a lamp shows what it shows: a device's or member's story",
+        description="Tell, newest last, what the sources reported about a device (or the "
+        "devices and softphone feeding a member's lamp), what the gateway did with each "
+        "report (accepted, ignored as out of order and why, a late word about an ended "
+        "call), which report was dropped as the same call shown once, and why the lamp is "
+        "what it is now. Reads the shared state (Redis) of a running or stopped gateway. "
+        "Numbers are hidden unless --numbers is given; --as CLIENT shows exactly what that "
+        "client's rights let it see.",
+        epilog="examples:\n  blf-gateway explain 201 --config gateway.toml\n"
+        "  blf-gateway explain alice --config gateway.toml --as carol\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("target", metavar="DEVICE|CLIENT",
+                    help="a device id, or a client name (its member lamp)")
+    with_config(sp)
+    who = sp.add_mutually_exclusive_group()
+    who.add_argument("--as", dest="as_client", metavar="CLIENT",
+                     help="tell it as CLIENT may see it (its rights on numbers; refused "
+                     "where CLIENT may not see the target)")
+    who.add_argument("--numbers", action="store_true",
+                     help="show callers' and dialled numbers (they are hidden otherwise)")
+    sp.add_argument("--json", action="store_true", help="the explanation as JSON")
+    sp.set_defaults(func=cmd_explain)
     return p
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,6 +44,8 @@ class ConfigWatcher:
         self._current = current
         self._apply = apply
         self.metrics = metrics
+        # The last reload's outcome, for the admin view: {"t", "ok", "errors", "changed"}.
+        self.last: dict | None = None
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -61,16 +64,27 @@ class ConfigWatcher:
                 continue
             seen = now
             try:
-                new = load_config(self.path)
-            except ConfigError as exc:
-                log.error("configuration %s NOT applied, keeping the last good one:\n  %s",
-                          self.path, "\n  ".join(exc.errors))
-                self.metrics["config_rejected"] += 1
-                continue
-            if new.digest == self._current().digest:
-                continue
-            try:
-                await self._apply(new)
+                await self.reload()
             except (RedisError, OSError) as exc:
                 log.error("configuration change not applied (Redis away: %s); will retry", exc)
                 seen = None
+
+    async def reload(self) -> dict:
+        """Read the file now and apply it if it is valid and new; returns (and keeps in
+        `last`) the outcome: ok, the errors of a refused file, whether anything changed.
+        RedisError/OSError: valid, but it could not be applied now."""
+        t = time.time()
+        try:
+            new = load_config(self.path)
+        except ConfigError as exc:
+            log.error("configuration %s NOT applied, keeping the last good one:\n  %s",
+                      self.path, "\n  ".join(exc.errors))
+            self.metrics["config_rejected"] += 1
+            self.last = {"t": t, "ok": False, "errors": list(exc.errors), "changed": False}
+            return self.last
+        if new.digest == self._current().digest:
+            self.last = {"t": t, "ok": True, "errors": [], "changed": False}
+            return self.last
+        await self._apply(new)
+        self.last = {"t": t, "ok": True, "errors": [], "changed": True}
+        return self.last

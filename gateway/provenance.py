@@ -425,6 +425,8 @@ def _record_words(r: Record) -> str:
         return f"{who}: {r.reason}. Lamp {r.lamp}."
     if r.kind == "service":
         what = "in service" if r.phase == "in_service" else "out of service"
+        if not r.changed:
+            return f"{who}: {what} (no change). Lamp {r.lamp}."
         return f"{who}: {what}: {r.reason}. Lamp {r.lamp}."
     direction = {"in": "incoming", "out": "outgoing"}.get(r.direction or "", "")
     party = _party(r.direction, r.remote, r.remote_name, r.withheld, r.hidden)

@@ -26,6 +26,7 @@ __all__ = [
     "render_member",
     "render_device",
     "rights_json",
+    "number_policy",
 ]
 
 
@@ -156,3 +157,24 @@ def rights_json(rights: Rights) -> dict:
         "pickup": rights.pickup,
         "presence": rights.presence,
     }
+
+
+def number_policy(config: Config, watcher: str | None, default: str = "none"):  # noqa: ANN201
+    """What `watcher` may see of numbers in lamp provenance, per topic: ("device", ID) ->
+    its combined rights on the device; ("softphone", CLIENT) -> all for its own softphone,
+    else the most permissive `numbers` of the groups it shares with CLIENT. Where no right
+    applies, `default` ("none"). watcher None: `default` everywhere (the command line)."""
+
+    def policy(kind: str, ident: str) -> str:
+        if watcher is None or watcher not in config.client_by_name:
+            return default
+        if kind == "device":
+            r = combined_rights(config, watcher, ident) if ident in config.device_by_id else None
+            return r.numbers if r is not None else default
+        if ident == watcher:
+            return "all"
+        found = [panel_rights(g, watcher).numbers for g in config.groups
+                 if watcher in g.members and ident in g.members]
+        return max(found, key=_NUMBERS_ORDER.__getitem__, default=default)
+
+    return policy
