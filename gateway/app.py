@@ -35,6 +35,7 @@ from .pickup import Pickups
 from .presence_import import PresenceImporter
 from .publisher import Publisher
 from .recorder import Recorder
+from .server.admin import Admin
 from .server.http import HttpRoutes
 from .server.hub import Hub
 from .server.login import Auth
@@ -91,19 +92,25 @@ class Gateway:
         self.follower.listeners.append(self.sources.lamps_changed)
         self.clients = Clients(store, engine, self.journal, conf, self.recorder)
         self.cluster = Cluster(store, self.pid, conf, self.sources.start, self.sources.stop)
+        self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
+                                             self.metrics) if self.config_path else None)
+        auth = Auth(store, self.clients, conf)
+        watcher = self.config_watcher
+        admin = Admin(pid=self.pid, config=conf, engine=engine, store=store,
+                      clients=self.clients, auth=auth, recorder=self.recorder,
+                      metrics=self.metrics, config_path=self.config_path,
+                      reload=watcher.reload if watcher is not None else None,
+                      last_reload=lambda: watcher.last if watcher is not None else None)
         self.sessions = SessionFactory(
-            config=conf, engine=engine, hub=self.hub, clients=self.clients,
-            auth=Auth(store, self.clients, conf),
+            config=conf, engine=engine, hub=self.hub, clients=self.clients, auth=auth,
             pickups=Pickups(store, engine, self.clients, conf, self.sources),
-            journal=self.journal, store=store, metrics=self.metrics)
+            journal=self.journal, store=store, metrics=self.metrics, admin=admin)
         status = Status(pid=self.pid, config=conf, cluster=self.cluster, follower=self.follower,
                         clients=self.clients, sources=self.sources, journal=self.journal,
                         publisher=self.publisher, metrics=self.metrics)
         self.http = HttpRoutes(status.health, status.metrics_text)
         self.recorder.health_provider = status.process_entry
         self.presence_import = PresenceImporter(conf, self.clients.presence, self.metrics)
-        self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
-                                             self.metrics) if self.config_path else None)
 
     def current_config(self) -> Config:
         """The configuration in force (the one getter every part reads it through)."""

@@ -160,10 +160,14 @@ class Recorder:
         """Write records as they come (batched) and the health entry once a second."""
         next_health = 0.0
         while True:
+            # Woken by a record, or by a timer for the health entry. (Not asyncio.wait_for:
+            # on Python 3.11 it can swallow a cancellation that meets a wake-up, and the
+            # gateway would then wait for this task at shutdown.)
+            timer = asyncio.get_running_loop().call_later(HEALTH_SECONDS, self._wake.set)
             try:
-                await asyncio.wait_for(self._wake.wait(), FLUSH_SECONDS * 5)
-            except asyncio.TimeoutError:
-                pass
+                await self._wake.wait()
+            finally:
+                timer.cancel()
             self._wake.clear()
             try:
                 await self.flush()
@@ -181,15 +185,16 @@ def _decode(texts: Iterable[str]) -> list[Record]:
     return [r for r in (Record.from_json(t) for t in texts) if r is not None]
 
 
-async def load_explanation(store: Store, engine: Engine, config: Config,
-                           target: str) -> DeviceExplanation | MemberExplanation:
-    """The explanation of a device id or a client name (a device wins where both exist),
-    from the engine's state and the records kept in Redis. KeyError: no such target."""
+async def load_explanation(store: Store, engine: Engine, config: Config, target: str,
+                           kind: str | None = None) -> DeviceExplanation | MemberExplanation:
+    """The explanation of a device id or a client name (`kind` "device" or "client"; None:
+    a device wins where both exist), from the engine's state and the records kept in Redis.
+    KeyError: no such target."""
     keep = config.provenance.keep
-    if target in config.device_by_id:
+    if kind != "client" and target in config.device_by_id:
         found = await store.read_provenance([("dev", target)])
         return explain_device(engine, target, _decode(found.get(("dev", target), ())), keep)
-    if target not in config.client_by_name:
+    if kind == "device" or target not in config.client_by_name:
         raise KeyError(target)
     cfg = config.client_by_name[target]
     feeding = engine.feeding_devices(cfg, engine.client_state(target))

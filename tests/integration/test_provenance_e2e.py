@@ -202,3 +202,103 @@ async def test_history_is_capped_per_device(peer, redis_url, start_gateway, brid
     kept = await gw.store.read_provenance([("dev", "204")])
     calls = [json.loads(t)[4] for t in kept[("dev", "204")]]
     assert calls == ["c9", "c10", "c10", "c11", "c11"]
+
+
+# -- the admin requests (the admin view speaks them) --------------------------------------------
+
+async def test_admin_requests_are_forbidden_to_non_admins(office, connect):
+    gw, _, _ = office
+    eve = await login(connect, gw, "eve")
+    for req in ({"type": "admin_overview"}, {"type": "explain", "client": "alice"},
+                {"type": "explain", "device": "204"}, {"type": "admin_reload"}):
+        reply = await eve.request(req)
+        assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+    welcome = await (await connect(gw)).request(
+        {"type": "login", "client": "eve", "password": PW})
+    assert "admin" not in welcome
+    root = await (await connect(gw)).request({"type": "login", "client": "root", "password": PW})
+    assert root["admin"] is True
+
+
+async def test_admin_overview_shows_sources_processes_and_sessions(office, peer, connect):
+    gw, b, path = office
+    await play(gw, b, peer, connect)
+    root = await login(connect, gw, "root")
+    await root.request({"type": "subscribe", "panel": "team"})
+
+    async def overview():
+        return await root.request({"type": "admin_overview"})
+
+    ov = await overview()
+    for _ in range(50):  # health entries are written once a second
+        if len(ov["sources"]) == 2 and all(s["up"] for s in ov["sources"]):
+            break
+        await asyncio.sleep(0.1)
+        ov = await overview()
+    by = {s["source"]: s for s in ov["sources"]}
+    assert by["ami"]["holder"] == gw.pid and by["ami"]["up"] and by["ami"]["up_in"] == [gw.pid]
+    assert by["tapi_bridge"]["holder"] == "every process" and by["tapi_bridge"]["connections"] == 1
+    assert by["tapi_bridge"]["events"] >= 3 and 0 <= by["tapi_bridge"]["last_event_age"] < 30
+    assert [p["process"] for p in ov["processes"]] == [gw.pid] and ov["processes"][0]["here"]
+    devices = {d["device"]: d for d in ov["devices"]}
+    assert devices["204"]["lamp"] == "ringing" and devices["204"]["calls"] == 1
+    assert {m["client"]: m["lamp"] for m in ov["members"]}["alice"] == "ringing"
+    sessions = {s["client"]: s for s in ov["sessions"]}
+    assert sessions["alice"]["address"] == "127.0.0.1"
+    assert sessions["root"]["subscriptions"] == ["panel:team"]
+    assert ov["rate_limits"]["login_attempts"][0]["address"] == "127.0.0.1"
+    assert ov["config"]["path"] == str(path) and ov["provenance"]["keep"] == 50
+    # The overview carries no number at all.
+    raw = next(f for f in root.raw if '"admin_overview"' in f and '"sources"' in f)
+    assert NUMBER not in raw and OUT_NUMBER not in raw
+
+    # A dropped source connection shows: the bridge goes away, the lamp turns unknown.
+    await b.close()
+    await eventually(lambda: gw.engine.device_view("204").lamp.value == "unknown")
+    for _ in range(50):
+        ov = await overview()
+        by = {s["source"]: s for s in ov["sources"]}
+        if by["tapi_bridge"]["reconnects"] == 1 and not by["tapi_bridge"]["up"]:
+            break
+        await asyncio.sleep(0.1)
+    assert by["tapi_bridge"]["reconnects"] == 1 and not by["tapi_bridge"]["up"]
+
+
+async def test_admin_explain_tells_the_same_story_as_the_cli(office, peer, connect):
+    gw, b, path = office
+    await play(gw, b, peer, connect)
+    for admin, sees_numbers in (("root", True), ("auditor", False)):
+        c = await login(connect, gw, admin)
+        reply = await c.request({"type": "explain", "client": "alice"})
+        assert reply["type"] == "explanation" and reply["lamp"] == "ringing", reply
+        r = await asyncio.to_thread(cli, "explain", "alice", "--config", str(path),
+                                    "--as", admin)
+        assert r.returncode == 0, r.stderr
+        assert reply["story"] == r.stdout.splitlines()
+        raw = "\n".join(c.raw)
+        assert (NUMBER in raw) is sees_numbers and (NAME in raw) is sees_numbers
+        assert OUT_NUMBER not in raw or sees_numbers
+        dev = await c.request({"type": "explain", "device": "201"})
+        r = await asyncio.to_thread(cli, "explain", "201", "--config", str(path), "--as", admin)
+        assert dev["story"] == r.stdout.splitlines() and dev["kind"] == "device"
+    bad = await c.request({"type": "explain", "device": "999"})
+    assert bad["code"] == "not_found"
+    both = await c.request({"type": "explain", "device": "201", "client": "alice"})
+    assert both["code"] == "bad_request"
+
+
+async def test_admin_reload_reports_the_errors_of_a_refused_file(office, connect):
+    gw, _, path = office
+    root = await login(connect, gw, "root")
+    good = path.read_text()
+    path.write_text(good.replace('number = "204"', 'number = "204"\nbogus = 1'))
+    reply = await root.request({"type": "admin_reload"})
+    assert reply["type"] == "reload_result" and reply["ok"] is False, reply
+    assert any("bogus: unknown key" in e for e in reply["errors"]), reply["errors"]
+    assert gw.config.device_by_id["204"].number == "204"  # the last good one stays
+    ov = await root.request({"type": "admin_overview"})
+    assert ov["config"]["last_reload"]["ok"] is False
+    path.write_text(good.replace('name = "Alice TAPI"', 'name = "Alice desk"'))
+    reply = await root.request({"type": "admin_reload"})
+    assert reply["ok"] is True and reply["changed"] is True and reply["errors"] == []
+    assert gw.config.device_by_id["204"].name == "Alice desk"
