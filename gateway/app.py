@@ -91,7 +91,8 @@ class Gateway:
                                    self.recorder)
         self.follower.listeners.append(self.sources.lamps_changed)
         self.clients = Clients(store, engine, self.journal, conf, self.recorder)
-        self.cluster = Cluster(store, self.pid, conf, self.sources.start, self.sources.stop)
+        self.cluster = Cluster(store, self.pid, conf, self.sources.start, self.sources.stop,
+                               self.recorder.orphaned)
         self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
                                              self.metrics) if self.config_path else None)
         auth = Auth(store, self.clients, conf)

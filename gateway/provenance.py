@@ -460,6 +460,8 @@ def _device_now(e: DeviceExplanation) -> str:
     last = e.records[-1] if e.records else None
     if lamp == Lamp.UNKNOWN.value:
         lost = next((r for r in reversed(e.records) if r.kind == "lost"), None)
+        if lost is not None and lost is last and lost.source == "janitor":
+            return f"unknown since {_hms(lost.t)}: {lost.reason}"
         if lost is not None and lost is last:
             return (f"unknown since {_hms(lost.t)} because {_source(lost.source)} "
                     f"connection {lost.conn or '-'} went away; it stays unknown until the "

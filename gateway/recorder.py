@@ -34,6 +34,7 @@ from .provenance import (
     explain_device,
     explain_member,
     lose_connection,
+    lost_record,
 )
 from .store import RedisError, Store
 
@@ -121,9 +122,12 @@ class Recorder:
         self._wake.set()
         return changed
 
-    def note(self, kind: str, ident: str, record: Record) -> None:
-        """Any other record (e.g. the janitor turning a dead process's device unknown)."""
-        self.pending.add(kind, ident, record)
+    def orphaned(self, device: str, pid: str, now: float | None = None) -> None:
+        """The janitor turned `device` unknown: the process that reported it (`pid`) died."""
+        now = time.time() if now is None else now
+        self.pending.add("dev", device, lost_record(
+            "janitor", pid, now, f"the gateway process {pid} that held its source connection "
+            "is gone: unknown until the source reports it again"))
         self._wake.set()
 
     # -- writing ---------------------------------------------------------------------------

@@ -199,6 +199,18 @@ def test_unknown_and_offline_devices_say_why():
         f"Now: offline since {hms(T0 + 21)} because Asterisk reported it out of service.")
     fresh = Office()
     assert story(fresh.device("201"))[-1].startswith("Now: unknown: no source has reported")
+    # Another gateway process held the connection and died: its janitor says so.
+    from gateway.model import DeviceState
+    from gateway.provenance import lost_record
+
+    o.records["209"].append(lost_record(
+        "janitor", "a1b2c3", T0 + 30, "the gateway process a1b2c3 that held its source "
+        "connection is gone: unknown until the source reports it again"))
+    o.seq += 1
+    o.engine.update_device(DeviceState("209"), o.seq)
+    assert story(redact(o.device("209"), full))[-1] == (
+        f"Now: unknown since {hms(T0 + 30)}: the gateway process a1b2c3 that held its source "
+        "connection is gone: unknown until the source reports it again.")
 
 
 def test_no_number_reaches_a_viewer_without_the_right():
