@@ -1,6 +1,7 @@
 // The switchboard page: login, session (token reconnect with backoff), subscriptions, pickup.
 import { Connection, backoffDelay, gatewayUrl } from './connection.js';
 import { Board } from './board.js';
+import { AdminView } from './admin.js';
 
 const $ = (id) => document.getElementById(id);
 const STORAGE_KEY = 'blf.session';
@@ -78,6 +79,7 @@ class App {
     this.hooks.connState = 'offline';
     this.hooks.reconnects = 0;
     $('gateway-url').textContent = this.url;
+    this.admin = new AdminView(this);
     this._wire();
     this._resume();
   }
@@ -171,6 +173,7 @@ class App {
 
   _showLogin(message, kind = 'error') {
     this.mode = 'login';
+    if (this.admin) this.admin.setAllowed(false);
     $('login-view').hidden = false;
     $('board-view').hidden = true;
     $('topbar').hidden = true;
@@ -189,7 +192,7 @@ class App {
 
   _showBoard() {
     $('login-view').hidden = true;
-    $('board-view').hidden = false;
+    $('board-view').hidden = !!(this.admin && this.admin.open);
     $('topbar').hidden = false;
   }
 
@@ -325,6 +328,8 @@ class App {
     this.board.setMonitors(welcome.monitors);
     this._subscribeAll(conn);
     this._resendPickups();
+    this.admin.setAllowed(welcome.admin === true);
+    if (this.admin.open) this.admin.refresh();
 
     if (welcome.password) this._showPassword(String(welcome.password));
     const offline = Number(welcome.offline_calls) || 0;
