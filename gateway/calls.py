@@ -328,6 +328,9 @@ class LineTracker:
             return Verdict("unknown_device", f"no device {report.device!r} on this source")
         return table.judge(report)
 
+    def has(self, device: str) -> bool:
+        return device in self._tables
+
     def connection_of(self, device: str) -> str | None:
         """The source connection that last reported `device` (None: none since it went
         unknown)."""

@@ -151,7 +151,8 @@ class Clients:
         sessions = self.sessions.get(client) or ()
         address = next(iter(sessions)).address if sessions else ""
         changed = (self.recorder.softphone(client, table, report, address, now)
-                   if self.recorder is not None else table.apply(report, now))
+                   if self.recorder is not None and self.recorder.enabled
+                   else table.apply(report, now))
         if changed:
             calls = table.snapshot()
             await self._update(client, lambda s: replace(s, softphone=calls))

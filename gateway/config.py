@@ -245,7 +245,7 @@ class ProvenanceCfg(_Model):
     """Lamp provenance: how many source reports are kept per device (and per softphone),
     in Redis, for `blf-gateway explain` and the admin view."""
 
-    keep: int = Field(50, ge=1, le=1000)
+    keep: int = Field(50, ge=0, le=1000)  # 0: provenance off
 
 
 class Config(_Model):

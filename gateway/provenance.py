@@ -24,8 +24,9 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
-from .calls import CallReport, CallTable, LineTracker, ServiceReport, Verdict
+from .calls import CallReport, CallTable, LineTracker, Phase, ServiceReport, Verdict
 from .model import Call, DeviceState, Lamp
 from .panels.engine import Engine, ShownOnce, shown_once
 from .panels.lamps import call_lamp, device_lamp, merge_lamps
@@ -63,10 +64,10 @@ SOURCE_WORDS = {
 }
 
 HIDDEN = "[number hidden]"
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One source report about one device (or one softphone report of a client) and what
     the tracker did with it.
 
@@ -75,7 +76,10 @@ class Record:
     "out_of_service". direction: the direction the reported number belongs to (the report's,
     else the call's; None: not known). outcome/reason: the tracker's verdict. changed:
     whether the device's state changed. lamp: the device's own lamp after it.
-    `hidden` is set by :func:`redact` where a number was removed for the viewer."""
+    `hidden` is set by :func:`redact` where a number was removed for the viewer.
+
+    A named tuple, not a dataclass: one is made for every report a source sends, and a
+    tuple is immutable too but several times cheaper to build."""
 
     t: float
     source: str
@@ -94,11 +98,7 @@ class Record:
     hidden: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(
-            [round(self.t, 3), self.source, self.conn, self.kind, self.call, self.phase,
-             self.direction, self.remote, self.remote_name, self.withheld, self.outcome,
-             self.reason, self.changed, self.lamp],
-            separators=(",", ":"), ensure_ascii=False)
+        return _dumps((round(self.t, 3), *self[1:14]))
 
     @classmethod
     def from_json(cls, text: str) -> Record | None:
@@ -153,9 +153,9 @@ def lost_record(source: str, conn: str, now: float, reason: str = "") -> Record:
                   changed=True, lamp=Lamp.UNKNOWN.value)
 
 
-def _direction_of(tracker: LineTracker, device: str, call: str) -> str | None:
-    cid = f"{device}/{call}"
-    return next((c.direction.value for c in tracker.state(device).calls if c.id == cid), None)
+def _direction_in(state: DeviceState, call: str) -> str | None:
+    cid = f"{state.device}/{call}"
+    return next((c.direction.value for c in state.calls if c.id == cid), None)
 
 
 def apply_report(tracker: LineTracker, source: str, report: CallReport | ServiceReport,
@@ -163,7 +163,7 @@ def apply_report(tracker: LineTracker, source: str, report: CallReport | Service
     """Apply one report to the tracker, as the tracker would without provenance, and say what
     happened: (changed device states, the record; None for a device the tracker does not
     have)."""
-    if report.device not in tracker.devices:
+    if not tracker.has(report.device):
         return (tracker.call(report, now) if isinstance(report, CallReport)
                 else tracker.service(report, now)), None
     if isinstance(report, ServiceReport):
@@ -171,10 +171,14 @@ def apply_report(tracker: LineTracker, source: str, report: CallReport | Service
         lamp = device_lamp(tracker.state(report.device))
         return states, service_record(source, report, bool(states), lamp, now)
     verdict = tracker.judge(report)
-    before = _direction_of(tracker, report.device, report.call)
+    # The direction the report's number belongs to: the report's own, else the call's (read
+    # before an `ended` removes the call). Only looked up where the report does not say.
+    before = (_direction_in(tracker.state(report.device), report.call)
+              if report.direction is None and report.phase is Phase.ENDED else None)
     states = tracker.call(report, now)
-    after = tracker.state(report.device)
-    direction = _direction_of(tracker, report.device, report.call) or before
+    after = states[-1] if states else tracker.state(report.device)
+    direction = (None if report.direction is not None
+                 else _direction_in(after, report.call) or before)
     return states, call_record(source, report, verdict, bool(states), device_lamp(after), now,
                                direction)
 
@@ -206,24 +210,38 @@ def lose_connection(tracker: LineTracker, source: str, conn: str | None, now: fl
 class Pending:
     """Records waiting to be written to the shared store, per (kind, id), in order.
 
-    Bounded: while the store is away at most `limit` records wait; beyond that the oldest
-    are dropped and counted in `dropped` (provenance must never cost the gateway its memory).
+    Bounded twice: per key only the newest `per_key` wait (Redis keeps no more than that
+    anyway), and in all at most `limit` (while the store is away the oldest are dropped first
+    and counted in `dropped`): provenance never costs the gateway its memory. Records are
+    encoded when taken, off the report's path.
     """
 
-    __slots__ = ("limit", "dropped", "_items", "_n")
+    __slots__ = ("limit", "per_key", "dropped", "_items", "_n")
 
-    def __init__(self, limit: int = 20000) -> None:
+    def __init__(self, limit: int = 20000, per_key: int = DEFAULT_KEEP) -> None:
         self.limit = limit
+        self.per_key = per_key
         self.dropped = 0
-        self._items: dict[tuple[str, str], list[str]] = {}
+        self._items: dict[tuple[str, str], list[Record]] = {}
         self._n = 0
 
     def __len__(self) -> int:
         return self._n
 
     def add(self, kind: str, ident: str, record: Record) -> None:
-        self._items.setdefault((kind, ident), []).append(record.to_json())
+        key = (kind, ident)
+        queue = self._items.get(key)
+        if queue is None:
+            queue = self._items[key] = []
+        queue.append(record)
         self._n += 1
+        if len(queue) > self.per_key:  # older than what is kept: never written
+            del queue[0]
+            self._n -= 1
+        if self._n > self.limit:
+            self._shed()
+
+    def _shed(self) -> None:
         while self._n > self.limit:
             key = next(iter(self._items))
             self._items[key].pop(0)
@@ -232,26 +250,20 @@ class Pending:
             self._n -= 1
             self.dropped += 1
 
-    def take(self) -> dict[tuple[str, str], list[str]]:
+    def take(self) -> dict[tuple[str, str], list[Record]]:
         out, self._items, self._n = self._items, {}, 0
         return out
 
-    def put_back(self, items: dict[tuple[str, str], list[str]]) -> None:
+    def put_back(self, items: dict[tuple[str, str], list[Record]]) -> None:
         """Records whose write failed go back in front of anything newer (order kept)."""
         newer, self._items, self._n = self._items, {}, 0
-        for key, texts in items.items():
-            self._items[key] = list(texts)
-            self._n += len(texts)
-        for key, texts in newer.items():
-            self._items.setdefault(key, []).extend(texts)
-            self._n += len(texts)
-        while self._n > self.limit:
-            key = next(iter(self._items))
-            self._items[key].pop(0)
-            if not self._items[key]:
-                del self._items[key]
-            self._n -= 1
-            self.dropped += 1
+        for key, records in items.items():
+            self._items[key] = list(records)
+            self._n += len(records)
+        for key, records in newer.items():
+            self._items.setdefault(key, []).extend(records)
+            self._n += len(records)
+        self._shed()
 
 
 # -- explanations -----------------------------------------------------------------------------
@@ -349,7 +361,7 @@ def _redact_record(r: Record, numbers: str) -> Record:
         return r
     if _may_see(numbers, r.direction):
         return r
-    return replace(r, remote=None, remote_name=None, hidden=True)
+    return r._replace(remote=None, remote_name=None, hidden=True)
 
 
 def _redact_call(c: Call, numbers: str) -> Call:

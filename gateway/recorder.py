@@ -132,12 +132,20 @@ class Recorder:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @property
+    def enabled(self) -> bool:
+        """`[provenance] keep = 0` turns provenance off (reports then cost nothing extra)."""
+        return self.keep() > 0
+
     async def flush(self) -> None:
+        keep = max(1, self.keep())
+        self.pending.per_key = keep
         items = self.pending.take()
         if not items:
             return
         try:
-            await self.store.append_provenance(items, max(1, self.keep()))
+            await self.store.append_provenance(
+                {k: [r.to_json() for r in v] for k, v in items.items()}, keep)
             self.written += sum(len(v) for v in items.values())
         except (RedisError, OSError):
             self.pending.put_back(items)  # bounded: the oldest go first while Redis is away

@@ -95,7 +95,7 @@ class LineSources:
         if tracker is None:
             return
         now = time.time()
-        if self.recorder is not None:
+        if self.recorder is not None and self.recorder.enabled:
             states = self.recorder.reports(source, tracker, reports, now)
         elif len(reports) == 1:  # the common case: one bridge line
             (r,) = reports
@@ -117,7 +117,8 @@ class LineSources:
         tracker = self.trackers.get(source)
         if tracker is None:
             return
-        lost = (self.recorder.lost(source, tracker, conn) if self.recorder is not None
+        lost = (self.recorder.lost(source, tracker, conn)
+                if self.recorder is not None and self.recorder.enabled
                 else tracker.connection_lost(conn))
         if lost:
             log.warning("%s connection %s lost: %d device(s) unknown until it reports them "
