@@ -85,6 +85,8 @@ def demo_config_text(listen: str = "127.0.0.1:8765", bridge: str = "127.0.0.1:70
         elif name == "bob":
             out += ['blf = { devices = "first", softphone = true }',
                     'monitor = [ { device = "231", clip = false, pickup = false } ]']
+        elif name == "mallory":
+            out += ["admin = true  # the switchboard's admin view: why each lamp is what it is"]
         out.append("")
     out += [
         "[[clients]]",
