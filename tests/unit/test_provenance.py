@@ -292,3 +292,53 @@ def test_shown_once_as_data_matches_the_engine():
     assert dropped[0].line.id == "201/0x3f1" and dropped[0].softphone.id == "sp:alice/c1"
     # The engine shows exactly the one line call.
     assert [c.id for c in o.engine.member("alice").calls] == ["201/0x3f1"]
+
+
+def test_number_policy_follows_the_rights_of_every_way_out():
+    from gateway.panels.rights import number_policy
+
+    cfg = parse_config("""
+[sources.tapi_bridge]
+[[devices]]
+id = "201"
+[[devices]]
+id = "202"
+[[devices]]
+id = "203"
+[[clients]]
+name = "alice"
+devices = ["201"]
+[[clients]]
+name = "bob"
+devices = ["202"]
+monitor = [ { device = "203", clip = true } ]
+[[clients]]
+name = "carol"
+devices = ["203"]
+[[clients]]
+name = "admin"
+admin = true
+[[groups]]
+name = "lamps_only"
+members = ["alice", "bob"]
+rights = { calls = false, numbers = "all" }
+[[groups]]
+name = "hidden"
+members = ["alice", "carol"]
+rights = { visible = false, numbers = "all" }
+[[groups]]
+name = "inbound"
+members = ["alice", "admin"]
+rights = { numbers = "inbound" }
+""")
+    bob, carol, admin = (number_policy(cfg, n) for n in ("bob", "carol", "admin"))
+    assert bob("device", "202") == "all"          # his own line
+    assert bob("device", "203") == "all"          # monitor with clip
+    assert bob("device", "201") == "none"         # a lamps-only panel shows no calls
+    assert bob("softphone", "alice") == "none"
+    assert bob("softphone", "bob") == "all"
+    assert carol("device", "201") == "none"       # an invisible panel gives nothing
+    assert admin("device", "201") == "inbound" and admin("softphone", "alice") == "inbound"
+    assert admin("device", "203") == "none"       # being an admin gives no number right
+    assert number_policy(cfg, None)("device", "201") == "none"
+    assert number_policy(cfg, None, "all")("device", "201") == "all"
