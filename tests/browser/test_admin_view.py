@@ -265,9 +265,11 @@ def test_admin_view_tells_the_same_story_as_explain(page, story_played):
     # The records table has every report, the ignored one marked.
     assert page.locator('#admin-records tr[data-outcome="out_of_order"]').count() == 1
 
-    # A device's story too.
-    page.click('#admin-devices li[data-key="device:202"]')
+    # A device's story too, chosen with the keyboard.
+    page.focus('#admin-devices li[data-key="device:202"]')
+    page.keyboard.press("Enter")
     page.wait_for_selector('#admin-explain[data-target="202"]')
+    assert page.evaluate("() => document.activeElement.id") == "admin-explain"
     assert shown_story(page) == explain_cli(gw, "202", "--as", "root")
     if os.environ.get("BLF_SCREENSHOTS"):  # a folder to keep a picture of the view in
         page.screenshot(path=os.path.join(os.environ["BLF_SCREENSHOTS"], "admin.png"),
