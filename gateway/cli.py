@@ -419,13 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser(
         "explain", help="why a lamp shows what it shows: a device's or member's story",
-        description="Tell, newest last, what the sources reported about a device (or the "
-        "devices and softphone feeding a member's lamp), what the gateway did with each "
-        "report (accepted, ignored as out of order and why, a late word about an ended "
-        "call), which report was dropped as the same call shown once, and why the lamp is "
-        "what it is now. Reads the shared state (Redis) of a running or stopped gateway. "
-        "Numbers are hidden unless --numbers is given; --as CLIENT shows exactly what that "
-        "client's rights let it see.",
+        description="Tell, newest last, what the sources reported about a device (or about\n"
+        "the devices and softphone feeding a member's lamp), what the gateway did with each\n"
+        "report (accepted; ignored as out of order, and why; a late word about an ended\n"
+        "call), which report was dropped as the same call shown once, and why the lamp is\n"
+        "what it is now. Reads the shared state (Redis) of a running or stopped gateway.\n"
+        "Numbers are hidden unless --numbers is given; --as CLIENT shows exactly what that\n"
+        "client's rights let it see. See docs/admin.md.",
         epilog="examples:\n  blf-gateway explain 201 --config gateway.toml\n"
         "  blf-gateway explain alice --config gateway.toml --as carol\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)
