@@ -29,7 +29,7 @@ def cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess
 
 def test_help_explains_every_command():
     out = cli("--help").stdout
-    for cmd in ("run", "demo", "check", "password", "status"):
+    for cmd in ("run", "demo", "check", "password", "status", "explain"):
         assert cmd in out
     assert "--at-next-login" in cli("password", "--help").stdout
 

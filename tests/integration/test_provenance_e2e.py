@@ -302,3 +302,35 @@ async def test_admin_reload_reports_the_errors_of_a_refused_file(office, connect
     reply = await root.request({"type": "admin_reload"})
     assert reply["ok"] is True and reply["changed"] is True and reply["errors"] == []
     assert gw.config.device_by_id["204"].name == "Alice desk"
+
+
+async def test_every_process_tells_the_same_history(peer, redis_url, start_gateway, bridge,
+                                                    connect):
+    # Two gateway processes on one Redis: the bridge talks to the first; an admin connected
+    # to the second sees both processes and the first one's reports.
+    (start_gateway.dir / "ami.secret").write_text("s3cret\n")
+    text = CONFIG.format(redis=redis_url, port=peer.port, hash=HASH, keep=50)
+    first = await start_gateway(text, "first.toml")
+    second = await start_gateway(text, "second.toml")
+    b = await bridge(first)
+    await b.send({"device": "Line 204", "devstate": "inservice"},
+                 {"device": "Line 204", "call": "0x51", "state": "offering", "caller": NUMBER})
+    await eventually(lambda: second.engine.device_view("204").lamp.value == "ringing")
+    root = await login(connect, second, "root")
+    for _ in range(50):
+        ov = await root.request({"type": "admin_overview"})
+        tapi = next(s for s in ov["sources"] if s["source"] == "tapi_bridge")
+        if len(ov["processes"]) == 2 and tapi["up_in"] == [first.pid]:
+            break
+        await asyncio.sleep(0.1)
+    assert sorted(p["process"] for p in ov["processes"]) == sorted([first.pid, second.pid])
+    assert tapi["up_in"] == [first.pid] and tapi["events"] >= 2
+    assert next(s for s in ov["sources"] if s["source"] == "ami")["holder"] in (first.pid,
+                                                                                second.pid)
+    for _ in range(50):
+        reply = await root.request({"type": "explain", "device": "204"})
+        if any(r["call"] == "0x51" for r in reply["records"]):
+            break
+        await asyncio.sleep(0.1)
+    assert reply["story"][-1].startswith("Now: ringing since ")
+    assert "because the TAPI bridge reported call 0x51 ringing" in reply["story"][-1]
