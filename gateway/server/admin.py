@@ -23,7 +23,7 @@ from ..errors import WireError
 from ..panels.engine import Engine
 from ..panels.rights import number_policy
 from ..provenance import explanation_json, redact
-from ..recorder import Recorder, load_explanation
+from ..recorder import load_explanation
 from ..store import RedisError, Store
 from .login import Auth
 
@@ -37,7 +37,7 @@ class Admin:
     """Answers the admin requests of a session (see the module docstring)."""
 
     def __init__(self, *, pid: str, config: Callable[[], Config], engine: Callable[[], Engine],
-                 store: Store, clients: Clients, auth: Auth, recorder: Recorder,
+                 store: Store, clients: Clients, auth: Auth,
                  metrics: Counter[str], config_path: Path | None,
                  reload: Callable[[], Awaitable[dict]] | None,
                  last_reload: Callable[[], dict | None]) -> None:
@@ -47,7 +47,6 @@ class Admin:
         self.store = store
         self.clients = clients
         self.auth = auth
-        self.recorder = recorder
         self.metrics = metrics
         self.config_path = config_path
         self._reload = reload
