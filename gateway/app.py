@@ -98,7 +98,8 @@ class Gateway:
         auth = Auth(store, self.clients, conf)
         watcher = self.config_watcher
         admin = Admin(pid=self.pid, config=conf, engine=engine, store=store,
-                      clients=self.clients, auth=auth, metrics=self.metrics, config_path=self.config_path,
+                      clients=self.clients, auth=auth, metrics=self.metrics,
+                      config_path=self.config_path,
                       reload=watcher.reload if watcher is not None else None,
                       last_reload=lambda: watcher.last if watcher is not None else None)
         self.sessions = SessionFactory(
