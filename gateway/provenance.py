@@ -486,7 +486,8 @@ def _device_now(e: DeviceExplanation) -> str:
         off = next((r for r in reversed(e.records)
                     if r.kind == "service" and r.phase == "out_of_service"), None)
         if off is not None:
-            return f"offline since {_hms(off.t)} because {_source(off.source)} reported it out of service"
+            return (f"offline since {_hms(off.t)} because {_source(off.source)} reported it "
+                    "out of service")
         return "offline: its source reports it out of service"
     if not e.calls:
         return "idle: no calls" + (f" (last report {_hms(last.t)})" if last else "")
