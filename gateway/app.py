@@ -195,9 +195,11 @@ class Gateway:
         log.info("WebSocket and web panel on http://%s:%d/ (ws path /ws)", host, self.ws_port)
 
     async def _last_word(self) -> None:
-        """Publish what the stopped sources left (their devices unknown), if Redis answers."""
+        """Publish what the stopped sources left (their devices unknown), and the provenance
+        of it, if Redis answers."""
         try:
             await asyncio.wait_for(self.publisher.flush(), 2)
+            await asyncio.wait_for(self.recorder.flush(), 2)
         except Exception:  # noqa: BLE001 - Redis away: the janitor of another process cleans up
             pass
 

@@ -146,10 +146,13 @@ def service_record(source: str, report: ServiceReport, changed: bool, lamp: Lamp
                   changed=changed, lamp=lamp.value if lamp is not None else None)
 
 
+LOST = "the connection that reported it dropped: unknown until the source has re-sent its state"
+
+
 def lost_record(source: str, conn: str, now: float, reason: str = "") -> Record:
-    return Record(now, source, conn, "lost", outcome="unknown",
-                  reason=reason or "the connection that reported it dropped: unknown until "
-                  "the source has re-sent its state",
+    """The device went unknown: its connection dropped (or `reason`: its process stopped or
+    died)."""
+    return Record(now, source, conn, "lost", outcome="unknown", reason=reason or LOST,
                   changed=True, lamp=Lamp.UNKNOWN.value)
 
 
@@ -472,7 +475,7 @@ def _device_now(e: DeviceExplanation) -> str:
     last = e.records[-1] if e.records else None
     if lamp == Lamp.UNKNOWN.value:
         lost = next((r for r in reversed(e.records) if r.kind == "lost"), None)
-        if lost is not None and lost is last and lost.source == "janitor":
+        if lost is not None and lost is last and lost.reason != LOST:
             return f"unknown since {_hms(lost.t)}: {lost.reason}"
         if lost is not None and lost is last:
             return (f"unknown since {_hms(lost.t)} because {_source(lost.source)} "

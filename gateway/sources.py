@@ -172,7 +172,13 @@ class LineSources:
         are down); the publisher writes them on its last flush."""
         for name in ("sip", "ami", "tapi_bridge"):
             await self.stop(name)
-        self.publisher.put([s for t in self.trackers.values() for s in t.connection_lost()])
+        for source, tracker in self.trackers.items():
+            if self.recorder is not None and self.recorder.enabled:
+                self.publisher.put(self.recorder.lost(
+                    source, tracker, None, reason="the gateway process that held its source "
+                    "stopped: unknown until a process reports it again"))
+            else:
+                self.publisher.put(tracker.connection_lost())
 
     # -- configuration reload, Redis reload ---------------------------------------------------
 

@@ -334,3 +334,22 @@ async def test_every_process_tells_the_same_history(peer, redis_url, start_gatew
         await asyncio.sleep(0.1)
     assert reply["story"][-1].startswith("Now: ringing since ")
     assert "because the TAPI bridge reported call 0x51 ringing" in reply["story"][-1]
+
+
+async def test_a_stopped_gateway_says_why_its_lamps_are_unknown(office, peer, connect,
+                                                                start_gateway, redis_url):
+    gw, b, path = office
+    await b.send({"device": "Line 204", "devstate": "inservice"},
+                 {"device": "Line 204", "call": "0x9", "state": "connected", "caller": NUMBER})
+    await eventually(lambda: gw.engine.device_view("204").lamp.value == "busy")
+    await start_gateway.stop(gw)
+    r = await asyncio.to_thread(cli, "explain", "204", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+    now = [line for line in r.stdout.splitlines() if line.startswith("Now:")][0]
+    assert now.startswith("Now: unknown since ") and "connection tapi#1 went away" in now, now
+    # An Asterisk line: its connection went with the process.
+    r = await asyncio.to_thread(cli, "explain", "201", "--config", str(path))
+    now = r.stdout.splitlines()[-2]
+    assert now.startswith("Now: unknown since ") and now.endswith(
+        ": the gateway process that held its source stopped: unknown until a process reports "
+        "it again."), now
