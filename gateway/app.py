@@ -34,6 +34,8 @@ from .panels.engine import Engine
 from .pickup import Pickups
 from .presence_import import PresenceImporter
 from .publisher import Publisher
+from .recorder import Recorder
+from .server.admin import Admin
 from .server.http import HttpRoutes
 from .server.hub import Hub
 from .server.login import Auth
@@ -86,23 +88,34 @@ class Gateway:
         engine = self._engine
         self.journal = Journal(store, engine, conf)
         self.publisher = Publisher(store, self.pid)
-        self.sources = LineSources(conf, self.publisher, self.journal, store, engine)
+        # Lamp provenance: every source and softphone report and what became of it.
+        self.recorder = Recorder(store, self.pid, lambda: conf().provenance.keep)
+        self.sources = LineSources(conf, self.publisher, self.journal, store, engine,
+                                   self.recorder)
         self.follower.listeners.append(self.sources.lamps_changed)
-        self.clients = Clients(store, engine, self.journal, conf)
-        self.cluster = Cluster(store, self.pid, conf, self.sources.start, self.sources.stop)
+        self.clients = Clients(store, engine, self.journal, conf, self.recorder)
+        self.cluster = Cluster(store, self.pid, conf, self.sources.start, self.sources.stop,
+                               self.recorder.orphaned)
+        self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
+                                             self.metrics) if self.config_path else None)
+        auth = Auth(store, self.clients, conf)
+        watcher = self.config_watcher
+        admin = Admin(pid=self.pid, config=conf, engine=engine, store=store,
+                      clients=self.clients, auth=auth, metrics=self.metrics,
+                      config_path=self.config_path,
+                      reload=watcher.reload if watcher is not None else None,
+                      last_reload=lambda: watcher.last if watcher is not None else None)
         self.sessions = SessionFactory(
-            config=conf, engine=engine, hub=self.hub, clients=self.clients,
-            auth=Auth(store, self.clients, conf),
+            config=conf, engine=engine, hub=self.hub, clients=self.clients, auth=auth,
             pickups=Pickups(store, engine, self.clients, conf, self.sources),
-            journal=self.journal, store=store, metrics=self.metrics)
+            journal=self.journal, store=store, metrics=self.metrics, admin=admin)
         status = Status(pid=self.pid, config=conf, cluster=self.cluster, follower=self.follower,
                         clients=self.clients, sources=self.sources, journal=self.journal,
                         publisher=self.publisher, metrics=self.metrics)
         self.http = HttpRoutes(status.health, status.metrics_text,
                                server=lambda: conf().server)
+        self.recorder.health_provider = status.process_entry
         self.presence_import = PresenceImporter(conf, self.clients.presence, self.metrics)
-        self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
-                                             self.metrics) if self.config_path else None)
 
     def current_config(self) -> Config:
         """The configuration in force (the one getter every part reads it through)."""
@@ -172,7 +185,8 @@ class Gateway:
 
         runners = [self._renew_certificates(),
                    self.publisher.run(), self.follower.run(), self.sources.run_timers(),
-                   self.journal.run(), self.cluster.run(), self.presence_import.run()]
+                   self.journal.run(), self.cluster.run(), self.presence_import.run(),
+                   self.recorder.run()]
         if self.config_watcher is not None:
             runners.append(self.config_watcher.run())
         tasks = [asyncio.create_task(r) for r in runners]
@@ -218,9 +232,11 @@ class Gateway:
                  self.ws_port)
 
     async def _last_word(self) -> None:
-        """Publish what the stopped sources left (their devices unknown), if Redis answers."""
+        """Publish what the stopped sources left (their devices unknown), and the provenance
+        of it, if Redis answers."""
         try:
             await asyncio.wait_for(self.publisher.flush(), 2)
+            await asyncio.wait_for(self.recorder.flush(), 2)
         except Exception:  # noqa: BLE001 - Redis away: the janitor of another process cleans up
             pass
 

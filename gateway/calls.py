@@ -23,6 +23,8 @@ __all__ = [
     "CallTable",
     "LineTracker",
     "TOMBSTONE_SECONDS",
+    "REFUSED",
+    "Verdict",
 ]
 
 
@@ -75,6 +77,23 @@ TRANSITIONS: dict[Phase | None, dict[Phase, str]] = {
         Phase.CONNECTED: "taken off hold",
         Phase.ENDED: "hung up while on hold",
     },
+}
+
+# Why a report that is not in TRANSITIONS changes nothing, as data for provenance (what an
+# admin reads when asking why a lamp did not follow a report). Same keys as the comments in
+# the table above; a pair missing here is explained by the generic words in CallTable.judge.
+REFUSED: dict[tuple[Phase | None, Phase], str] = {
+    (None, Phase.ENDED): "the end of a call that was never seen (or already forgotten)",
+    (Phase.RINGING, Phase.DIALING): "an incoming call never becomes outgoing",
+    (Phase.RINGING, Phase.HELD): "an unanswered call cannot be put on hold",
+    (Phase.DIALING, Phase.RINGING): "an outgoing call does not start alerting here",
+    (Phase.DIALING, Phase.HELD): "a call not answered yet cannot be put on hold",
+    (Phase.CONNECTED, Phase.RINGING): "a late report of an earlier phase (the call was "
+                                      "answered): ignored so the lamp does not flicker back",
+    (Phase.CONNECTED, Phase.DIALING): "a late report of an earlier phase (the call was "
+                                      "answered)",
+    (Phase.HELD, Phase.RINGING): "a late report of an earlier phase (the call is on hold)",
+    (Phase.HELD, Phase.DIALING): "a late report of an earlier phase (the call is on hold)",
 }
 
 # How long an ended call's id is remembered, so that late reports for it (a TAPI IDLE after
@@ -130,6 +149,25 @@ class EndedCall:
     start: float  # when it was first seen
     end: float
     answered: bool  # it was connected at some point
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a tracker does with one report, decided before it is applied (for provenance).
+
+    `outcome`: "accepted" (the transitions table allows it; it may still bring nothing new),
+    "out_of_order" (not in the table: changes nothing), "tombstoned" (a late word about a
+    call that ended: changes nothing) or "unknown_device" (no such device here).
+    `reason`: the words of the table (or of REFUSED) for it. `phase_from`: the call's phase
+    before (None: the call was not known)."""
+
+    outcome: str
+    reason: str
+    phase_from: Phase | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == "accepted"
 
 
 class CallTable:
@@ -195,6 +233,23 @@ class CallTable:
         self._meta[key] = (start, answered or state is CallState.CONNECTED)
         self.calls[key] = call
         return True
+
+    def judge(self, report: CallReport) -> Verdict:
+        """What :meth:`apply` will do with `report` and why, without changing anything.
+        Reads the same table and tombstones as apply, so the two cannot disagree."""
+        key = report.call
+        current = self.calls.get(key)
+        if current is None and key in self.tombstones:
+            return Verdict("tombstoned", f"call {key} already ended; a late report about it "
+                           "cannot bring it back")
+        phase_from = _STATE_PHASE[current.state] if current else None
+        reason = TRANSITIONS[phase_from].get(report.phase)
+        if reason is not None:
+            return Verdict("accepted", reason, phase_from)
+        why = REFUSED.get((phase_from, report.phase), "not a move the transitions table allows")
+        before = phase_from.value if phase_from is not None else "not known"
+        return Verdict("out_of_order", f"{report.phase.value} while the call is {before}: "
+                       f"{why}", phase_from)
 
     def clear(self) -> bool:
         """Forget every call (the source can no longer tell how they end: no journal entry)."""
@@ -265,6 +320,21 @@ class LineTracker:
             self._status[report.device] = DeviceStatus.ONLINE
             changed = True
         return [self.state(report.device)] if changed else []
+
+    def judge(self, report: CallReport) -> Verdict:
+        """What :meth:`call` will do with `report` and why (nothing is changed)."""
+        table = self._tables.get(report.device)
+        if table is None:
+            return Verdict("unknown_device", f"no device {report.device!r} on this source")
+        return table.judge(report)
+
+    def has(self, device: str) -> bool:
+        return device in self._tables
+
+    def connection_of(self, device: str) -> str | None:
+        """The source connection that last reported `device` (None: none since it went
+        unknown)."""
+        return self._owner.get(device)
 
     def service(self, report: ServiceReport, now: float) -> list[DeviceState]:
         if report.device not in self._tables:

@@ -1,4 +1,4 @@
-"""The command line (contract section 3): run, demo, check, password, status."""
+"""The command line (contract section 3): run, demo, check, password, status, explain."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ examples:
   blf-gateway password alice --config gateway.toml --generate
   echo 'S3cret!pass' | blf-gateway password alice --config gateway.toml --stdin
   blf-gateway password alice --config gateway.toml --at-next-login
+  blf-gateway explain 201 --config gateway.toml     why is this lamp red?
 
 Passwords never stand in the configuration file in clear text: this command stores a scrypt
 hash in the gateway's state (Redis). A running gateway uses it at the next login.
@@ -278,6 +279,119 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+DEFAULT_DEMO_LISTEN = "127.0.0.1:8765"
+DEFAULT_DEMO_BRIDGE = "127.0.0.1:7001"
+
+
+def _demo_ports(cfg_path: Path, args: argparse.Namespace) -> bool:
+    """Make the demo's two ports usable: a port given with --listen/--bridge is used (and
+    written to the demo configuration) or refused with a clear message when taken; a port
+    from the file that is taken (another program, another demo) is replaced by a free one,
+    said on the terminal."""
+    import tomllib
+
+    from .demo import free_port, port_in_use, set_listen
+
+    text = cfg_path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return True  # _load reports it with the reason
+    wanted = (
+        ("server", "--listen", args.listen,
+         raw.get("server", {}).get("listen", DEFAULT_DEMO_LISTEN), "web panel and WebSocket"),
+        ("sources.tapi_bridge", "--bridge", args.bridge,
+         raw.get("sources", {}).get("tapi_bridge", {}).get("listen", DEFAULT_DEMO_BRIDGE),
+         "TAPI bridge listener"),
+    )
+    new = text
+    taken: set[int] = set()
+    for section, flag, given, current, what in wanted:
+        value = given or current
+        try:
+            host, port = parse_hostport(value)
+        except ValueError as exc:
+            print(f"{flag}: {exc}", file=sys.stderr)
+            return False
+        if port_in_use(host, port) or port in taken:
+            if given:
+                print(f"{value} ({what}) is already in use: choose another port with "
+                      f"{flag} HOST:PORT", file=sys.stderr)
+                return False
+            fresh = free_port(host)
+            while fresh in taken:
+                fresh = free_port(host)
+            print(f"port {port} ({what}) is in use: the demo uses {fresh} instead "
+                  f"(set it with {flag} HOST:PORT)", file=sys.stderr)
+            port = fresh
+            value = f"{'[' + host + ']' if ':' in host else host}:{port}"
+        taken.add(port)
+        if value != current:
+            new = set_listen(new, section, value)
+    if new != text:
+        cfg_path.write_text(new, encoding="utf-8")
+    return True
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Why a lamp shows what it shows: the story of a device or a member, newest last."""
+    from .panels.engine import Engine
+    from .panels.rights import combined_rights, number_policy, visible_panels
+    from .provenance import explanation_json, redact, story
+    from .recorder import load_explanation
+
+    _setup_logging("warning")
+    cfg = _load(args.config)
+    target = args.target
+    if target not in cfg.device_by_id and target not in cfg.client_by_name:
+        print(f"no device or client {target!r} in {args.config}", file=sys.stderr)
+        return 2
+    if args.as_client is not None:
+        viewer = cfg.client_by_name.get(args.as_client)
+        if viewer is None:
+            print(f"no client {args.as_client!r} in {args.config}", file=sys.stderr)
+            return 2
+        if not viewer.admin:
+            # What a watcher may look at anyway: its devices and monitored ones, members of
+            # its visible panels, itself.
+            if target in cfg.device_by_id:
+                allowed = combined_rights(cfg, viewer.name, target) is not None
+            else:
+                allowed = target == viewer.name or any(
+                    target in cfg.group_by_name[p].members
+                    for p in visible_panels(cfg, viewer.name))
+            if not allowed:
+                print(f"{viewer.name} may not see {target!r}", file=sys.stderr)
+                return 3
+        policy = number_policy(cfg, viewer.name)
+    else:
+        policy = number_policy(cfg, None, "all" if args.numbers else "none")
+
+    async def work(store):
+        last, devices, clients = await store.load_all()
+        engine = Engine(cfg, 0)
+        engine.load([(s, q) for s, q in devices if s.device in cfg.device_by_id],
+                    [(s, q) for s, q in clients if s.client in cfg.client_by_name])
+        return await load_explanation(store, engine, cfg, target)
+
+    try:
+        expl = asyncio.run(_with_store(cfg, work))
+    except Exception as exc:
+        print(f"could not read the gateway's state: {exc}", file=sys.stderr)
+        return 1
+    expl = redact(expl, policy)
+    if args.json:
+        import json
+
+        print(json.dumps(explanation_json(expl), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(story(expl)))
+        if args.as_client is None and not args.numbers:
+            print("(numbers hidden: --numbers shows them, --as CLIENT shows what that client "
+                  "may see)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_LOGINS, SimulatedPbx, demo_config_text
 
@@ -286,7 +400,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state.mkdir(parents=True, exist_ok=True)
     cfg_path = state / "demo.toml"
     if not cfg_path.exists() or args.reset:
-        cfg_path.write_text(demo_config_text(args.listen, args.bridge))
+        cfg_path.write_text(demo_config_text(args.listen or DEFAULT_DEMO_LISTEN,
+                                             args.bridge or DEFAULT_DEMO_BRIDGE))
+    if not _demo_ports(cfg_path, args):
+        return 2
     config = _load(str(cfg_path))
 
     async def side(gw) -> None:
@@ -303,6 +420,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\n" + "=" * 64, file=sys.stderr)
         print(f"  BLF gateway demo is running. Switchboard: {url}", file=sys.stderr)
         print(f"  WebSocket: ws://{host}:{gw.ws_port}/ws", file=sys.stderr)
+        print(f"  TAPI bridge listener: {gw.bridge.host}:{gw.bridge.port}", file=sys.stderr)
         print(f"  Configuration (edit it live): {cfg_path}", file=sys.stderr)
         print("  Demo logins (client / password):", file=sys.stderr)
         for name, pw in DEMO_LOGINS.items():
@@ -343,10 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "simulated PBX traffic into its TAPI bridge listener.")
     sp.add_argument("--state", default="./blf-demo", metavar="DIR",
                     help="where the demo keeps its configuration and data (default ./blf-demo)")
-    sp.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT",
-                    help="web panel and WebSocket address (default 127.0.0.1:8765)")
-    sp.add_argument("--bridge", default="127.0.0.1:7001", metavar="HOST:PORT",
-                    help="TAPI bridge listener (default 127.0.0.1:7001)")
+    sp.add_argument("--listen", default=None, metavar="HOST:PORT",
+                    help="web panel and WebSocket address (default 127.0.0.1:8765, or a "
+                    "free port when that one is taken)")
+    sp.add_argument("--bridge", default=None, metavar="HOST:PORT",
+                    help="TAPI bridge listener (default 127.0.0.1:7001, or a free port when "
+                    "that one is taken)")
     sp.add_argument("--pace", type=float, default=1.0,
                     help="stretch (>1) or squeeze (<1) the simulated call timings")
     sp.add_argument("--reset", action="store_true", help="rewrite the demo configuration")
@@ -395,6 +515,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="list clients: Active, Offline or Offline monitor")
     with_config(sp)
     sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser(
+        "explain", help="why a lamp shows what it shows: a device's or member's story",
+        description="Tell, newest last, what the sources reported about a device (or about\n"
+        "the devices and softphone feeding a member's lamp), what the gateway did with each\n"
+        "report (accepted; ignored as out of order, and why; a late word about an ended\n"
+        "call), which report was dropped as the same call shown once, and why the lamp is\n"
+        "what it is now. Reads the shared state (Redis) of a running or stopped gateway.\n"
+        "Numbers are hidden unless --numbers is given; --as CLIENT shows exactly what that\n"
+        "client's rights let it see. See docs/admin.md.",
+        epilog="examples:\n  blf-gateway explain 201 --config gateway.toml\n"
+        "  blf-gateway explain alice --config gateway.toml --as carol\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("target", metavar="DEVICE|CLIENT",
+                    help="a device id, or a client name (its member lamp)")
+    with_config(sp)
+    who = sp.add_mutually_exclusive_group()
+    who.add_argument("--as", dest="as_client", metavar="CLIENT",
+                     help="tell it as CLIENT may see it (its rights on numbers; refused "
+                     "where CLIENT may not see the target)")
+    who.add_argument("--numbers", action="store_true",
+                     help="show callers' and dialled numbers (they are hidden otherwise)")
+    sp.add_argument("--json", action="store_true", help="the explanation as JSON")
+    sp.set_defaults(func=cmd_explain)
     return p
 
 

@@ -19,6 +19,7 @@ from .config import Config
 from .journal import Journal
 from .model import ClientState, Presence
 from .panels.engine import Engine
+from .recorder import Recorder
 from .store import Store, encode_client
 
 __all__ = ["Clients", "ClientSession"]
@@ -42,8 +43,10 @@ class Clients:
     """
 
     def __init__(self, store: Store, engine: Callable[[], Engine], journal: Journal,
-                 config: Callable[[], Config]) -> None:
+                 config: Callable[[], Config], recorder: Recorder | None = None) -> None:
         self.store = store
+        # Notes every softphone report and what became of it (lamp provenance).
+        self.recorder = recorder
         self._engine = engine
         self.journal = journal
         self._config = config
@@ -143,7 +146,14 @@ class Clients:
             table.load(self.current(client).softphone)
         now = time.time()
         table.expire(now)
-        if table.apply(report, now):
+        # Applied through the recorder: the report and what became of it are kept for
+        # `blf-gateway explain` and the admin view.
+        sessions = self.sessions.get(client) or ()
+        address = next(iter(sessions)).address if sessions else ""
+        changed = (self.recorder.softphone(client, table, report, address, now)
+                   if self.recorder is not None and self.recorder.enabled
+                   else table.apply(report, now))
+        if changed:
             calls = table.snapshot()
             await self._update(client, lambda s: replace(s, softphone=calls))
             ended = table.take_ended()

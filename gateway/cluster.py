@@ -43,8 +43,11 @@ class Cluster:
         config: Callable[[], Config],
         start_source: Callable[[str], Awaitable[None]],
         stop_source: Callable[[str], Awaitable[None]],
+        orphaned: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
+        # Told (device, dead process) when the janitor turns a device unknown: provenance.
+        self._orphaned = orphaned
         self.pid = pid
         self._config = config
         self._start_source = start_source
@@ -99,6 +102,8 @@ class Cluster:
                 log.warning("device %s: its owner process %s is gone: unknown until its "
                             "source reports again", device, pid)
                 await self.store.publish([("device", device, encode_device(DeviceState(device)))])
+                if self._orphaned is not None:
+                    self._orphaned(device, pid)
 
     async def release_all(self) -> None:
         """Give the leases back (at shutdown), so another process takes over at once."""

@@ -228,6 +228,9 @@ class ClientCfg(_Model):
     monitor: list[MonitorCfg] = []
     # A hash made by `blf-gateway password` (scrypt); never a clear-text password.
     password_hash: str | None = None
+    # May open the admin view (sources, processes, sessions, every device and its
+    # provenance). Numbers there still follow this client's rights.
+    admin: bool = False
 
     @property
     def display(self) -> str:
@@ -304,8 +307,16 @@ class PickupCfg(_Model):
         return v
 
 
+class ProvenanceCfg(_Model):
+    """Lamp provenance: how many source reports are kept per device (and per softphone),
+    in Redis, for `blf-gateway explain` and the admin view."""
+
+    keep: int = Field(50, ge=0, le=1000)  # 0: provenance off
+
+
 class Config(_Model):
     server: ServerCfg = ServerCfg()
+    provenance: ProvenanceCfg = ProvenanceCfg()
     pickup: PickupCfg = PickupCfg()
     journal: JournalCfg = JournalCfg()
     presence: PresenceCfg = PresenceCfg()

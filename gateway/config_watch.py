@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -57,6 +58,8 @@ class ConfigWatcher:
         self._apply = apply
         self.metrics = metrics
         self._now = asyncio.Event()
+        # The last reload's outcome, for the admin view: {"t", "ok", "errors", "changed"}.
+        self.last: dict | None = None
 
     def reload_now(self) -> None:
         """Re-read the file at once, even if its modification time did not change (SIGHUP,
@@ -75,8 +78,10 @@ class ConfigWatcher:
         seen = self._stamp()
         while True:
             try:
-                await asyncio.wait_for(self._now.wait(), POLL_SECONDS)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._now.wait()
+            except TimeoutError:
                 pass
             forced = self._now.is_set()
             self._now.clear()
@@ -87,18 +92,29 @@ class ConfigWatcher:
             if forced:
                 log.info("reload requested (SIGHUP): re-reading %s", self.path)
             try:
-                new = load_config(self.path)
-            except ConfigError as exc:
-                log.error("configuration %s NOT applied, keeping the last good one:\n  %s",
-                          self.path, "\n  ".join(exc.errors))
-                self.metrics["config_rejected"] += 1
-                continue
-            if new.digest == self._current().digest:
-                if forced:
+                outcome = await self.reload()
+                if forced and outcome["ok"] and not outcome["changed"]:
                     log.info("configuration unchanged")
-                continue
-            try:
-                await self._apply(new)
             except (RedisError, OSError) as exc:
                 log.error("configuration change not applied (Redis away: %s); will retry", exc)
                 seen = None
+
+    async def reload(self) -> dict:
+        """Read the file now and apply it if it is valid and new; returns (and keeps in
+        `last`) the outcome: ok, the errors of a refused file, whether anything changed.
+        RedisError/OSError: valid, but it could not be applied now."""
+        t = time.time()
+        try:
+            new = load_config(self.path)
+        except ConfigError as exc:
+            log.error("configuration %s NOT applied, keeping the last good one:\n  %s",
+                      self.path, "\n  ".join(exc.errors))
+            self.metrics["config_rejected"] += 1
+            self.last = {"t": t, "ok": False, "errors": list(exc.errors), "changed": False}
+            return self.last
+        if new.digest == self._current().digest:
+            self.last = {"t": t, "ok": True, "errors": [], "changed": False}
+            return self.last
+        await self._apply(new)
+        self.last = {"t": t, "ok": True, "errors": [], "changed": True}
+        return self.last

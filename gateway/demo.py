@@ -11,9 +11,12 @@ import asyncio
 import json
 import logging
 import random
+import re
+import socket
 from dataclasses import dataclass, field
 
-__all__ = ["DEMO_CONFIG", "DEMO_LOGINS", "SimulatedPbx", "demo_config_text"]
+__all__ = ["DEMO_CONFIG", "DEMO_LOGINS", "SimulatedPbx", "demo_config_text", "set_listen",
+           "port_in_use", "free_port"]
 
 log = logging.getLogger("gateway.demo")
 
@@ -82,6 +85,8 @@ def demo_config_text(listen: str = "127.0.0.1:8765", bridge: str = "127.0.0.1:70
         elif name == "bob":
             out += ['blf = { devices = "first", softphone = true }',
                     'monitor = [ { device = "231", clip = false, pickup = false } ]']
+        elif name == "mallory":
+            out += ["admin = true  # the switchboard's admin view: why each lamp is what it is"]
         out.append("")
     out += [
         "[[clients]]",
@@ -116,6 +121,40 @@ def demo_config_text(listen: str = "127.0.0.1:8765", bridge: str = "127.0.0.1:70
 
 
 DEMO_CONFIG = demo_config_text()
+
+
+def set_listen(text: str, section: str, value: str) -> str:
+    """The demo configuration `text` with `listen` of `[section]` set to `value` (the rest of
+    the file, with whatever the user edited, kept as it is)."""
+    pattern = re.compile(r"(^\[" + re.escape(section) + r"\][^\[]*?^listen\s*=\s*)\"[^\"]*\"",
+                         re.M | re.S)
+    new, n = pattern.subn(lambda m: m.group(1) + json.dumps(value), text, count=1)
+    if n == 0:  # no such key (edited away): add it under the section, or the section too
+        header = re.search(r"^\[" + re.escape(section) + r"\]\s*$", text, re.M)
+        line = f"listen = {json.dumps(value)}"
+        if header:
+            return text[: header.end()] + "\n" + line + text[header.end():]
+        return text.rstrip("\n") + f"\n\n[{section}]\n{line}\n"
+    return new
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a server could not listen on host:port now (someone else does)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        # As asyncio's servers do: a port left in TIME_WAIT is free to take.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str) -> int:
+    """A port the system says is free on `host`."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 _EXTERNAL = [
     ("+4930123456", "Miller Ltd"),

@@ -26,6 +26,7 @@ from .linesource import Lines, LineSource, Report
 from .model import Call, DeviceState, DeviceStatus
 from .panels.engine import Delta, Engine
 from .publisher import Publisher
+from .recorder import Recorder
 from .sip.service import SipService
 from .store import Store
 from .tapi.access import BridgeAccess, SecretFile
@@ -45,8 +46,12 @@ class LineSources:
     """Trackers and running sources (see the module docstring)."""
 
     def __init__(self, config: Callable[[], Config], publisher: Publisher, journal: Journal,
-                 store: Store, engine: Callable[[], Engine]) -> None:
+                 store: Store, engine: Callable[[], Engine],
+                 recorder: Recorder | None = None) -> None:
         self._config = config
+        # With a recorder, every report and what its tracker did with it is kept as lamp
+        # provenance (gateway.recorder); the tracker's decisions are the same either way.
+        self.recorder = recorder
         self.publisher = publisher
         self.journal = journal
         self.store = store
@@ -94,7 +99,9 @@ class LineSources:
         if tracker is None:
             return
         now = time.time()
-        if len(reports) == 1:  # the common case: one bridge line
+        if self.recorder is not None and self.recorder.enabled:
+            states = self.recorder.reports(source, tracker, reports, now)
+        elif len(reports) == 1:  # the common case: one bridge line
             (r,) = reports
             states = tracker.call(r, now) if isinstance(r, CallReport) else tracker.service(r, now)
         else:
@@ -114,7 +121,9 @@ class LineSources:
         tracker = self.trackers.get(source)
         if tracker is None:
             return
-        lost = tracker.connection_lost(conn)
+        lost = (self.recorder.lost(source, tracker, conn)
+                if self.recorder is not None and self.recorder.enabled
+                else tracker.connection_lost(conn))
         if lost:
             log.warning("%s connection %s lost: %d device(s) unknown until it reports them "
                         "again", _LABEL[source], conn or "", len(lost))
@@ -208,7 +217,13 @@ class LineSources:
         are down); the publisher writes them on its last flush."""
         for name in ("sip", "ami", "tapi_bridge"):
             await self.stop(name)
-        self.publisher.put([s for t in self.trackers.values() for s in t.connection_lost()])
+        for source, tracker in self.trackers.items():
+            if self.recorder is not None and self.recorder.enabled:
+                self.publisher.put(self.recorder.lost(
+                    source, tracker, None, reason="the gateway process that held its source "
+                    "stopped: unknown until a process reports it again"))
+            else:
+                self.publisher.put(tracker.connection_lost())
 
     # -- configuration reload, Redis reload ---------------------------------------------------
 

@@ -67,6 +67,26 @@ class Status:
         }
         return (200 if redis_up else 503), body
 
+    def process_entry(self) -> dict:
+        """This process's sources and sessions, for its health entry in Redis (the admin
+        view shows every process's)."""
+        cfg = self._config()
+        leases = self.cluster.leases
+        sources: dict[str, dict] = {}
+        bridge = self.sources.bridge
+        if bridge is not None:
+            sources["tapi_bridge"] = {"up": bridge.connections > 0,
+                                      "connections": bridge.connections,
+                                      "lines_in": bridge.lines_in, "lines_bad": bridge.lines_bad}
+        if cfg.sources.ami is not None and "ami" in leases:
+            sources["ami"] = {"up": self._ami_connected()}
+        if cfg.sources.sip is not None and "sip" in leases:
+            sources["sip"] = {"up": self.sources.sip is not None}
+        return {"sources": sources, "leases": sorted(leases),
+                "sessions": sum(len(s) for s in self.clients.sessions.values()),
+                "started": round(self.started, 3),
+                "redis_latency": round(self.cluster.redis_latency, 6)}
+
     def metrics_text(self) -> str:
         """The Prometheus text exposition (version 0.0.4)."""
         cfg = self._config()

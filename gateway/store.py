@@ -60,6 +60,8 @@ K_ALIVE = PREFIX + "alive:"
 K_OWNERS = PREFIX + "owners"
 K_LEASE = PREFIX + "lease:"
 K_OP = PREFIX + "op:"
+K_PROV = PREFIX + "prov:"  # {blf}:prov:dev:ID, {blf}:prov:cli:NAME: lamp provenance lists
+K_HEALTH = PREFIX + "health"  # process id -> JSON: its sources' health, for the admin view
 
 # How many changes the log keeps: a process (or a client resuming with `since`) that is
 # further behind than this reloads the full state instead.
@@ -412,6 +414,18 @@ class Store:
     async def failures(self, client: str) -> int:
         return int(await self.redis.get(K_FAIL + client) or 0)
 
+    async def failed_logins(self, limit: int = 1000) -> dict[str, int]:
+        """Clients with failed logins in their window, and how many (at most `limit`)."""
+        keys = []
+        async for k in self.redis.scan_iter(match=K_FAIL + "*", count=1000):
+            keys.append(k)
+            if len(keys) >= limit:
+                break
+        if not keys:
+            return {}
+        return {k[len(K_FAIL):]: int(v) for k, v in zip(keys, await self.redis.mget(keys))
+                if v is not None}
+
     async def clear_failures(self, client: str) -> None:
         await self.redis.delete(K_FAIL + client)
 
@@ -452,6 +466,50 @@ class Store:
         script = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
                   "redis.call('DEL', KEYS[1]) end")
         await self.redis.eval(script, 1, K_LEASE + name, pid)
+
+
+    # -- lamp provenance and health (`blf-gateway explain`, the admin view) -------------------
+
+    async def append_provenance(self, items: dict[tuple[str, str], list[str]],
+                                keep: int) -> None:
+        """Append records (JSON) to the provenance lists of devices ("dev", ID) and clients'
+        softphones ("cli", NAME), each list capped at its newest `keep`: one round trip."""
+        if not items:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (kind, ident), texts in items.items():
+                key = f"{K_PROV}{kind}:{ident}"
+                pipe.rpush(key, *texts)
+                pipe.ltrim(key, -keep, -1)
+            await pipe.execute()
+
+    async def read_provenance(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+        """The kept records (JSON, oldest first) of each ("dev", ID) / ("cli", NAME)."""
+        if not keys:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for kind, ident in keys:
+                pipe.lrange(f"{K_PROV}{kind}:{ident}", 0, -1)
+            return dict(zip(keys, await pipe.execute()))
+
+    async def set_health(self, pid: str, value: str) -> None:
+        """This process's health entry (JSON): its sources, sessions, when written."""
+        await self.redis.hset(K_HEALTH, pid, value)
+
+    async def health(self) -> dict[str, str]:
+        """Every live process's health entry; entries of dead processes are removed."""
+        entries = await self.redis.hgetall(K_HEALTH)
+        alive = await self.alive()
+        dead = [pid for pid in entries if pid not in alive]
+        if dead:
+            await self.redis.hdel(K_HEALTH, *dead)
+        return {pid: v for pid, v in entries.items() if pid in alive}
+
+    async def lease_holders(self, names: list[str]) -> dict[str, str | None]:
+        """Which process holds each source lease (None: nobody)."""
+        if not names:
+            return {}
+        return dict(zip(names, await self.redis.mget([K_LEASE + n for n in names])))
 
 
 

@@ -1,11 +1,19 @@
 // The switchboard page: login, session (token reconnect with backoff), subscriptions, pickup.
 import { Connection, backoffDelay, gatewayUrl } from './connection.js';
 import { Board } from './board.js';
+import { AdminView } from './admin.js';
 
 const $ = (id) => document.getElementById(id);
 const STORAGE_KEY = 'blf.session';
 const OFFLINE_AFTER_ATTEMPTS = 6;   // 0.5+1+2+4+8+10 s of failures: call it offline
 const PICKUP_TIMEOUT_MS = 15000;
+// A pickup whose answer was lost with the connection is re-sent (same `op`: the gateway
+// answers a repeated op like the first, never carries it out twice) if the connection is
+// back within this time; after it the call has most likely stopped ringing, and the page
+// says the outcome is unknown instead of acting on an old answer.
+const PICKUP_RESEND_MS = 20000;
+const resendMs = () => window.__blf.pickupResendMs || PICKUP_RESEND_MS;  // tests shorten it
+const PICKUP_UNKNOWN = 'Connection lost: whether the pickup happened is unknown. Check your phone';
 const RESULT_TTL_MS = 8000;
 
 const LOGIN_ERRORS = {
@@ -71,6 +79,7 @@ class App {
     this.hooks.connState = 'offline';
     this.hooks.reconnects = 0;
     $('gateway-url').textContent = this.url;
+    this.admin = new AdminView(this);
     this._wire();
     this._resume();
   }
@@ -164,6 +173,7 @@ class App {
 
   _showLogin(message, kind = 'error') {
     this.mode = 'login';
+    if (this.admin) this.admin.setAllowed(false);
     $('login-view').hidden = false;
     $('board-view').hidden = true;
     $('topbar').hidden = true;
@@ -182,7 +192,7 @@ class App {
 
   _showBoard() {
     $('login-view').hidden = true;
-    $('board-view').hidden = false;
+    $('board-view').hidden = !!(this.admin && this.admin.open);
     $('topbar').hidden = false;
   }
 
@@ -276,7 +286,11 @@ class App {
       return;
     }
     try {
-      const welcome = await conn.request({ type: 'login', client, password, batch: true });
+      // An empty field sends no `password` at all: a client whose administrator set
+      // "send the password at next login" has none yet (contract section 4).
+      const req = { type: 'login', client, batch: true };
+      if (password !== '') req.password = password;
+      const welcome = await conn.request(req);
       $('login-password').value = '';
       this._established(conn, welcome, client);
     } catch (e) {
@@ -313,6 +327,9 @@ class App {
     this.board.setPanels(Array.isArray(welcome.panels) ? welcome.panels.map(String) : []);
     this.board.setMonitors(welcome.monitors);
     this._subscribeAll(conn);
+    this._resendPickups();
+    this.admin.setAllowed(welcome.admin === true);
+    if (this.admin.open) this.admin.refresh();
 
     if (welcome.password) this._showPassword(String(welcome.password));
     const offline = Number(welcome.offline_calls) || 0;
@@ -396,7 +413,7 @@ class App {
     banner.textContent = `Connection to the gateway lost at ${timeOfDay(this.lostAt)}. ` +
       'The board shows the last known state and may be out of date.';
     banner.hidden = false;
-    for (const [op, p] of this.pickups) this._finishPickup(op, 'error', 'Connection lost before the answer');
+    for (const [op, p] of this.pickups) this._pickupInDoubt(op, p);
     this._scheduleReconnect();
   }
 
@@ -450,6 +467,7 @@ class App {
       if (this.mode !== 'reconnecting') return;
       if (e.code === 'auth_failed' || e.code === 'unauthenticated') {
         this._forget();
+        for (const [op] of this.pickups) this._finishPickup(op, null, '');
         this.board.clear();
         this.conn = null;
         this._showLogin('Your session has ended (it expired or your password changed). Please log in again.');
@@ -492,21 +510,58 @@ class App {
       return;
     }
     const op = makeOp();
-    const timer = setTimeout(() => this._finishPickup(op, 'error', 'No answer from the gateway'), PICKUP_TIMEOUT_MS);
-    this.pickups.set(op, { target, timer, name });
+    this.pickups.set(op, { target, timer: null, name, lostAt: null });
     this.board.setPickup(target, 'pending', 'Picking up\u2026');
     this._announce(`Picking up the call for ${name}`);
     this.hooks.pickupsSent = (this.hooks.pickupsSent || 0) + 1;
-    const req = { type: 'pickup', ...target, op };
-    this.conn.request(req).then(() => {
+    this._sendPickup(op);
+  }
+
+  /** Send (or re-send, with the same `op`) pickup `op` on the current connection. */
+  _sendPickup(op) {
+    const p = this.pickups.get(op);
+    if (!p) return;
+    const conn = this.conn;
+    clearTimeout(p.timer);
+    p.timer = setTimeout(() => this._finishPickup(op, 'error', 'No answer from the gateway'), PICKUP_TIMEOUT_MS);
+    p.lostAt = null;
+    const req = { type: 'pickup', ...p.target, op };
+    conn.request(req).then(() => {
       // `ok`: accepted; the outcome follows as `action` (our phone dials) or `pickup_result`.
     }, (e) => {
+      // The connection dropped before the answer: _lost() keeps the pickup, and it is
+      // re-sent with the same op once we are back.
+      if (e.code === 'closed' && (conn !== this.conn || this.mode !== 'live')) return;
       const [state, base] = PICKUP_ERRORS[e.code] || ['error', 'Pickup failed'];
       let text = base;
       if (e.code === 'conflict') text = `${base}: ${e.message || 'the call is being taken'}`;
       else if (state === 'error' && e.message && !PICKUP_ERRORS[e.code]) text = `${base}: ${e.message}`;
       this._finishPickup(op, state, text);
     });
+  }
+
+  /** The connection dropped with pickup `op` unanswered: wait for the reconnect to re-send
+   *  it; if that takes too long, say that its outcome is unknown. */
+  _pickupInDoubt(op, p) {
+    if (p.lostAt !== null) return;
+    clearTimeout(p.timer);
+    p.lostAt = performance.now();
+    p.timer = setTimeout(() => this._finishPickup(op, 'unknown', PICKUP_UNKNOWN, { ttl: ACTION_TTL_MS }),
+      resendMs());
+    this.board.setPickup(p.target, 'pending', 'Connection lost: the pickup will be sent again\u2026');
+  }
+
+  _resendPickups() {
+    for (const [op, p] of this.pickups) {
+      if (p.lostAt === null) continue;
+      if (performance.now() - p.lostAt > resendMs()) {
+        this._finishPickup(op, 'unknown', PICKUP_UNKNOWN, { ttl: ACTION_TTL_MS });
+        continue;
+      }
+      this.hooks.pickupsResent = (this.hooks.pickupsResent || 0) + 1;
+      this.board.setPickup(p.target, 'pending', 'Picking up\u2026');
+      this._sendPickup(op);
+    }
   }
 
   /** `action` pickup: the gateway holds the call for us; our own phone must dial to take it. */

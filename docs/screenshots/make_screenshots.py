@@ -1,9 +1,11 @@
-"""Make docs/screenshots/board.png and board-tablet.png from `blf-gateway demo`.
+"""Make docs/screenshots/board.png, board-tablet.png and admin.png from `blf-gateway demo`.
 
-    .venv/bin/python docs/screenshots/make_screenshots.py
+    .venv/bin/python docs/screenshots/make_screenshots.py [NAME.png ...]
 
 Runs the demo (its own process, temporary state), logs in as alice / alice-demo in headless
-chromium and waits until the simulated office has several lamps ringing and busy.
+chromium and waits until the simulated office has several lamps ringing and busy; for the
+admin view, as mallory / mallory-demo, with the story of a ringing line. Names given: only
+those pictures.
 """
 
 from __future__ import annotations
@@ -58,7 +60,10 @@ def main() -> int:
                 time.sleep(0.3)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            wanted = set(sys.argv[1:]) or {"board.png", "board-tablet.png", "admin.png"}
             for name, viewport in (("board.png", (1920, 1080)), ("board-tablet.png", (1024, 768))):
+                if name not in wanted:
+                    continue
                 ctx = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
                                           reduced_motion="reduce")
                 page = ctx.new_page()
@@ -72,6 +77,23 @@ def main() -> int:
                 page.screenshot(path=str(HERE / name))
                 ctx.close()
                 print(HERE / name, (HERE / name).stat().st_size, "bytes")
+            if "admin.png" in wanted:
+                ctx = browser.new_context(viewport={"width": 1920, "height": 1080},
+                                          reduced_motion="reduce")
+                page = ctx.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.fill("#login-client", "mallory")
+                page.fill("#login-password", "mallory-demo")
+                page.click("#login-submit")
+                page.wait_for_selector("#admin-toggle:not([hidden])", timeout=20000)
+                page.click("#admin-toggle")
+                ringing = '#admin-devices li[data-lamp="ringing"]'
+                page.wait_for_selector(ringing, timeout=120000)
+                page.click(ringing)
+                page.wait_for_selector("#admin-explain:not([hidden])", timeout=10000)
+                page.screenshot(path=str(HERE / "admin.png"))
+                ctx.close()
+                print(HERE / "admin.png", (HERE / "admin.png").stat().st_size, "bytes")
             browser.close()
     finally:
         if demo.poll() is None:

@@ -35,6 +35,9 @@ __all__ = [
     "Delta",
     "SHOWN_ONCE_WINDOW",
     "same_call",
+    "why_same_call",
+    "ShownOnce",
+    "shown_once",
 ]
 
 # Two reports of one call (a softphone's and a line's) start within this many seconds of each
@@ -96,9 +99,57 @@ def same_call(softphone: Call, line: Call, window: float = SHOWN_ONCE_WINDOW) ->
     )
 
 
+def why_same_call(softphone: Call, line: Call, window: float = SHOWN_ONCE_WINDOW) -> str | None:
+    """Why `same_call` holds, in words (None where it does not): for provenance."""
+    if not same_call(softphone, line, window):
+        return None
+    if softphone.link and line.link:
+        return "the same call identity on both reports"
+    gap = abs(softphone.since - line.since)
+    number = ("same remote number" if softphone.remote is not None
+              else "no number on either")
+    return (f"same direction, {number}, started {gap:.1f} s apart "
+            f"(within {window:g} s)")
+
+
 # How far a call has got: answered (or held) is further than still setting up.
 _PROGRESS = {CallState.DIALING: 0, CallState.RINGING: 0, CallState.CONNECTED: 1,
              CallState.HELD: 1}
+
+
+@dataclass(frozen=True, slots=True)
+class ShownOnce:
+    """A softphone report dropped because a feeding line reports the same call: the line's
+    call is shown (at the furthest progress either report has seen)."""
+
+    softphone: Call
+    line: Call  # the line's call as reported (before taking the softphone's progress)
+    reason: str
+
+
+def shown_once(softphone: Iterable[Call], line_calls: list[Call],
+               window: float = SHOWN_ONCE_WINDOW) -> tuple[list[Call], list[Call], list[ShownOnce]]:
+    """The shown-once rule: (line calls as shown, softphone calls still shown, the softphone
+    reports dropped and why). Each line call absorbs at most one softphone call."""
+    line_calls = list(line_calls)
+    shown_sp: list[Call] = []
+    dropped: list[ShownOnce] = []
+    taken: set[str] = set()
+    for sp in softphone:
+        i = next((i for i, c in enumerate(line_calls)
+                  if c.id not in taken and same_call(sp, c, window)), None)
+        if i is None:
+            shown_sp.append(sp)
+            continue
+        match = line_calls[i]
+        taken.add(match.id)
+        dropped.append(ShownOnce(sp, match, why_same_call(sp, match, window) or ""))
+        if _PROGRESS[sp.state] > _PROGRESS[match.state]:
+            # The two reports of one call arrive in either order: show the furthest either
+            # has seen, so the lamp never steps back (busy -> outgoing) when the slower
+            # report catches up.
+            line_calls[i] = replace(match, state=sp.state, since=sp.since)
+    return line_calls, shown_sp, dropped
 
 
 def _sort_calls(calls: Iterable[Call]) -> tuple[Call, ...]:
@@ -281,20 +332,7 @@ class Engine:
             line_calls.extend(dstate.calls)
         shown_sp: list[Call] = []
         if cfg.blf.softphone:
-            taken: set[str] = set()
-            for sp in state.softphone:
-                i = next((i for i, c in enumerate(line_calls)
-                          if c.id not in taken and same_call(sp, c)), None)
-                if i is None:
-                    shown_sp.append(sp)
-                    continue
-                match = line_calls[i]
-                taken.add(match.id)
-                if _PROGRESS[sp.state] > _PROGRESS[match.state]:
-                    # The two reports of one call arrive in either order: show the furthest
-                    # either has seen, so the lamp never steps back (busy -> outgoing) when
-                    # the slower report catches up.
-                    line_calls[i] = replace(match, state=sp.state, since=sp.since)
+            line_calls, shown_sp, _ = shown_once(state.softphone, line_calls)
         lamps.extend(call_lamp(c) for c in line_calls)
         lamps.extend(call_lamp(c) for c in shown_sp)
         if not feeding:

@@ -26,6 +26,7 @@ __all__ = [
     "render_member",
     "render_device",
     "rights_json",
+    "number_policy",
 ]
 
 
@@ -156,3 +157,45 @@ def rights_json(rights: Rights) -> dict:
         "pickup": rights.pickup,
         "presence": rights.presence,
     }
+
+
+def number_policy(config: Config, watcher: str | None, default: str = "none"):  # noqa: ANN201
+    """What `watcher` may see of numbers in lamp provenance, per topic, as "all", "inbound"
+    or "none": ("device", ID) -> the most permissive of its own right on the device (its
+    main device: all; a monitor right: its clip) and the `numbers` right of every visible
+    group it shares with the device's owners; ("softphone", CLIENT) -> all for its own
+    softphone, else the most permissive of the visible groups it shares with CLIENT. A group
+    whose `calls` right is off shows no calls at all, so it gives no number either. Where no
+    right applies: `default`. watcher None: `default` everywhere (the command line)."""
+
+    def shown(r: Rights) -> str:
+        return r.numbers if r.calls else "none"
+
+    def groups_with(members: set[str]) -> list[str]:
+        assert watcher is not None
+        out = []
+        for g in config.groups:
+            if watcher in g.members and members & set(g.members):
+                r = g.rights_of(watcher)
+                if r.visible:
+                    out.append(r.numbers if r.calls else "none")
+        return out
+
+    def policy(kind: str, ident: str) -> str:
+        if watcher is None or watcher not in config.client_by_name:
+            return default
+        found: list[str] = []
+        if kind == "device":
+            if ident not in config.device_by_id:
+                return default
+            own = device_rights(config.client_by_name[watcher], ident)
+            if own is not None:
+                found.append(shown(own))
+            found += groups_with({c.name for c in config.owners_of(ident)})
+        elif ident == watcher:
+            return "all"
+        else:
+            found += groups_with({ident})
+        return max(found, key=_NUMBERS_ORDER.__getitem__, default=default)
+
+    return policy

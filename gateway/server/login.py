@@ -60,6 +60,11 @@ class Auth:
         self._config = config
         self._attempts: dict[str, deque[float]] = {}
 
+    def attempts(self, now: float) -> dict[str, int]:
+        """Login attempts per remote address within the last minute (`now`: monotonic)."""
+        return {a: n for a, w in list(self._attempts.items())
+                if (n := sum(1 for t in w if t > now - 60.0))}
+
     def _limited(self, address: str, now: float) -> bool:
         window = self._attempts.setdefault(address, deque())
         while window and window[0] <= now - 60.0:
@@ -127,7 +132,8 @@ class Auth:
             ) and stored is not None
         if not ok:
             audit.warning("login failed: client %r from %s (%s)", cfg.name, session.address,
-                          "bad token" if req.token is not None else "bad password")
+                          "bad token" if req.token is not None
+                          else "bad password" if req.password is not None else "no password")
             await store.count_failure(cfg.name, CLIENT_FAILURE_WINDOW)
             raise WireError("auth_failed", FAILED, req.id)
         if failures:
@@ -167,4 +173,6 @@ class Auth:
             welcome["id"] = req.id
         if transferred is not None:
             welcome["password"] = transferred
+        if cfg.admin:
+            welcome["admin"] = True  # the client may use the admin requests (docs/admin.md)
         return welcome

@@ -35,8 +35,12 @@ from ..panels.rights import (
 from ..pickup import Pickups
 from ..store import Store
 from .hub import WRITE_HIGH_WATER, Hub, Outbox, Topic, dumps
+from .admin import Admin
 from .login import Auth
 from .wire import (
+    AdminOverview,
+    AdminReload,
+    Explain,
     Journal,
     JournalAck,
     Login,
@@ -69,8 +73,10 @@ class SessionFactory:
 
     def __init__(self, *, config: Callable[[], Config], engine: Callable[[], Engine],
                  hub: Hub, clients: Clients, auth: Auth, pickups: Pickups,
-                 journal: CallJournal, store: Store, metrics: Counter[str]) -> None:
+                 journal: CallJournal, store: Store, metrics: Counter[str],
+                 admin: Admin | None = None) -> None:
         self.config = config
+        self.admin = admin  # the admin requests (None: not offered by this gateway)
         self.engine = engine
         self.hub = hub
         self.clients = clients
@@ -318,7 +324,26 @@ class Session:
         await self.svc.store.ack_offline(self.client, upto)  # type: ignore[arg-type]
         self.send({"type": "ok", "id": req.id})
 
+    def _admin_service(self, req: AdminOverview | Explain | AdminReload) -> Admin:
+        Admin.check(self.svc.config(), self.client, req.id)
+        if self.svc.admin is None:
+            raise WireError("unavailable", "the admin view is not available here", req.id)
+        return self.svc.admin
+
+    async def _admin_overview(self, req: AdminOverview) -> None:
+        self.send(await self._admin_service(req).overview(req.id))
+
+    async def _explain(self, req: Explain) -> None:
+        admin = self._admin_service(req)
+        self.send(await admin.explain(self.client, req.device, req.client, req.id))  # type: ignore[arg-type]
+
+    async def _admin_reload(self, req: AdminReload) -> None:
+        self.send(await self._admin_service(req).reload(req.id))
+
     _handlers = {
+        AdminOverview: _admin_overview,
+        Explain: _explain,
+        AdminReload: _admin_reload,
         Login: _login,
         Subscribe: _subscribe,
         Unsubscribe: _unsubscribe,

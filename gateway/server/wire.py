@@ -31,6 +31,9 @@ __all__ = [
     "Journal",
     "JournalAck",
     "PresenceSet",
+    "AdminOverview",
+    "Explain",
+    "AdminReload",
     "Request",
 ]
 
@@ -109,14 +112,34 @@ class PresenceSet(_Req):
     locked: bool | None = None  # the client's screen is locked (logged_in: "locked")
 
 
+class AdminOverview(_Req):
+    """Admins only (docs/admin.md): sources, processes, devices, sessions, limits."""
+
+    type: Literal["admin_overview"]
+
+
+class Explain(_Req):
+    """Admins only: why a device's or a member's lamp is what it is (its provenance)."""
+
+    type: Literal["explain"]
+    device: Short | None = None
+    client: Short | None = None
+
+
+class AdminReload(_Req):
+    """Admins only: read the configuration file now; the reply says what became of it."""
+
+    type: Literal["admin_reload"]
+
+
 Request = Annotated[
     Union[Login, Subscribe, Unsubscribe, SelectDevice, Softphone, Pickup, Journal, JournalAck,
-          PresenceSet],
+          PresenceSet, AdminOverview, Explain, AdminReload],
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter = TypeAdapter(Request)
 _TYPES = {"login", "subscribe", "unsubscribe", "select_device", "softphone", "pickup",
-          "journal", "journal_ack", "presence"}
+          "journal", "journal_ack", "presence", "admin_overview", "explain", "admin_reload"}
 
 
 def _describe(exc: ValidationError) -> str:
@@ -163,8 +186,12 @@ def parse_request(text: str | bytes) -> Any:
         or (req.device is not None and req.panel is None and req.member is None)
     ):
         raise WireError("bad_request", "pickup: give 'panel' and 'member', or 'device'", msg_id)
-    if isinstance(req, Login) and (req.password is None) == (req.token is None):
-        raise WireError("bad_request", "login: give exactly one of 'password' or 'token'", msg_id)
+    # Neither is allowed: a client marked "send the password at next login" has none yet
+    # (contract section 4); for any other client such a login fails like a wrong password.
+    if isinstance(req, Explain) and (req.device is None) == (req.client is None):
+        raise WireError("bad_request", "explain: give exactly one of 'device' or 'client'", msg_id)
+    if isinstance(req, Login) and req.password is not None and req.token is not None:
+        raise WireError("bad_request", "login: give 'password' or 'token', not both", msg_id)
     return req
 
 

@@ -123,6 +123,11 @@ first_name = "Erin"
 last_name = "Evans"
 devices = ["205"]
 
+[[clients]]
+name = "frank"
+first_name = "Frank"
+last_name = "Fischer"
+
 [[groups]]
 name = "desk"
 members = ["alice", "bob", "carol"]
@@ -238,6 +243,8 @@ def gateway(tmp_path_factory):
     for client, pw in PASSWORDS.items():
         gw.set_password(client, pw)
     r = gw.cli("password", "erin", "--at-next-login")
+    assert r.returncode == 0, r.stderr
+    r = gw.cli("password", "frank", "--at-next-login")
     assert r.returncode == 0, r.stderr
     gw.start()
     yield gw
@@ -712,6 +719,77 @@ def test_password_transfer_is_shown_once(page, gateway):
     dialog.wait_for(state="hidden", timeout=3000)
     # Shown once: gone from the page after it is acknowledged.
     page.wait_for_function("() => document.getElementById('pw-value').textContent === ''", timeout=3000)
+
+
+def test_first_login_with_an_empty_password_field(page, gateway):
+    # frank was marked --at-next-login and has no password yet: he leaves the field empty,
+    # the page sends no `password` at all, and he is shown the one the gateway made for him.
+    login(page, gateway, "frank", password="", panels=False)
+    page.locator("#password-dialog").wait_for(state="visible", timeout=5000)
+    sent = [m for m in page.frames_log.sent_json() if m.get("type") == "login"]
+    assert len(sent) == 1 and "password" not in sent[0] and "token" not in sent[0], sent
+    shown = page.locator("#pw-value").inner_text().strip()
+    assert len(shown) >= 12
+    page.click("#pw-ok")
+    # The mark is used up: an empty field now gets the ordinary refusal.
+    page.click("#logout")
+    page.fill("#login-client", "frank")
+    page.fill("#login-password", "")
+    page.click("#login-submit")
+    page.locator("#login-message").filter(has_text="Wrong client name or password").wait_for(
+        timeout=10000)
+    # And the password he was shown works.
+    page.fill("#login-password", shown)
+    page.click("#login-submit")
+    page.wait_for_selector("#board-view:not([hidden])", timeout=10000)
+
+
+def _drop_connection_with_pickup_in_flight(page, panel: str, member: str) -> None:
+    """Click-equivalent pickup, then the socket drops in the same instant: the request has
+    left, its answer never arrives on this connection."""
+    page.evaluate("""([panel, member]) => { const a = window.__blf.app;
+        const target = {panel, member};
+        a.pickup(target, a.board.lookup(target));
+        a.conn.ws.close(); }""", [panel, member])
+
+
+def test_pickup_in_flight_is_resent_after_a_reconnect(page, gateway):
+    login(page, gateway, "alice")
+    gateway.call("L203", "c-carol-drop", "offering", caller="0899000111", called="203")
+    wait_lamp(page, "desk", "carol", "ringing")
+    _drop_connection_with_pickup_in_flight(page, "desk", "carol")
+    page.wait_for_function("() => window.__blf.reconnects >= 1", timeout=15000)
+    state, text = _outcome(page, "desk", "carol")
+    assert (state, text) == ("dial", "Dial **203 on your phone to take the call"), (state, text)
+    reqs = _pickup_frames(page)
+    # Sent twice, with one op: the gateway answered the repeat from what it recorded.
+    assert len(reqs) == 2 and reqs[0]["op"] == reqs[1]["op"], reqs
+    op = reqs[0]["op"]
+    log = (gateway.tmp / "gateway.log").read_text()
+    assert log.count(f"pickup {op} by alice") == 1, "carried out more than once"
+    gateway.call("L203", "c-carol-drop", "idle")
+    wait_lamp(page, "desk", "carol", "idle")
+
+
+def test_pickup_in_flight_shows_unknown_when_the_gateway_stays_away(page, gateway):
+    login(page, gateway, "alice")
+    page.evaluate("() => { window.__blf.pickupResendMs = 600; }")
+    gateway.call("L202", "c-bob-drop", "offering", caller="0899000222", called="202")
+    wait_lamp(page, "desk", "bob", "ringing")
+    # The gateway is unreachable from now on (the page's reconnects are refused).
+    real_url = page.evaluate("() => window.__blf.app.url")
+    page.evaluate("d => { window.__blf.app.url = d; }", f"ws://127.0.0.1:{free_port()}/ws")
+    _drop_connection_with_pickup_in_flight(page, "desk", "bob")
+    state, text = _outcome(page, "desk", "bob")
+    assert state == "unknown", (state, text)
+    assert text.startswith("Connection lost: whether the pickup happened is unknown"), text
+    _wait_announced(page, "whether the pickup happened is unknown")
+    # Back: the stale answer is not acted on (the pickup is not sent again).
+    page.evaluate("u => { window.__blf.app.url = u; window.__blf.app._retryNow(); }", real_url)
+    page.wait_for_function("() => window.__blf.connState === 'connected'", timeout=15000)
+    assert len(_pickup_frames(page)) == 1
+    gateway.call("L202", "c-bob-drop", "idle")
+    wait_lamp(page, "desk", "bob", "idle")
 
 
 def test_reload_resumes_the_session_with_the_token(page, gateway):

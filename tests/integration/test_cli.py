@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ def cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess
 
 def test_help_explains_every_command():
     out = cli("--help").stdout
-    for cmd in ("run", "demo", "check", "password", "status", "health"):
+    for cmd in ("run", "demo", "check", "password", "status", "health", "explain"):
         assert cmd in out
     assert "--at-next-login" in cli("password", "--help").stdout
 
@@ -85,6 +87,27 @@ async def test_password_at_next_login_is_sent_once(tmp_path, redis_url, start_ga
     third = await (await connect(gw)).request(
         {"type": "login", "client": "carol", "password": first["password"]})
     assert third["type"] == "welcome" and "password" not in third
+
+
+async def test_next_login_needs_no_password_field(tmp_path, redis_url, start_gateway, connect):
+    # Contract section 4: a client marked --at-next-login has no password yet, so its login
+    # may carry neither `password` nor `token`. Anyone else sending that is simply refused.
+    gw = await start_gateway(config(redis_url))
+    f = start_gateway.dir / "gateway.toml"
+    bare = await (await connect(gw)).request({"type": "login", "client": "carol"})
+    assert bare["type"] == "error" and bare["code"] == "auth_failed", bare
+    r = await asyncio.to_thread(cli, "password", "carol", "--config", str(f), "--at-next-login")
+    assert r.returncode == 0, r.stderr
+    first = await (await connect(gw)).request({"type": "login", "client": "carol"})
+    assert first["type"] == "welcome" and len(first["password"]) >= 12, first
+    again = await (await connect(gw)).request({"type": "login", "client": "carol"})
+    assert again["code"] == "auth_failed"  # the mark was used up: a password is needed now
+    both = await (await connect(gw)).request(
+        {"type": "login", "client": "carol", "password": first["password"], "token": "x"})
+    assert both["code"] == "bad_request" and "not both" in both["message"]
+    ok = await (await connect(gw)).request(
+        {"type": "login", "client": "carol", "password": first["password"]})
+    assert ok["type"] == "welcome" and "password" not in ok
 
 
 def test_password_refuses_nologin_and_unknown_clients(tmp_path, redis_url):
@@ -220,6 +243,53 @@ async def test_demo_runs_and_lamps_change(tmp_path):
     assert "Switchboard: http://127.0.0.1:" in out
     assert "alice-demo" in out
     assert proc.returncode == 0, out[-2000:]
+
+
+async def test_demo_moves_off_a_taken_port_and_says_where(tmp_path):
+    # Someone already listens on the port the demo's configuration names (another program,
+    # or a demo started earlier): the demo picks a free port and prints it.
+    from gateway.demo import demo_config_text
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+    state = tmp_path / "demo"
+    state.mkdir()
+    (state / "demo.toml").write_text(
+        demo_config_text(f"127.0.0.1:{taken}", f"127.0.0.1:{free_port()}"))
+    proc = subprocess.Popen([*BIN, "demo", "--state", str(state), "--pace", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = ""
+        while "Switchboard:" not in seen:
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+            assert line, seen
+            seen += line
+        moved = re.search(rf"port {taken} \(web panel and WebSocket\) is in use: the demo "
+                          r"uses (\d+) instead \(set it with --listen HOST:PORT\)", seen)
+        assert moved, seen
+        port = int(moved.group(1))
+        assert f"Switchboard: http://127.0.0.1:{port}/" in seen
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.send(json.dumps({"type": "login", "id": 1, "client": "nobody"}))
+            assert json.loads(await ws.recv())["code"] == "auth_failed"
+        # The configuration now says where the demo is, for the next start.
+        assert f'listen = "127.0.0.1:{port}"' in (state / "demo.toml").read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.to_thread(proc.communicate, timeout=20)
+        busy.close()
+
+    # A port asked for explicitly is not swapped: the demo says which flag to change.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    r = cli("demo", "--state", str(state), "--bridge", f"127.0.0.1:{busy.getsockname()[1]}",
+            timeout=30)
+    busy.close()
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "TAPI bridge listener) is already in use: choose another port with --bridge" in r.stderr
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -96,12 +96,20 @@ def test_field_errors_name_the_field():
     ({"type": "pickup", "panel": "t"}, "pickup: give 'panel' and 'member', or 'device'"),
     ({"type": "pickup", "panel": "t", "member": "b", "device": "1"},
      "pickup: give 'panel' and 'member', or 'device'"),
-    ({"type": "login", "client": "a"}, "login: give exactly one of 'password' or 'token'"),
     ({"type": "login", "client": "a", "password": "p", "token": "t"},
-     "login: give exactly one of 'password' or 'token'"),
+     "login: give 'password' or 'token', not both"),
+    ({"type": "explain", "device": "1", "client": "a"},
+     "explain: give exactly one of 'device' or 'client'"),
+    ({"type": "explain"}, "explain: give exactly one of 'device' or 'client'"),
 ])
 def test_one_of_rules(frame, message):
     assert bad(frame) == message
+
+
+def test_login_may_carry_no_password_at_all():
+    # Contract section 4: a client marked --at-next-login has no password yet.
+    req = parse_request('{"type": "login", "client": "erin"}')
+    assert req.password is None and req.token is None
 
 
 def test_requests_are_frozen():
