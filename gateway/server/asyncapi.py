@@ -44,6 +44,12 @@ REQUESTS: list[tuple[str, Any, str, list[str]]] = [
     ("journal_ack", w.JournalAck, "Remove offline journal entries up to one.",
      ["ok", "error"]),
     ("presence", w.PresenceSet, "Set the client's presence status.", ["ok", "error"]),
+    ("admin_overview", w.AdminOverview, "Admins only: sources, processes, devices, sessions, "
+     "limits.", ["adminOverview", "error"]),
+    ("explain", w.Explain, "Admins only: why a device's or member's lamp is what it is.",
+     ["explanation", "error"]),
+    ("admin_reload", w.AdminReload, "Admins only: re-read the configuration file now.",
+     ["reloadResult", "error"]),
 ]
 
 # (message key, model(s), summary) for what the gateway sends.
@@ -59,6 +65,9 @@ REPLIES: list[tuple[str, Any, str]] = [
     ("journalReply", m.JournalReply, "Journal entries, oldest first."),
     ("action", m.Action, "An instruction for the client's own phone (pickup)."),
     ("pickupResult", m.PickupResult, "The outcome of a pickup the PBX carried out."),
+    ("adminOverview", m.AdminOverviewReply, "The admin view's overview (admins only)."),
+    ("explanation", m.ExplanationReply, "A lamp's provenance told as data and a story."),
+    ("reloadResult", m.ReloadResult, "The outcome of `admin_reload`."),
 ]
 
 # Rules the gateway checks in code (parse_request, the session) that a per-field model cannot
@@ -70,7 +79,9 @@ CROSS_FIELD_RULES: dict[str, dict] = {
         {"type": "integer", "minimum": 0}]}}},
     "Subscribe": {"oneOf": [{"required": ["panel"]}, {"required": ["device"]}]},
     "Unsubscribe": {"oneOf": [{"required": ["panel"]}, {"required": ["device"]}]},
-    "Login": {"oneOf": [{"required": ["password"]}, {"required": ["token"]}]},
+    # Neither password nor token: only a client marked --at-next-login (it has none yet).
+    "Login": {"not": {"required": ["password", "token"]}},
+    "Explain": {"oneOf": [{"required": ["device"]}, {"required": ["client"]}]},
     "Pickup": {"oneOf": [
         {"required": ["panel", "member"], "not": {"required": ["device"]}},
         {"required": ["device"],

@@ -45,6 +45,9 @@ __all__ = [
     "JournalReply",
     "Action",
     "PickupResult",
+    "AdminOverviewReply",
+    "ExplanationReply",
+    "ReloadResult",
     "ServerMessage",
     "parse_server_message",
 ]
@@ -157,6 +160,9 @@ class Welcome(_Msg):
                        "reconnect.")
     password: str | None = Field(None, description="Only on a login that transferred it "
                                  "(`blf-gateway password --at-next-login`).")
+    admin: Literal[True] | None = Field(None, description="Present (true) only for a client "
+                                        "with `admin = true`: it may use the admin requests "
+                                        "(docs/admin.md).")
 
 
 class PanelSnapshot(_Msg):
@@ -287,6 +293,71 @@ class PickupResult(_Msg):
     message: str | None = None
 
 
+# -- admin replies (clients with `admin = true` only; docs/admin.md) ---------------------------
+
+
+class AdminOverviewReply(_Msg):
+    """The reply to `admin_overview`: what the admin view shows. Numbers in it follow the
+    admin's own rights."""
+
+    type: Literal["admin_overview"]
+    id: MessageId = None
+    process: str = Field(description="The process that answered.")
+    t: float = Field(description="When (unix seconds).")
+    processes: list[dict[str, Any]] = Field(description="Gateway processes alive.")
+    sources: list[dict[str, Any]] = Field(description="Line sources and their health.")
+    devices: list[dict[str, Any]] = Field(description="Every device with its lamp.")
+    members: list[dict[str, Any]] = Field(description="Every client with its member lamp.")
+    sessions: list[dict[str, Any]] = Field(description="Sessions of the answering process.")
+    rate_limits: dict[str, Any]
+    config: dict[str, Any] = Field(description="Configuration path, digest, last reload.")
+    provenance: dict[str, Any]
+
+
+class ExplanationReply(_Msg):
+    """The reply to `explain`: why a device's or a member's lamp is what it is, as data and
+    as a story in plain words (`story`, newest last). Numbers follow the admin's rights."""
+
+    type: Literal["explanation"]
+    id: MessageId = None
+    kind: Literal["device", "member"]
+    story: list[str]
+    keep: int = Field(ge=0, description="How many reports are kept per device.")
+    lamp: LampName
+    # a device
+    device: str | None = None
+    name: str | None = None
+    number: str | None = None
+    source: str | None = None
+    line: str | None = None
+    status: str | None = None
+    calls: list[dict[str, Any]] | None = None
+    records: list[dict[str, Any]] | None = None
+    # a member
+    client: str | None = None
+    display: str | None = None
+    mode: str | None = None
+    logged_in: Any = None
+    devices: list[dict[str, Any]] | None = None
+    not_feeding: list[dict[str, Any]] | None = None
+    softphone_on: bool | None = None
+    softphone_calls: list[dict[str, Any]] | None = None
+    shown_calls: list[dict[str, Any]] | None = None
+    dropped: list[dict[str, Any]] | None = None
+    softphone_records: list[dict[str, Any]] | None = None
+
+
+class ReloadResult(_Msg):
+    """The reply to `admin_reload`: what became of the configuration file."""
+
+    type: Literal["reload_result"]
+    id: MessageId = None
+    t: float
+    ok: bool
+    errors: list[str] = Field(description="Every reason a refused file was refused.")
+    changed: bool
+
+
 ServerMessage = Union[
     Welcome,
     PanelSnapshot,
@@ -299,6 +370,9 @@ ServerMessage = Union[
     JournalReply,
     Action,
     PickupResult,
+    AdminOverviewReply,
+    ExplanationReply,
+    ReloadResult,
 ]
 
 # `type` alone does not tell a panel snapshot from a device snapshot: pick by type first
@@ -313,6 +387,9 @@ _BY_TYPE: dict[str, Any] = {
     "journal": JournalReply,
     "action": Action,
     "pickup_result": PickupResult,
+    "admin_overview": AdminOverviewReply,
+    "explanation": ExplanationReply,
+    "reload_result": ReloadResult,
 }
 _ADAPTERS: dict[str, TypeAdapter] = {}
 
@@ -328,3 +405,4 @@ def parse_server_message(raw: dict) -> BaseModel:
     if adapter is None:
         adapter = _ADAPTERS[kind] = TypeAdapter(target)  # type: ignore[index]
     return adapter.validate_python(raw)
+
