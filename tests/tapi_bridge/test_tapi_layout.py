@@ -99,3 +99,49 @@ def test_a_wrong_layout_would_be_caught(tmp_path):
     actual = _compile(tmp_path, rows)
     assert actual[0] == 28 and ctypes.sizeof(Natural2) == 32
     assert actual[1] == 40 == ctypes.sizeof(Natural)  # same here: the pack test is the first
+
+
+def _c_kind(ctype: str) -> tuple[str, int]:
+    """A C parameter type of tapi.h -> (int|ptr, size) on 64-bit Windows."""
+    ctype = ctype.replace("const", "").strip()
+    if ctype.startswith("LP") or ctype.endswith("*") or ctype in (
+            "HINSTANCE", "HANDLE", "LINECALLBACK", "HWND"):
+        return ("ptr", 8)
+    if ctype in ("DWORD_PTR", "ULONG_PTR"):
+        return ("int", 8)
+    if ctype in ("DWORD", "LONG", "HLINEAPP", "HLINE", "HCALL", "BOOL"):
+        return ("int", 4)
+    raise AssertionError(f"unexpected C type {ctype!r}")
+
+
+def _py_kind(t) -> tuple[str, int]:
+    if t in (ctypes.c_void_p, ctypes.c_wchar_p, ctypes.c_char_p) or hasattr(t, "_type_") \
+            and isinstance(getattr(t, "_type_"), type):
+        return ("ptr", 8)
+    return ("int", ctypes.sizeof(t))
+
+
+def test_ctypes_prototypes_match_tapi_h():
+    """Every function of the ctypes layer: same parameter count, and each parameter the same
+    kind (integer or pointer) and size as tapi.h's prototype (a DWORD passed where tapi.h
+    has a pointer would corrupt the call on Windows)."""
+    import re
+
+    from gateway.tapi.winbridge.tapi32 import SIGNATURES
+
+    header = Path(subprocess.run([CC, "-print-sysroot"], capture_output=True,
+                                 text=True).stdout.strip() or "/usr")
+    candidates = [Path("/usr/x86_64-w64-mingw32/include/tapi.h"),
+                  header / "x86_64-w64-mingw32/include/tapi.h"]
+    tapi_h = next((p for p in candidates if p.exists()), None)
+    assert tapi_h is not None, "tapi.h not found next to the compiler"
+    text = tapi_h.read_text(errors="replace")
+    for name, (restype, argtypes) in SIGNATURES.items():
+        m = re.search(rf"LONG WINAPI {name}\((.*?)\);", text)
+        assert m, f"{name} not in tapi.h"
+        params = [p.strip() for p in m.group(1).split(",")]
+        c_types = [re.sub(r"\s*\b\w+$", "", p) for p in params]
+        assert len(c_types) == len(argtypes), f"{name}: {len(c_types)} parameters in tapi.h"
+        for i, (ct, pt) in enumerate(zip(c_types, argtypes)):
+            assert _c_kind(ct) == _py_kind(pt), f"{name} parameter {i + 1}: {ct} vs {pt}"
+        assert ctypes.sizeof(restype) == 4
