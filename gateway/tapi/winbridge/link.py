@@ -184,6 +184,16 @@ class Bridge:
         self._stop.set()
         self._drop("stopping")
 
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until what was written has left (before stopping after a replay)."""
+        writer = self._writer
+        if writer is None or not self._live:
+            return
+        try:
+            await asyncio.wait_for(writer.drain(), timeout)
+        except (OSError, ConnectionError, asyncio.TimeoutError):
+            pass
+
     async def run(self) -> None:
         """Connect, send the full state, follow; reconnect until stop()."""
         self.loop = asyncio.get_running_loop()
