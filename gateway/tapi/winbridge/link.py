@@ -184,6 +184,19 @@ class Bridge:
         self._stop.set()
         self._drop("stopping")
 
+    async def writable(self) -> None:
+        """Wait while more than a quarter of the limit is waiting to be sent (a replay's
+        pace); gives the loop a turn in any case."""
+        writer = self._writer
+        if writer is not None and self._live and \
+                writer.transport.get_write_buffer_size() > self.options.max_buffer // 4:
+            try:
+                await writer.drain()
+            except (OSError, ConnectionError):
+                pass
+        else:
+            await asyncio.sleep(0)
+
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until what was written has left (before stopping after a replay)."""
         writer = self._writer

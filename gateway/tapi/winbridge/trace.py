@@ -181,7 +181,7 @@ class Replay:
         self.bridge = bridge
         self.speed = speed
         self.pos = 0
-        self.infos: dict[int, CallInfo] = {}  # hCall -> LINECALLINFO as TAPI holds it
+        self.infos: dict[int, tuple[CallInfo, CallInfo]] = {}  # hCall -> (held, as read)
         self.requests: list[tuple[int, TapiRequest]] = []  # made, not yet answered
         self.made: list[TapiRequest] = []
         self._made = asyncio.Event()
@@ -222,6 +222,11 @@ class Replay:
                     await asyncio.sleep(delay)
             await self._play(rec)
             self.played += 1
+            if self.played % 64 == 0:
+                # A replay may wait for the gateway (a live TAPI loop never does: it drops
+                # the connection instead and re-sends the full state).
+                await self.bridge.writable() if hasattr(self.bridge, "writable") \
+                    else await asyncio.sleep(0)
             if rec.kind == "mark" and rec.data["mark"] == until_mark:
                 return True
         if until_mark is not None:
@@ -270,10 +275,17 @@ class Replay:
         if name in _CALL_MESSAGES:
             if name == "LINE_APPNEWCALL":
                 p["dwParam2"] = hcall
-            old = self.infos.get(hcall, CallInfo())
-            merged = _merge(old, d.get("callinfo", {}))
-            self.infos[hcall] = merged
-            info = parse_callinfo(pack_callinfo(merged))  # the bytes TAPI would fill
+            old, read = self.infos.get(hcall, (None, None))
+            changes = d.get("callinfo")
+            if old is None or changes:
+                merged = _merge(old or CallInfo(), changes or {})
+                # Laid out as lineGetCallInfoW fills the buffer, read back by the bridge's
+                # own reader.
+                read = parse_callinfo(pack_callinfo(merged))
+                self.infos[hcall] = (merged, read)
+            else:
+                merged = old
+            info = read
             if line is None:
                 line = self.bridge.translator.device_of(hcall)
             if line is None:

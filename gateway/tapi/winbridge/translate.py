@@ -172,6 +172,7 @@ class _Line:
     in_service: bool
     owner: bool
     calls: set[int] = field(default_factory=set)  # HCALLs
+    own: str = ""  # the address's digits (compared with party numbers)
 
 
 @dataclass(slots=True)
@@ -230,7 +231,8 @@ class Translator:
         if ev.name in self._by_name and self._by_name[ev.name] != ev.device:
             out.notes.append(f"two TAPI lines are named {ev.name!r}: device "
                              f"{self._by_name[ev.name]} and {ev.device}; the later one is used")
-        line = _Line(ev.device, ev.name, ev.address, ev.in_service, ev.owner)
+        line = _Line(ev.device, ev.name, ev.address, ev.in_service, ev.owner,
+                     own=_digits(ev.address))
         self._lines[ev.device] = line
         self._by_name[ev.name] = ev.device
         out.lines.append(self._devstate(line))
@@ -403,13 +405,14 @@ class Translator:
             return True
         return None
 
-    def _own(self, party: Party, line: _Line) -> bool:
-        own = _digits(line.address)
-        return bool(own) and _digits(party.number) == own
+    @staticmethod
+    def _own(party: Party, line: _Line) -> bool:
+        return bool(line.own) and party.number is not None \
+            and _digits(party.number) == line.own
 
     def _is_line_address(self, party: Party) -> bool:
         num = _digits(party.number)
-        return bool(num) and any(_digits(ln.address) == num for ln in self._lines.values())
+        return bool(num) and any(ln.own == num for ln in self._lines.values())
 
     def _remote(self, call: _Call, line: _Line, inbound: bool | None) -> Party:
         info = call.info
