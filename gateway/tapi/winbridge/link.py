@@ -29,6 +29,8 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ... import __version__
+from ...backoff import Backoff as _Backoff
 from .translate import Event, Out, TapiRequest, Translator
 
 __all__ = ["Provider", "LinkOptions", "Backoff", "Bridge", "Command"]
@@ -63,22 +65,16 @@ class LinkOptions:
     pickup_mode: str = "pickup"  # "pickup" (linePickupW) or "redirect" (lineRedirectW)
 
 
-class Backoff:
-    """Delays between connection attempts: doubling from `low` to `high`, each with up to
-    25 % jitter so that many bridges do not hammer a restarted gateway in step."""
+class Backoff(_Backoff):
+    """The gateway's backoff (doubling from `low` to `high`) with up to 25 % jitter, so that
+    many bridges do not hammer a restarted gateway in step."""
 
     def __init__(self, low: float, high: float, rng: random.Random | None = None) -> None:
-        self.low, self.high = low, high
+        super().__init__(low, high)
         self.rng = rng or random.Random()
-        self.current = low
 
     def next(self) -> float:
-        delay = self.current
-        self.current = min(self.high, self.current * 2)
-        return delay * (1 - 0.25 * self.rng.random())
-
-    def reset(self) -> None:
-        self.current = self.low
+        return super().next() * (1 - 0.25 * self.rng.random())
 
 
 class Command(BaseModel):
@@ -260,6 +256,9 @@ class Bridge:
         self._writer = writer
         if self.options.secret is not None:
             writer.write(json.dumps({"auth": self.options.secret}).encode() + b"\n")
+        # Says what it can do; a gateway without commands skips this line.
+        writer.write(json.dumps({"bridge": f"blf-tapi-bridge {__version__}",
+                                 "commands": ["pickup"]}).encode() + b"\n")
         await self.provider.resync()
         if self._writer is not writer:
             return  # dropped while re-reading the state

@@ -183,7 +183,8 @@ class Replay:
         self.pos = 0
         self.infos: dict[int, tuple[CallInfo, CallInfo]] = {}  # hCall -> (held, as read)
         self.requests: list[tuple[int, TapiRequest]] = []  # made, not yet answered
-        self.made: list[TapiRequest] = []
+        self.made: list[TapiRequest] = []  # not yet awaited by the trace
+        self.history: list[TapiRequest] = []  # every request the bridge made
         self._made = asyncio.Event()
         self._next_id = 1
         self._start: float | None = None
@@ -199,6 +200,7 @@ class Replay:
         self._next_id += 1
         self.requests.append((rid, request))
         self.made.append(request)
+        self.history.append(request)
         self._made.set()
         self.bridge.post_request_result(request.op, rid)
 
