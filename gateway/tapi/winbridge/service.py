@@ -59,7 +59,7 @@ def _service_class():
                 self._loop.call_soon_threadsafe(self._stop.set)
 
         def SvcDoRun(self):  # noqa: N802 - pywin32's name
-            from .cli import BridgeConfig, load_config, run_bridge, setup_logging
+            from .runner import BridgeConfig, load_config, run_bridge, setup_logging
 
             servicemanager.LogInfoMsg(f"{SERVICE_NAME} starting")
             path = win32serviceutil.GetServiceCustomOption(SERVICE_NAME, "config", None)
