@@ -119,6 +119,15 @@ class FakeTapi:
         flag = "LINEDEVSTATE_OUTOFSERVICE" if down else "LINEDEVSTATE_INSERVICE"
         self._post(hline, M["LINE_LINEDEVSTATE"], inst, C.DEVSTATE[flag], 0, 0)
 
+    def close_line(self, line: int) -> None:
+        """The provider closes a line under the application (LINE_CLOSE)."""
+        hline, inst = self._instance(line)
+        del self.opened[hline]
+        for h in [h for h, k in self.handles.items()
+                  if k in self.calls and self.calls[k].line == line]:
+            del self.handles[h]  # the line's call handles die with it
+        self._post(hline, M["LINE_CLOSE"], inst, 0, 0, 0)
+
     def reinit(self) -> None:
         """The provider re-initializes: LINEDEVSTATE_REINIT, and every function answers
         LINEERR_REINIT until the application has shut down."""
@@ -225,8 +234,9 @@ class FakeTapi:
                                         struct.unpack_from("<I", buf, 0)[0]))
 
     def deallocate_call(self, hcall):
+        if self.handles.pop(hcall, None) is None:
+            return E["LINEERR_INVALCALLHANDLE"]
         self.deallocated.append(hcall)
-        self.handles.pop(hcall, None)
         return 0
 
     def set_call_privilege(self, hcall, privilege):

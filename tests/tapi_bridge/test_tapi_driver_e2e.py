@@ -35,7 +35,7 @@ async def live(redis_url, start_gateway, connect):
         tsp = FakeTapi([("Line 201", "201"), ("Line 202", "202"), ("Line 203", "203"),
                         ("Fax", "299")])
         bridge = Bridge(LinkOptions("127.0.0.1", port, backoff_min=0.05, backoff_max=0.2))
-        driver = Driver(tsp, bridge, choice, retry_min=0.05)
+        driver = Driver(tsp, bridge, choice, retry_min=0.05, reopen_after=0.2)
         bridge.provider = driver
         task = asyncio.create_task(bridge.run())
         await asyncio.sleep(0)  # the link owns the loop before the TAPI thread posts
@@ -122,3 +122,15 @@ async def test_live_gateway_restart_resends_state_read_from_tapi(live, start_gat
     assert members["bob"]["calls"][0]["remote"] == "+4930123456"
     assert members["carol"]["lamp"] == "offline"
     assert members["alice"]["lamp"] == "idle"
+
+
+async def test_line_closed_by_the_provider_is_opened_again(live):
+    gw, dan, tsp, bridge, driver = await live()
+    tsp.offer(2, MILLER, state="CONNECTED")
+    await shows(dan, "carol", "busy")
+    tsp.close_line(2)
+    # The bridge cannot watch it any more: not in service for the gateway.
+    await shows(dan, "carol", "offline")
+    # Opened again a moment later, its call found again.
+    await shows(dan, "carol", "busy", remote="+4930123456")
+    assert sum(1 for h, (d, _) in tsp.opened.items() if d == 2) == 1

@@ -21,6 +21,7 @@ import fnmatch
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -131,7 +132,8 @@ class Driver:
     """The TAPI side of a running bridge (the :class:`~.link.Provider` of the link)."""
 
     def __init__(self, api: TapiApi, bridge, choice: LineChoice = LineChoice(), *,
-                 retry_min: float = 1.0, retry_max: float = 60.0) -> None:
+                 retry_min: float = 1.0, retry_max: float = 60.0,
+                 reopen_after: float = 30.0) -> None:
         self.api = api
         self.bridge = bridge
         self.choice = choice
@@ -145,6 +147,8 @@ class Driver:
         self._owner: set[int] = set()
         self._versions: dict[int, int] = {}
         self._calls: dict[int, int] = {}  # hCall -> dwDeviceID
+        self.reopen_after = reopen_after
+        self._reopen: dict[int, tuple[float, float]] = {}  # closed line -> (when, next wait)
         self.sessions = 0  # successful lineInitializeExW so far
         self.ready = threading.Event()  # lines open, messages flowing
 
@@ -218,6 +222,7 @@ class Driver:
         self._hlines.clear()
         self._owner.clear()
         self._calls.clear()
+        self._reopen.clear()
 
     def _session(self) -> None:
         rc, happ, ndevs, event = self.api.initialize(APP_NAME)
@@ -240,7 +245,21 @@ class Driver:
                         _check("lineGetMessage", rc)
                     break
                 self._message(msg)
+            self._reopen_due()
             self.api.wait([event, self._wake], 1000)
+
+    def _reopen_due(self) -> None:
+        """Lines the provider closed (LINE_CLOSE) are opened again, with growing waits."""
+        now = time.monotonic()
+        for dev, (when, wait) in list(self._reopen.items()):
+            if when > now:
+                continue
+            self._open(dev)
+            if dev in self._hlines:
+                del self._reopen[dev]
+                self._resync_all()
+            else:
+                self._reopen[dev] = (now + wait, min(wait * 2, 300.0))
 
     def _open(self, dev: int) -> None:
         api, happ = self.api, self._happ
@@ -320,6 +339,11 @@ class Driver:
             self._hlines.pop(dev, None)
             for h in [h for h, d in self._calls.items() if d == dev]:
                 del self._calls[h]
+            if mid == M["LINE_CLOSE"]:
+                # Closed by the provider (a reconfiguration, another application forcing
+                # it): try again later; a removed line is gone for good.
+                self._reopen[dev] = (time.monotonic() + self.reopen_after,
+                                     self.reopen_after * 2)
 
     def _drain_jobs(self) -> None:
         while True:
