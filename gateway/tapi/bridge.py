@@ -156,13 +156,14 @@ def parse_line(
 class _Conn:
     """One bridge connection: where to write commands, what it said it can do, what waits."""
 
-    __slots__ = ("name", "writer", "commands", "pending")
+    __slots__ = ("name", "writer", "commands", "pending", "instance")
 
     def __init__(self, name: str, writer: asyncio.StreamWriter) -> None:
         self.name = name
         self.writer = writer
         self.commands: frozenset[str] = frozenset()
         self.pending: dict[str, asyncio.Future] = {}
+        self.instance: str | None = None
 
 
 class TapiBridgeServer:
@@ -208,6 +209,8 @@ class TapiBridgeServer:
         self._handlers: set[asyncio.Task] = set()
         self._conns: dict[str, _Conn] = {}
         self._device_conn: dict[str, str] = {}  # device id -> connection that reported it
+        self._instances: dict[str, str] = {}  # a bridge program's instance -> its connection
+        self._superseded: set[str] = set()  # older connections of a reconnected bridge
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(
@@ -328,8 +331,8 @@ class TapiBridgeServer:
     def feed(self, raw: bytes, conn: str) -> None:
         """Apply one line (without I/O): public so tests and benchmarks can drive it."""
         line = raw.strip()
-        if not line:
-            return
+        if not line or (self._superseded and conn in self._superseded):
+            return  # a superseded connection's lines are older than its successor's state
         if b'"device"' not in line and self._control(line, conn):
             return
         self.lines_in += 1
@@ -370,11 +373,33 @@ class TapiBridgeServer:
             c.commands = frozenset(x for x in commands[:16] if isinstance(x, str))
             log.info("TAPI bridge %s is %.64s, takes commands: %s", conn, msg["bridge"],
                      ", ".join(sorted(c.commands)) or "none")
+            instance = msg.get("instance")
+            if isinstance(instance, str) and 0 < len(instance) <= 64:
+                self._supersede(instance, c)
             return True
         return False
 
+    def _supersede(self, instance: str, c: _Conn) -> None:
+        """The same bridge program connected again (it gave up on a connection we had not
+        noticed was dead, e.g. while this process was stalled): whatever is still buffered
+        on the older connection is older than the new one's full state, so it is dropped
+        unread and the older connection closed."""
+        c.instance = instance
+        old = self._instances.get(instance)
+        self._instances[instance] = c.name
+        if old is None or old == c.name or old not in self._conns:
+            return
+        self._superseded.add(old)
+        log.warning("TAPI bridge %s replaces %s (the same bridge, reconnected): the older "
+                    "connection is closed", c.name, old)
+        self._conns[old].writer.transport.abort()
+
     def _forget(self, conn: str) -> None:
+        self._superseded.discard(conn)
         c = self._conns.pop(conn, None)
+        if c is not None and c.instance is not None \
+                and self._instances.get(c.instance) == conn:
+            del self._instances[c.instance]
         if c is not None:
             for fut in c.pending.values():
                 if not fut.done():

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import random
+import secrets
 import ssl
 import threading
 import time
@@ -118,6 +119,9 @@ class Bridge:
         self.events = 0
         self.dropped_lines = 0  # produced while not connected (the next full state has them)
         self._thread = threading.get_ident()
+        # Names this program run to the gateway, which closes an older connection of ours
+        # it still holds when we connect again.
+        self.instance = secrets.token_hex(8)
 
     # -- from the TAPI side ---------------------------------------------------------------
 
@@ -258,6 +262,7 @@ class Bridge:
             writer.write(json.dumps({"auth": self.options.secret}).encode() + b"\n")
         # Says what it can do; a gateway without commands skips this line.
         writer.write(json.dumps({"bridge": f"blf-tapi-bridge {__version__}",
+                                 "instance": self.instance,
                                  "commands": ["pickup"]}).encode() + b"\n")
         await self.provider.resync()
         if self._writer is not writer:
