@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ...numbers import digits as _digits
 from . import constants as C
 from .callinfo import CallInfo, Party
 
@@ -191,10 +192,6 @@ class _Pending:
     request: TapiRequest
     deadline: float
     request_id: int = 0
-
-
-def _digits(n: str | None) -> str:
-    return "".join(ch for ch in n or "" if ch.isdigit())
 
 
 class Translator:
