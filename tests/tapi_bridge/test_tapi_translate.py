@@ -161,7 +161,10 @@ def test_out_of_service_and_back_resends_the_calls(t):
     assert {"device": "Line 201", "devstate": "outofservice"} in snap
     assert not [ln for ln in snap if ln.get("call")]
     out = lines(t, TapiMessage(M["LINE_LINEDEVSTATE"], 0, 0, 0x40))
-    assert out == [{"device": "Line 201", "devstate": "inservice"}]
+    # Back in service: the call still up is sent again (the gateway had dropped it).
+    assert out == [{"device": "Line 201", "devstate": "inservice"},
+                   {"device": "Line 201", "call": "0x50", "state": "connected",
+                    "called": "201"}]
 
 
 def test_snapshot_is_the_full_state(t):
@@ -178,6 +181,9 @@ def test_reinit_forgets_everything_and_asks_for_a_fresh_connection(t):
     out = t.feed(TapiMessage(M["LINE_LINEDEVSTATE"], 0, 0, C.DEVSTATE["LINEDEVSTATE_REINIT"]))
     assert out.reset and out.lines == []
     assert t.snapshot() == [] and t.calls() == []
+    # Nothing left to forget: a provider failing again does not restart the connection.
+    assert not t.feed(Reinitialized()).reset
+    t.feed(LineOpened(0, "Line 201", "201"))
     assert t.feed(Reinitialized()).reset
 
 

@@ -252,8 +252,11 @@ class Translator:
         return out
 
     def _reinit(self) -> Out:
-        out = Out(reset=True, notes=["the telephony provider re-initialized: all lines "
-                                     "and calls are read again"])
+        # A fresh connection only where there was something to forget (a provider that
+        # keeps failing to initialize does not make the link reconnect each time).
+        out = Out(reset=bool(self._lines or self._calls),
+                  notes=["the telephony provider re-initialized: all lines and calls are "
+                         "read again"])
         self._lines.clear()
         self._by_name.clear()
         self._calls.clear()  # the handles died with the old session: nothing to deallocate
@@ -278,11 +281,13 @@ class Translator:
             return Out()
         line.in_service = in_service
         out = Out(lines=[self._devstate(line)])
-        if not in_service:
-            # The gateway forgets an out-of-service line's calls: send each in full again
-            # when it next changes.
-            for h in line.calls:
-                self._calls[h].sent = None
+        for h in sorted(line.calls):
+            call = self._calls[h]
+            # The gateway forgets an out-of-service line's calls: back in service, the calls
+            # still up are sent again.
+            call.sent = self._render(call, line) if in_service else None
+            if call.sent is not None:
+                out.lines.append(call.sent)
         return out
 
     def _on_create(self, ev: TapiMessage) -> Out:
