@@ -55,7 +55,6 @@ log = logging.getLogger("blf_tapi_bridge.tapi")
 M = C.MESSAGES
 E = C.ERRORS
 REINIT = E["LINEERR_REINIT"]
-NO_MESSAGE = E["LINEERR_OPERATIONFAILED"]  # what lineGetMessage says when none is waiting
 PRIV_MONITOR = C.CALLPRIVILEGE["LINECALLPRIVILEGE_MONITOR"]
 PRIV_OWNER = C.CALLPRIVILEGE["LINECALLPRIVILEGE_OWNER"]
 VOICE = C.MEDIAMODE["LINEMEDIAMODE_INTERACTIVEVOICE"]
@@ -240,10 +239,10 @@ class Driver:
             self._drain_jobs()
             while True:
                 rc, msg = self.api.get_message(happ, 0)
-                if rc == NO_MESSAGE or msg is None:
-                    if rc not in (0, NO_MESSAGE):
-                        _check("lineGetMessage", rc)
-                    break
+                if rc in (REINIT, E["LINEERR_INVALAPPHANDLE"], E["LINEERR_UNINITIALIZED"]):
+                    raise _Reinit()  # the session is gone: start again
+                if rc != 0 or msg is None:
+                    break  # none waiting (LINEERR_OPERATIONFAILED on a zero timeout)
                 self._message(msg)
             self._reopen_due()
             self.api.wait([event, self._wake], 1000)
