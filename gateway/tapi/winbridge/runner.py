@@ -136,6 +136,11 @@ async def run_bridge(cfg: BridgeConfig, *, replay: str | None = None, speed: flo
     """Run the bridge until `stop` is set (or a replay ends); the service calls this too."""
     stop = stop or asyncio.Event()
     bridge = Bridge(link_options(cfg))
+    records = None
+    if replay is not None:
+        from .trace import load_trace
+
+        records = load_trace(replay)  # a bad trace is refused before anything connects
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -145,10 +150,10 @@ async def run_bridge(cfg: BridgeConfig, *, replay: str | None = None, speed: flo
     link = asyncio.create_task(bridge.run())
     driver = None
     try:
-        if replay is not None:
-            from .trace import Replay, load_trace
+        if records is not None:
+            from .trace import Replay
 
-            player = Replay(load_trace(replay), bridge, speed)
+            player = Replay(records, bridge, speed)
             bridge.provider = player
             log.info("replaying %s (%d records) to %s:%d", replay, len(player.records),
                      bridge.options.host, bridge.options.port)
