@@ -129,16 +129,22 @@ class Bridge:
         """Hand an event over from any thread; never blocks."""
         if self.loop is None or threading.get_ident() == self._thread:
             self.feed(event)
-        else:
+            return
+        try:
             self.loop.call_soon_threadsafe(self.feed, event)
+        except RuntimeError:
+            pass  # the loop is closed: the program is ending
 
     def post_request_result(self, op: str, result: int) -> None:
         """What the TAPI function of a request returned (from any thread)."""
         if self.loop is None or threading.get_ident() == self._thread:
             self._apply(self.translator.request_sent(op, result))
-        else:
+            return
+        try:
             self.loop.call_soon_threadsafe(
                 lambda: self._apply(self.translator.request_sent(op, result)))
+        except RuntimeError:
+            pass  # the loop is closed: the program is ending
 
     def feed(self, event: Event) -> Out:
         """Apply one event in this thread (the replay calls this directly)."""
