@@ -352,7 +352,10 @@ class Driver:
                 return
             if kind == "resync":
                 self._resync_all()
-                arg()
+                try:
+                    arg()
+                except RuntimeError:
+                    pass  # the asking loop has closed
             elif kind == "deallocate":
                 for h in arg:
                     self._calls.pop(h, None)
