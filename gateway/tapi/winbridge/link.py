@@ -39,6 +39,7 @@ __all__ = ["Provider", "LinkOptions", "Backoff", "Bridge", "Command"]
 log = logging.getLogger("blf_tapi_bridge")
 
 MAX_COMMAND_BYTES = 8192
+STABLE_SECONDS = 10.0  # a connection that held this long resets the backoff
 
 
 class Provider(Protocol):
@@ -237,10 +238,10 @@ class Bridge:
                                 opts.host, opts.port, exc or type(exc).__name__, delay)
                     await self._sleep(delay)
                     continue
-                backoff.reset()
                 self.connections += 1
                 log.info("connected to the gateway at %s:%d%s", opts.host, opts.port,
                          " (TLS)" if opts.ssl else "")
+                started = self.clock()
                 try:
                     await self._session(reader, writer)
                 finally:
@@ -249,8 +250,18 @@ class Bridge:
                     break
                 if self._reset.is_set():
                     continue  # re-initialized: reconnect at once with the new state
+                lasted = self.clock() - started
+                if lasted >= STABLE_SECONDS:
+                    # Only a connection that held counts as success: a gateway that closes
+                    # at once (a wrong secret) is retried ever more slowly, not in a loop.
+                    backoff.reset()
                 delay = backoff.next()
-                log.warning("gateway connection lost; reconnecting in %.1f s", delay)
+                if lasted < 2.0:
+                    log.warning("the gateway closed the connection at once (a wrong secret, "
+                                "an address not allowed, a missing client certificate?); "
+                                "next try in %.1f s", delay)
+                else:
+                    log.warning("gateway connection lost; reconnecting in %.1f s", delay)
                 await self._sleep(delay)
         finally:
             ticker.cancel()
