@@ -14,6 +14,8 @@ from gateway.tapi.winbridge import constants as C
 from gateway.tapi.winbridge.callinfo import CallInfo, Party
 from gateway.tapi.winbridge.driver import Driver, LineChoice
 from gateway.tapi.winbridge.link import Bridge, LinkOptions
+from gateway.tapi.winbridge.trace import Recorder, Replay, load_trace
+from gateway.tapi.winbridge.translate import Translator
 from test_tapi_replay_e2e import CONFIG, HASH, PW
 
 EXTERNAL = C.CALLORIGIN["LINECALLORIGIN_EXTERNAL"]
@@ -25,7 +27,7 @@ MILLER = CallInfo(call_id=0x77, origin=EXTERNAL, called=Party("201"),
 async def live(redis_url, start_gateway, connect):
     made = []
 
-    async def open_(choice=LineChoice(), port=None):
+    async def open_(choice=LineChoice(), port=None, record=None):
         port = port or free_port()
         gw = await start_gateway(CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH))
         dan = await connect(gw)
@@ -36,6 +38,8 @@ async def live(redis_url, start_gateway, connect):
                         ("Fax", "299")])
         bridge = Bridge(LinkOptions("127.0.0.1", port, backoff_min=0.05, backoff_max=0.2))
         driver = Driver(tsp, bridge, choice, retry_min=0.05, reopen_after=0.2)
+        if record is not None:
+            bridge.recorder = Recorder(record)
         bridge.provider = driver
         task = asyncio.create_task(bridge.run())
         await asyncio.sleep(0)  # the link owns the loop before the TAPI thread posts
@@ -64,8 +68,9 @@ async def shows(dan, member, value, **kw):
     return await eventually(ok, 5)
 
 
-async def test_live_call_ringing_answered_and_ended(live):
-    gw, dan, tsp, bridge, driver = await live(LineChoice(names=("Line *",)))
+async def test_live_call_ringing_answered_and_ended(live, tmp_path):
+    recording = tmp_path / "tsp.jsonl"
+    gw, dan, tsp, bridge, driver = await live(LineChoice(names=("Line *",)), record=recording)
     await shows(dan, "alice", "idle")
     key = tsp.offer(0, MILLER)
     f = await shows(dan, "alice", "ringing", remote="+4930123456")
@@ -80,6 +85,23 @@ async def test_live_call_ringing_answered_and_ended(live):
     # --lines "Line *": the fax line was not opened.
     assert [name for _, name, _ in bridge.translator.lines()] == [
         "Line 201", "Line 202", "Line 203"]
+    # --record wrote what the TSP said as a trace; replayed, it gives the same lines.
+    bridge.recorder.close()
+
+    class Sink:
+        def __init__(self):
+            self.translator, self.lines = Translator(), []
+
+        def feed(self, ev):
+            out = self.translator.feed(ev)
+            self.lines += out.lines
+            return out
+
+    sink = Sink()
+    await Replay(load_trace(recording), sink, speed=0).play()
+    assert sink.translator.snapshot() == bridge.translator.snapshot()
+    assert {"device": "Line 201", "call": "0x77", "state": "offering",
+            "caller": "+4930123456", "caller_name": "Miller Ltd", "called": "201"} in sink.lines
 
 
 async def test_live_reinit_reopens_and_finds_the_call_again(live):

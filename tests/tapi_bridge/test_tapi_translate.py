@@ -11,7 +11,13 @@ import pytest
 from gateway.tapi.bridge import parse_line
 from gateway.tapi.winbridge import constants as C
 from gateway.tapi.winbridge.callinfo import CallInfo, Party
-from gateway.tapi.winbridge.trace import Replay, TraceError, load_trace, parse_trace
+from gateway.tapi.winbridge.trace import (
+    Replay,
+    TraceError,
+    load_trace,
+    parse_trace,
+    to_record,
+)
 from gateway.tapi.winbridge.translate import (
     MAX_CALLS_PER_LINE,
     LineOpened,
@@ -336,3 +342,32 @@ def test_bad_trace_records_are_refused_with_their_line(text, error):
     with pytest.raises(TraceError, match=error) as exc:
         parse_trace(["# comment", "", text], "t.jsonl")
     assert str(exc.value).startswith("t.jsonl:3:")
+
+
+class Recording(Collect):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[str] = []
+
+    def feed(self, ev):
+        self.records.append(json.dumps(to_record(ev)))
+        return super().feed(ev)
+
+
+async def _play_all(replay: Replay) -> None:
+    while replay.pos < len(replay.records):
+        rec = replay.records[replay.pos]
+        replay.pos += 1
+        if rec.kind != "await" and rec.data.get("msg") != "LINE_REPLY":
+            await replay._play(rec)
+
+
+@pytest.mark.parametrize("trace", sorted(p.name for p in TRACES.glob("*.jsonl")))
+def test_a_recording_replays_to_the_same_lines(trace):
+    """What --record writes of the events is a trace that replays to exactly the same bridge
+    lines (the recorded LINECALLINFO goes through the byte layout and the reader again)."""
+    first = Recording()
+    asyncio.run(_play_all(Replay(load_trace(TRACES / trace), first, speed=0)))
+    second = Collect()
+    asyncio.run(_play_all(Replay(parse_trace(first.records, "recording"), second, speed=0)))
+    assert second.lines == first.lines and first.lines

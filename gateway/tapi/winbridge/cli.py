@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pickup", choices=("pickup", "redirect"),
                      help="how a pickup from the gateway is done: linePickupW on the picking "
                           "line (default) or lineRedirectW of the ringing call")
+    run.add_argument("--record", type=Path, metavar="FILE",
+                     help="also write every TAPI message the bridge sees to FILE as a replay "
+                          "trace (it holds callers' numbers: handle it like call records)")
     run.add_argument("--replay", metavar="TRACE",
                      help="play a trace of TAPI messages instead of watching TAPI "
                           "(docs/tapi-bridge.md, Replay traces)")

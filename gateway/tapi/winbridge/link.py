@@ -123,6 +123,7 @@ class Bridge:
         # Names this program run to the gateway, which closes an older connection of ours
         # it still holds when we connect again.
         self.instance = secrets.token_hex(8)
+        self.recorder: Callable[[Event], None] | None = None  # run --record
 
     # -- from the TAPI side ---------------------------------------------------------------
 
@@ -150,6 +151,8 @@ class Bridge:
     def feed(self, event: Event) -> Out:
         """Apply one event in this thread (the replay calls this directly)."""
         self.events += 1
+        if self.recorder is not None:
+            self.recorder(event)
         out = self.translator.feed(event)
         self._apply(out)
         return out

@@ -39,6 +39,7 @@ class BridgeConfig(BaseModel):
     server_name: str | None = None
     log_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    record: Path | None = None  # write every TAPI event as a replay trace
     backoff_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
 
@@ -177,6 +178,15 @@ async def run_bridge(cfg: BridgeConfig, *, replay: str | None = None, speed: flo
             from .driver import Driver, LineChoice
             from .tapi32 import load
 
+            if cfg.record is not None:
+                from .trace import Recorder
+
+                try:
+                    bridge.recorder = Recorder(cfg.record)
+                except OSError as exc:
+                    raise ConfigError(f"record file {cfg.record}: {exc.strerror or exc}") \
+                        from None
+                log.info("recording every TAPI event to %s", cfg.record)
             driver = Driver(load(), bridge, LineChoice(tuple(cfg.lines), tuple(cfg.owner)))
             bridge.provider = driver
             driver.start()
@@ -184,6 +194,8 @@ async def run_bridge(cfg: BridgeConfig, *, replay: str | None = None, speed: flo
     finally:
         if driver is not None:
             await asyncio.to_thread(driver.stop)
+        if bridge.recorder is not None:
+            bridge.recorder.close()  # type: ignore[attr-defined]
         await bridge.flush()
         bridge.stop()
         await asyncio.wait_for(link, 10)

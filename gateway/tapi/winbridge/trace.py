@@ -41,9 +41,10 @@ from typing import Any
 
 from . import constants as C
 from .callinfo import CallInfo, Party, pack_callinfo, parse_callinfo
-from .translate import LineOpened, TapiMessage, TapiRequest
+from .translate import Event, LineOpened, Reinitialized, TapiMessage, TapiRequest
 
-__all__ = ["TraceError", "Record", "load_trace", "parse_trace", "Replay"]
+__all__ = ["TraceError", "Record", "load_trace", "parse_trace", "Replay", "to_record",
+           "Recorder"]
 
 MAX_TRACE_BYTES = 64 << 20
 _ALL = {k: v for group in C.GROUPS.values() for k, v in group.items()}
@@ -171,6 +172,108 @@ def _merge(info: CallInfo, fields: dict[str, Any]) -> CallInfo:
             party = replace(party, flags=_value(fields[f"dw{p}Flags"], p))
         changes[attr] = party
     return replace(info, **changes)
+
+
+# The mode bits of dwParam2, by the LINECALLSTATE they come with.
+_MODE_GROUP = {
+    C.CALLSTATE["LINECALLSTATE_OFFERING"]: C.OFFERINGMODE,
+    C.CALLSTATE["LINECALLSTATE_CONNECTED"]: C.CONNECTEDMODE,
+    C.CALLSTATE["LINECALLSTATE_DIALTONE"]: C.DIALTONEMODE,
+    C.CALLSTATE["LINECALLSTATE_BUSY"]: C.BUSYMODE,
+    C.CALLSTATE["LINECALLSTATE_SPECIALINFO"]: C.SPECIALINFO,
+    C.CALLSTATE["LINECALLSTATE_DISCONNECTED"]: C.DISCONNECTMODE,
+}
+_MSG_NAMES = {v: k for k, v in C.MESSAGES.items()}
+
+
+def _flags(group: dict[str, int], value: int) -> str | int:
+    if not value:
+        return 0
+    names = C.flag_names(group, value)
+    return "|".join(names) if not any(n.startswith("0x") for n in names) else hex(value)
+
+
+def _callinfo_fields(info: CallInfo) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "dwCallID": hex(info.call_id), "dwRelatedCallID": hex(info.related_call_id),
+        "dwOrigin": _flags(C.CALLORIGIN, info.origin),
+        "dwReason": _flags(C.CALLREASON, info.reason)}
+    for p, party in zip(_PARTIES, (info.caller, info.called, info.connected,
+                                   info.redirection, info.redirecting)):
+        if party.number is not None:
+            out[p] = party.number
+        if party.name is not None:
+            out[p + "Name"] = party.name
+        if party.flags:
+            out[f"dw{p}Flags"] = _flags(C.CALLPARTYID, party.flags)
+    return out
+
+
+def to_record(event: Event, t: float | None = None) -> dict[str, Any]:
+    """One event of the live loop as a trace record (what --record writes)."""
+    rec: dict[str, Any]
+    if isinstance(event, LineOpened):
+        rec = {"open": event.device, "LineName": event.name}
+        if event.address is not None:
+            rec["Address"] = event.address
+        if not event.in_service:
+            rec["dwDevStatusFlags"] = 0
+        if event.owner:
+            rec["dwPrivileges"] = "LINECALLPRIVILEGE_MONITOR|LINECALLPRIVILEGE_OWNER"
+    elif isinstance(event, Reinitialized):
+        rec = {"msg": "LINE_LINEDEVSTATE", "dwParam1": "LINEDEVSTATE_REINIT"}
+    else:
+        name = _MSG_NAMES.get(event.msg, str(event.msg))
+        rec = {"msg": name}
+        p1: Any = event.param1
+        p2: Any = event.param2
+        p3: Any = event.param3
+        if name in ("LINE_CALLSTATE", "LINE_CALLINFO"):
+            rec["hCall"], rec["line"] = event.device, event.instance
+            if name == "LINE_CALLSTATE":
+                p1 = C.name_of(C.CALLSTATE, event.param1)
+                p2 = _flags(_MODE_GROUP.get(event.param1, {}), event.param2)
+                p3 = _flags(C.CALLPRIVILEGE, event.param3)
+            else:
+                p1 = _flags(C.CALLINFOSTATE, event.param1)
+        elif name == "LINE_APPNEWCALL":
+            rec["line"], rec["hCall"] = event.instance, event.param2
+            p2 = None
+            p3 = _flags(C.CALLPRIVILEGE, event.param3)
+        elif name in ("LINE_LINEDEVSTATE", "LINE_CLOSE"):
+            rec["line"] = event.instance
+            p1 = _flags(C.DEVSTATE, event.param1)
+        elif name == "LINE_REPLY":
+            p2 = C.name_of(C.ERRORS, event.param2) if event.param2 else 0
+        for k, v in (("dwParam1", p1), ("dwParam2", p2), ("dwParam3", p3)):
+            if v not in (None, 0):
+                rec[k] = v
+        if event.info is not None:
+            rec["callinfo"] = _callinfo_fields(event.info)
+    if t is not None:
+        rec["t"] = round(t, 3)
+    return rec
+
+
+class Recorder:
+    """Writes every event the bridge is fed as a trace (``run --record FILE``): what a real
+    TSP sent, to replay here. The file holds callers' numbers: keep it like call records."""
+
+    def __init__(self, path: str | Path, clock=time.monotonic) -> None:
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.clock = clock
+        self.start = clock()
+        self.file.write(f"# recorded by blf-tapi-bridge at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+
+    def __call__(self, event: Event) -> None:
+        if self.file.closed:
+            return
+        self.file.write(json.dumps(to_record(event, self.clock() - self.start),
+                                   ensure_ascii=False) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class Replay:
