@@ -16,9 +16,10 @@
    - a TAPI line, with the ringing line reported by the same bridge program and that bridge
      taking commands: the bridge does it (linePickupW or lineRedirectW, docs/tapi-bridge.md).
      The picker gets `pickup_result`.
-   - any other line (a softphone, a TAPI line whose bridge takes no commands): the picker's client gets an `action` with
-     what its phone needs: the target's number and sip_user and a dial string built from
-     `[pickup] dial` (e.g. Asterisk's directed pickup `**{number}`).
+   - any other line (a softphone, a TAPI line whose bridge takes no commands): the picker's
+     client gets an `action` with what its phone needs: the target's number and sip_user
+     and a dial string built from `[pickup] dial` (e.g. Asterisk's directed pickup
+     `**{number}`).
 """
 
 from __future__ import annotations
