@@ -156,3 +156,11 @@ async def test_line_closed_by_the_provider_is_opened_again(live):
     # Opened again a moment later, its call found again.
     await shows(dan, "carol", "busy", remote="+4930123456")
     assert sum(1 for h, (d, _) in tsp.opened.items() if d == 2) == 1
+
+
+def test_list_lines_reads_names_addresses_and_provider():
+    from gateway.tapi.winbridge.driver import list_lines
+
+    tsp = FakeTapi([("Line 201", "201"), ("Fax", "299")])
+    assert list_lines(tsp) == [(0, "Line 201", "201", "Fake TSP"), (1, "Fax", "299", "Fake TSP")]
+    assert tsp.happ == 0  # TAPI shut down again
