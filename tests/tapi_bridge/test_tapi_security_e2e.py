@@ -1,16 +1,13 @@
 """The bridge program against a gateway that guards its bridge port ([sources.tapi_bridge]
 secret_file, and TLS with client certificates): the honest bridge lights the lamps, one with
-a wrong secret or without a certificate changes nothing.
-
-Skipped where the gateway has no bridge-port security (the configuration refuses the keys).
-"""
+a wrong secret or without a certificate changes nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
 
-import pytest
+import trustme
 
 from conftest import eventually, free_port
 from gateway.tapi.winbridge.link import Bridge, LinkOptions
@@ -20,16 +17,6 @@ from test_tapi_replay_e2e import CONFIG, HASH, PW
 
 def secured(config: str, extra: str) -> str:
     return config.replace('[sources.tapi_bridge]\n', f'[sources.tapi_bridge]\n{extra}\n', 1)
-
-
-async def start(start_gateway, text: str):
-    try:
-        return await start_gateway(text)
-    except Exception as exc:  # the configuration model refuses unknown keys
-        if any(k in str(exc) for k in ("secret_file", "tls_cert", "tls_client_ca")):
-            pytest.skip("the gateway has no bridge-port security here "
-                        f"([sources.tapi_bridge] secret_file / TLS): {exc}")
-        raise
 
 
 async def watcher(connect, gw):
@@ -56,7 +43,7 @@ async def test_secret_first_line(redis_url, start_gateway, connect, tmp_path):
     secret = tmp_path / "bridge.secret"
     secret.write_text("a-long-shared-secret-for-the-bridge-0123456789\n")
     port = free_port()
-    gw = await start(start_gateway, secured(
+    gw = await start_gateway(secured(
         CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH),
         f'secret_file = "{secret}"'))
     dan = await watcher(connect, gw)
@@ -81,7 +68,6 @@ async def test_secret_first_line(redis_url, start_gateway, connect, tmp_path):
 
 
 async def test_tls_with_client_certificate(redis_url, start_gateway, connect, tmp_path):
-    trustme = pytest.importorskip("trustme", reason="trustme makes the test certificates")
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1", "localhost")
     client = ca.issue_cert("bridge.example")
@@ -92,7 +78,7 @@ async def test_tls_with_client_certificate(redis_url, start_gateway, connect, tm
         paths[name] = tmp_path / f"{name}.pem"
         blob.write_to_path(str(paths[name]))
     port = free_port()
-    gw = await start(start_gateway, secured(
+    gw = await start_gateway(secured(
         CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH),
         f'tls_cert = "{paths["cert"]}"\ntls_key = "{paths["key"]}"\n'
         f'tls_client_ca = "{paths["ca"]}"'))
