@@ -384,6 +384,8 @@ class TapiBridgeServer:
         noticed was dead, e.g. while this process was stalled): whatever is still buffered
         on the older connection is older than the new one's full state, so it is dropped
         unread and the older connection closed."""
+        if c.instance is not None and self._instances.get(c.instance) == c.name:
+            del self._instances[c.instance]  # one name per connection, however many hellos
         c.instance = instance
         old = self._instances.get(instance)
         self._instances[instance] = c.name

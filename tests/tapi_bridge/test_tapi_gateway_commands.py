@@ -114,6 +114,12 @@ async def test_a_reconnected_bridge_replaces_its_older_connection():
         r3, w3 = await open_bridge(server.port, {**hello, "instance": "other"})
         await eventually(lambda: len(rec.got) == 6)
         assert len(rec.lost) == 1
+        # One connection saying hello again and again holds one name, not one per hello.
+        for i in range(50):
+            w3.write(json.dumps({**hello, "instance": f"x{i}"}).encode() + b"\n")
+        await w3.drain()
+        await eventually(lambda: "x49" in server._instances)
+        assert len(server._instances) == 2
         for w in (w2, w3):
             w.close()
     finally:
