@@ -13,9 +13,13 @@
    - an Asterisk (AMI) line: the PBX does it, by `Redirect` of the caller's channel to the
      picker's extension, or by `Originate` to the picker's device with `PickupChan` on the
      ringing channel (`[sources.ami] pickup`). The picker gets `pickup_result`.
-   - any other line (a softphone, a TAPI phone): the picker's client gets an `action` with
-     what its phone needs: the target's number and sip_user and a dial string built from
-     `[pickup] dial` (e.g. Asterisk's directed pickup `**{number}`).
+   - a TAPI line, with the ringing line reported by the same bridge program and that bridge
+     taking commands: the bridge does it (linePickupW or lineRedirectW, docs/tapi-bridge.md).
+     The picker gets `pickup_result`.
+   - any other line (a softphone, a TAPI line whose bridge takes no commands): the picker's
+     client gets an `action` with what its phone needs: the target's number and sip_user
+     and a dial string built from `[pickup] dial` (e.g. Asterisk's directed pickup
+     `**{number}`).
 """
 
 from __future__ import annotations
@@ -60,10 +64,12 @@ class PickupSession(Protocol):
 
 
 class PbxPickup(Protocol):
-    """A PBX connection that can carry out a pickup itself (the Asterisk source)."""
+    """A PBX connection that can carry out a pickup itself (the Asterisk source, a TAPI
+    bridge that takes commands)."""
 
-    def handles(self, picker: DeviceCfg) -> bool:
-        """True when the picker's device is on a PBX line this process speaks for now."""
+    def handles(self, picker: DeviceCfg, target: DeviceCfg) -> bool:
+        """True when this process can have the PBX move a call ringing at `target` to the
+        picker's device."""
 
     async def pickup(self, picker: DeviceCfg, target: DeviceCfg,
                      call: Call) -> tuple[bool, str | None]:
@@ -189,13 +195,13 @@ class Pickups:
 
         dcfg = cfg.device_by_id[device]
         pcfg = cfg.device_by_id.get(picker_device) if picker_device else None
-        if pcfg is not None and self.pbx.handles(pcfg):
+        if pcfg is not None and self.pbx.handles(pcfg, dcfg):
             ok, message = await self.pbx.pickup(pcfg, dcfg, call)
             if not ok:
                 await self.store.release_call(call.id, me.name)
                 await self.store.unmark_taken(device, me.name)
-            log.info("pickup %s by %s of %s on %s via AMI: %s", op, me.name, call.id, device,
-                     "ok" if ok else message)
+            log.info("pickup %s by %s of %s on %s via the %s source: %s", op, me.name, call.id,
+                     device, pcfg.source, "ok" if ok else message)
             result = {"type": "pickup_result", "op": op, "ok": ok, "by": me.name if ok else None,
                       "device": picker_device, "target": label}
             if message:

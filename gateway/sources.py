@@ -266,13 +266,25 @@ class LineSources:
         if sip is not None:
             sip.lamps_changed(deltas)
 
-    # PbxPickup (gateway.pickup): the Asterisk connection carries out pickups itself.
+    # PbxPickup (gateway.pickup): the Asterisk connection and TAPI bridges that take
+    # commands carry out pickups themselves.
 
-    def handles(self, picker: DeviceCfg) -> bool:
-        return picker.source == "ami" and "ami" in self.running
+    def handles(self, picker: DeviceCfg, target: DeviceCfg) -> bool:
+        if picker.source == "ami":
+            return "ami" in self.running
+        bridge = self.bridge
+        return (picker.source == target.source == "tapi_bridge" and bridge is not None
+                and bridge.can_pickup(target.id, picker.id))
 
     async def pickup(self, picker: DeviceCfg, target: DeviceCfg,
                      call: Call) -> tuple[bool, str | None]:
+        if picker.source == "tapi_bridge":
+            bridge = self.bridge
+            if bridge is None:
+                return False, "the TAPI bridge listener is not running"
+            # The bridge's own call id is what follows the device prefix of ours.
+            return await bridge.pickup(target.id, target.line_name, call.id.split("/", 1)[1],
+                                       picker.line_name)
         ami, acfg = self.ami, self._config().sources.ami
         if ami is None or acfg is None:
             return False, "the Asterisk connection is down"

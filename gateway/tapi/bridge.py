@@ -7,6 +7,13 @@ saying what is wrong with it. :class:`TapiBridgeServer` is the thin asyncio list
 :class:`~gateway.linesource.SourceEvents` handler. A malformed line is logged and skipped;
 the connection lives on. When a connection drops the handler hears `connection_lost` with its
 name: the devices it reported turn `unknown` until a bridge reports them again.
+
+Commands (an extension of the contract, docs/tapi-bridge.md): a bridge that announces them
+(``{"bridge": ..., "commands": ["pickup"]}``) may be sent command lines on its connection,
+e.g. ``{"cmd": "pickup", "op": ..., "device": LINE, "call": ID, "to": LINE}``, and answers
+each with ``{"result": OP, "ok": BOOL, "error"?: TEXT}``. :meth:`TapiBridgeServer.pickup`
+sends one to the connection that reported the ringing line and waits for the result.
+Bridges that never announce commands are never sent any.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import asyncio
 import itertools
 import json
 import logging
+import secrets
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Mapping
@@ -28,11 +36,14 @@ from ..model import Direction
 from ..numbers import digits
 from .access import AUTH_TIMEOUT, MAX_UNAUTHENTICATED, BridgeAccess, RefusalLog
 
-__all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer"]
+__all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer",
+           "COMMAND_TIMEOUT"]
 
 log = logging.getLogger("gateway.tapi")
 
 YIELD_EVERY = 500  # bridge lines handled before the loop gets a turn for other work
+COMMAND_TIMEOUT = 10.0  # seconds a bridge has to answer a command
+MAX_PENDING = 32  # commands waiting for their result, per bridge connection
 
 # LINECALLSTATE (lower case) -> phase and, where the state says it, the direction.
 # UNKNOWN (0x8000) is absent on purpose: it carries no information, so it changes nothing.
@@ -142,6 +153,19 @@ def parse_line(
     )
 
 
+class _Conn:
+    """One bridge connection: where to write commands, what it said it can do, what waits."""
+
+    __slots__ = ("name", "writer", "commands", "pending", "instance")
+
+    def __init__(self, name: str, writer: asyncio.StreamWriter) -> None:
+        self.name = name
+        self.writer = writer
+        self.commands: frozenset[str] = frozenset()
+        self.pending: dict[str, asyncio.Future] = {}
+        self.instance: str | None = None
+
+
 class TapiBridgeServer:
     """Listens for TAPI bridge programs; their reports go to `handler`.
 
@@ -183,6 +207,10 @@ class TapiBridgeServer:
         self.lines_bad = 0
         self._ids = itertools.count(1)
         self._handlers: set[asyncio.Task] = set()
+        self._conns: dict[str, _Conn] = {}
+        self._device_conn: dict[str, str] = {}  # device id -> connection that reported it
+        self._instances: dict[str, str] = {}  # a bridge program's instance -> its connection
+        self._superseded: set[str] = set()  # older connections of a reconnected bridge
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(
@@ -254,6 +282,7 @@ class TapiBridgeServer:
         if task is not None:
             self._handlers.add(task)
         self.connections += 1
+        self._conns[conn] = _Conn(conn, writer)
         log.info("TAPI bridge %s connected from %s", conn, peer)
         n = 0
         try:
@@ -284,6 +313,7 @@ class TapiBridgeServer:
         finally:
             self._handlers.discard(task)  # type: ignore[arg-type]
             self.connections -= 1
+            self._forget(conn)
             writer.close()
             log.warning("TAPI bridge %s disconnected: its devices are unknown until re-sent",
                         conn)
@@ -301,7 +331,9 @@ class TapiBridgeServer:
     def feed(self, raw: bytes, conn: str) -> None:
         """Apply one line (without I/O): public so tests and benchmarks can drive it."""
         line = raw.strip()
-        if not line:
+        if not line or (self._superseded and conn in self._superseded):
+            return  # a superseded connection's lines are older than its successor's state
+        if b'"device"' not in line and self._control(line, conn):
             return
         self.lines_in += 1
         try:
@@ -311,4 +343,100 @@ class TapiBridgeServer:
             log.warning("TAPI bridge %s: line skipped: %s: %.200r", conn, exc, line)
             return
         if report is not None:
+            self._device_conn[report.device] = conn
             self.handler.reports(self.name, (report,))
+
+    # -- commands (docs/tapi-bridge.md) -----------------------------------------------------
+
+    def _control(self, line: bytes, conn: str) -> bool:
+        """A command's result or the bridge's hello; False: not one (a bad line)."""
+        try:
+            msg = json.loads(line)
+        except (ValueError, RecursionError):
+            return False
+        c = self._conns.get(conn)
+        if not isinstance(msg, dict) or c is None:
+            return False
+        if "result" in msg:
+            op, ok = msg.get("result"), msg.get("ok")
+            fut = c.pending.get(op) if isinstance(op, str) else None
+            if fut is None or not isinstance(ok, bool):
+                log.warning("TAPI bridge %s: result for no waiting command skipped: %.200r",
+                            conn, line)
+                return True
+            error = msg.get("error")
+            if not fut.done():
+                fut.set_result((ok, str(error)[:300] if error is not None else None))
+            return True
+        commands = msg.get("commands")
+        if "bridge" in msg and isinstance(commands, list):
+            c.commands = frozenset(x for x in commands[:16] if isinstance(x, str))
+            log.info("TAPI bridge %s is %.64s, takes commands: %s", conn, msg["bridge"],
+                     ", ".join(sorted(c.commands)) or "none")
+            instance = msg.get("instance")
+            if isinstance(instance, str) and 0 < len(instance) <= 64:
+                self._supersede(instance, c)
+            return True
+        return False
+
+    def _supersede(self, instance: str, c: _Conn) -> None:
+        """The same bridge program connected again (it gave up on a connection we had not
+        noticed was dead, e.g. while this process was stalled): whatever is still buffered
+        on the older connection is older than the new one's full state, so it is dropped
+        unread and the older connection closed."""
+        if c.instance is not None and self._instances.get(c.instance) == c.name:
+            del self._instances[c.instance]  # one name per connection, however many hellos
+        c.instance = instance
+        old = self._instances.get(instance)
+        self._instances[instance] = c.name
+        if old is None or old == c.name or old not in self._conns:
+            return
+        self._superseded.add(old)
+        log.warning("TAPI bridge %s replaces %s (the same bridge, reconnected): the older "
+                    "connection is closed", c.name, old)
+        self._conns[old].writer.transport.abort()
+
+    def _forget(self, conn: str) -> None:
+        self._superseded.discard(conn)
+        c = self._conns.pop(conn, None)
+        if c is not None and c.instance is not None \
+                and self._instances.get(c.instance) == conn:
+            del self._instances[c.instance]
+        if c is not None:
+            for fut in c.pending.values():
+                if not fut.done():
+                    fut.set_result((False, "the TAPI bridge connection dropped"))
+        for device in [d for d, cn in self._device_conn.items() if cn == conn]:
+            del self._device_conn[device]
+
+    def can_pickup(self, target: str, picker: str) -> bool:
+        """Whether one bridge connection reports both devices and takes pickup commands."""
+        conn = self._device_conn.get(target)
+        c = self._conns.get(conn) if conn is not None else None
+        return c is not None and "pickup" in c.commands and \
+            self._device_conn.get(picker) == conn
+
+    async def pickup(self, target: str, target_line: str, call: str, picker_line: str,
+                     timeout: float = COMMAND_TIMEOUT) -> tuple[bool, str | None]:
+        """Ask the bridge that reported device `target` to move its ringing `call` (the
+        bridge's own id) to the line `picker_line`: (True, None) or (False, why not)."""
+        conn = self._device_conn.get(target)
+        c = self._conns.get(conn) if conn is not None else None
+        if c is None or "pickup" not in c.commands:
+            return False, "no TAPI bridge that takes commands reports that line"
+        if len(c.pending) >= MAX_PENDING:
+            return False, "the TAPI bridge has too many commands waiting"
+        op = secrets.token_hex(8)
+        fut = asyncio.get_running_loop().create_future()
+        c.pending[op] = fut
+        cmd = {"cmd": "pickup", "op": op, "device": target_line, "call": call,
+               "to": picker_line}
+        try:
+            c.writer.write(json.dumps(cmd).encode() + b"\n")
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            return False, f"the TAPI bridge did not answer within {timeout:g} s"
+        except (ConnectionError, OSError) as exc:
+            return False, f"the TAPI bridge connection failed: {exc}"
+        finally:
+            c.pending.pop(op, None)
