@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
+from .backoff import Backoff
 from .config import Config
 from .model import DeviceState
 from .store import RedisError, Store, encode_device
@@ -54,6 +56,11 @@ class Cluster:
         self._stop_source = stop_source
         self.leases: set[str] = set()
         self.redis_latency = 0.0  # seconds, measured every second
+        # A source that failed to start (its port taken, a bad certificate...) is tried again
+        # after a growing pause; meanwhile its lease stays free for another process.
+        self._retry: dict[str, Backoff] = {}
+        self._retry_at: dict[str, float] = {}
+        self.start_failures: dict[str, str] = {}  # source -> why its last start failed
 
     async def join(self) -> None:
         """Say we are alive and take the free leases (before serving clients)."""
@@ -71,22 +78,45 @@ class Cluster:
                 await self.janitor()
             except (RedisError, OSError) as exc:
                 log.debug("keepalive: Redis away (%s)", exc)
+            except Exception:  # noqa: BLE001 - liveness must outlive any one failing round
+                log.exception("keepalive round failed; trying again in %.0f s",
+                              HEARTBEAT_SECONDS)
 
     async def renew_leases(self) -> None:
         cfg = self._config()
         for name in LEASED_SOURCES:
             if getattr(cfg.sources, name) is None:
                 continue
+            if name not in self.leases and time.monotonic() < self._retry_at.get(name, 0.0):
+                continue  # our last start failed: wait, and leave the lease to the others
             held = await self.store.lease(name, self.pid, LEASE_TTL_MS)
             if held and name not in self.leases:
                 log.info("took the %s lease: this process now holds the %s connection",
                          name, _LABEL[name])
+                try:
+                    await self._start_source(name)
+                except (RedisError, OSError, Exception) as exc:  # noqa: BLE001
+                    await self._start_failed(name, exc)
+                    continue
                 self.leases.add(name)
-                await self._start_source(name)
+                self._retry.pop(name, None)
+                self._retry_at.pop(name, None)
+                self.start_failures.pop(name, None)
             elif not held and name in self.leases:
                 log.warning("lost the %s lease to another process: stopping that source", name)
                 self.leases.discard(name)
                 await self._stop_source(name)
+
+    async def _start_failed(self, name: str, exc: BaseException) -> None:
+        delay = self._retry.setdefault(name, Backoff(1.0, 60.0)).next()
+        self._retry_at[name] = time.monotonic() + delay
+        self.start_failures[name] = f"{type(exc).__name__}: {exc}"
+        log.error("the %s source could not start (%s): lease given back, next try in %.0f s",
+                  _LABEL[name], self.start_failures[name], delay)
+        try:
+            await self.store.release(name, self.pid)
+        except (RedisError, OSError):
+            pass  # it expires by itself within LEASE_TTL_MS
 
     async def janitor(self) -> None:
         """Devices owned by a process that is gone turn unknown (its source connection went

@@ -199,7 +199,15 @@ class LineSources:
             tracker = self.trackers[name]
             self.publisher.put([tracker.state(d) for d in tracker.devices])
         source = self._make(name)
-        await source.start()
+        try:
+            await source.start()
+        except BaseException:
+            # Half started (an endpoint up, a subscription not): take down what did start.
+            try:
+                await asyncio.wait_for(source.stop(), STOP_TIMEOUT)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                log.debug("stopping the half-started %s source", _LABEL[name], exc_info=True)
+            raise
         self.running[name] = source
 
     async def stop(self, name: str) -> None:

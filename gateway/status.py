@@ -55,6 +55,9 @@ class Status:
             sources["ami"] = {"held_here": "ami" in leases, "connected": self._ami_connected()}
         if cfg.sources.sip is not None:
             sources["sip"] = {"held_here": "sip" in leases}
+        for name, why in self.cluster.start_failures.items():
+            if name in sources:
+                sources[name]["start_failed"] = why  # retried with a growing pause
         body = {
             "status": "ok" if redis_up else "degraded",
             "process": self.pid,
