@@ -13,6 +13,12 @@ exponential backoff (:class:`~gateway.backoff.Backoff`: `backoff_initial` doubli
 `backoff_max`, reset by a working subscription). Status text that pjsua2 shows after a
 termination is garbage and ignored.
 
+What a NOTIFY says is read from its raw body (the endpoint's rx hook, on the pjsua thread,
+before pjsua's own callback), not from pjsua2's reduced status, which knows neither RPID
+``on-the-phone`` without a note nor merged multi-device documents: see
+:func:`gateway.sip.presence.read_presence`. A NOTIFY without a body (the server lost the
+publication) turns the device unknown at once.
+
 Threads: all Buddy objects and the translator live on the pjsua thread; callbacks reach
 asyncio with ``loop.call_soon_threadsafe``.
 """
@@ -29,7 +35,9 @@ from typing import Any
 from ..backoff import Backoff
 from ..calls import CallReport, ServiceReport
 from .endpoint import SipEndpoint, guarded
-from .presence import PresenceTranslator, buddy_presence, classify
+from .digest import header_values
+from .presence import LineActivity, PidfError, PresenceTranslator, buddy_presence, classify, \
+    read_presence
 
 __all__ = ["SipPresenceSource", "WatchState"]
 
@@ -49,7 +57,7 @@ class WatchState:
 
 class _Watch:
     __slots__ = ("uri", "device", "buddy", "up", "attempts", "backoff", "generation",
-                 "retry_token", "retry_in")
+                 "retry_token", "retry_in", "from_body", "key")
 
     def __init__(self, uri: str, device: str, backoff: Backoff) -> None:
         self.uri, self.device = uri, device
@@ -60,6 +68,8 @@ class _Watch:
         self.generation = 0  # bumped by every (re)subscription: stale timers/callbacks no-op
         self.retry_token: object | None = None  # set while a re-subscription is scheduled
         self.retry_in: float | None = None
+        self.from_body: LineActivity | None = None  # what the last NOTIFY's body said
+        self.key = _uri_key(uri)
 
 
 class SipPresenceSource:
@@ -101,6 +111,7 @@ class SipPresenceSource:
         self._loop = asyncio.get_running_loop()
         self._running = True
         self.endpoint.add_shutdown_hook(self._shutdown)
+        self.endpoint.add_rx_hook(self._on_rx)
         await self.endpoint.run(self._sync, dict(self._lines))
 
     async def update_lines(self, lines: Mapping[str, str]) -> None:
@@ -115,6 +126,7 @@ class SipPresenceSource:
             return
         self._running = False
         self.endpoint.remove_shutdown_hook(self._shutdown)
+        self.endpoint.remove_rx_hook(self._on_rx)
         try:
             await self.endpoint.run(self._sync, {})
         except Exception:  # noqa: BLE001 - the endpoint may be gone already
@@ -249,6 +261,39 @@ class SipPresenceSource:
             reason = info.subTermReason or ""
             self._failed(w, gen, f"terminated ({code} {reason})".strip())
 
+    def _on_rx(self, method: str, raw: str) -> None:
+        """Every received request (pjsua thread): keep what a presence NOTIFY's body says."""
+        if method != "NOTIFY" or not self._watches:
+            return
+        event = (header_values(raw, "Event", "o") or [""])[0].split(";")[0].strip().lower()
+        if event != "presence":
+            return
+        sender = (header_values(raw, "From", "f") or [""])[0]
+        key = _uri_key(sender)
+        w = next((w for w in self._watches.values() if w.key == key), None)
+        if w is None or w.buddy is None:
+            return
+        state = (header_values(raw, "Subscription-State") or [""])[0].strip().lower()
+        body = raw.replace("\r\n", "\n").split("\n\n", 1)[1] if "\n\n" in \
+            raw.replace("\r\n", "\n") else ""
+        try:
+            activity = read_presence(body)
+        except PidfError as exc:
+            log.warning("SIP source: %s: unusable presence body (%s)", w.uri, exc)
+            w.from_body = None
+            return
+        if activity is LineActivity.UNKNOWN and state.startswith(("active", "pending")):
+            # The publication is gone (e.g. Kamailio after it expired): the lamp is no longer
+            # known, not the last one seen.
+            w.from_body = None
+            if w.up:
+                log.info("SIP source: %s (%s): NOTIFY without a body: state unknown",
+                         w.uri, w.device)
+                self.translator.update(w.device, activity)
+                self._emit_lost(self.conn(w.device))
+            return
+        w.from_body = activity
+
     def _on_state(self, w: _Watch, gen: int, buddy: Any) -> None:
         if gen != w.generation:
             return
@@ -257,21 +302,38 @@ class SipPresenceSource:
         if info.subState != pj.PJSIP_EVSUB_STATE_ACTIVE:
             # ACCEPTED carries no state yet; after TERMINATED the status text is garbage.
             return
-        st = info.presStatus
-        online = {pj.PJSUA_BUDDY_STATUS_ONLINE: True,
-                  pj.PJSUA_BUDDY_STATUS_OFFLINE: False}.get(st.status)
-        presence = buddy_presence(online, st.note,
-                                  busy=st.activity == pj.PJRPID_ACTIVITY_BUSY,
-                                  away=st.activity == pj.PJRPID_ACTIVITY_AWAY)
-        activity = classify(presence)
+        activity, w.from_body = w.from_body, None
         if activity is None:
-            log.debug("SIP source: %s: nothing usable in %r", w.uri, presence)
+            # No raw body seen (logging of received messages off): pjsua2's own reading.
+            st = info.presStatus
+            online = {pj.PJSUA_BUDDY_STATUS_ONLINE: True,
+                      pj.PJSUA_BUDDY_STATUS_OFFLINE: False}.get(st.status)
+            presence = buddy_presence(online, st.note,
+                                      busy=st.activity == pj.PJRPID_ACTIVITY_BUSY,
+                                      away=st.activity == pj.PJRPID_ACTIVITY_AWAY)
+            activity = classify(presence)
+        if activity is None or activity is LineActivity.UNKNOWN:
+            log.debug("SIP source: %s: nothing usable in the NOTIFY", w.uri)
             return
         if not w.up:
             w.up = True
             w.backoff.reset()
             log.info("SIP source: watching %s (%s)", w.uri, w.device)
         self._emit_reports(self.translator.update(w.device, activity))
+
+
+def _uri_key(text: str) -> str:
+    """user@host of a URI or name-addr (From header values included), lower case."""
+    text = text.strip()
+    if "<" in text:
+        text = text.split("<", 1)[1].split(">", 1)[0]
+    text = text.split(";", 1)[0]
+    scheme, _, rest = text.partition(":")
+    if scheme.lower() not in ("sip", "sips"):
+        rest = text
+    user, _, host = rest.rpartition("@")
+    host = host.split(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    return f"{user}@{host}".lower()
 
 
 def _make_buddy(pj: Any) -> type:

@@ -54,7 +54,11 @@ def asterisk(note: str, basic: str = "open", activity: str | None = None) -> str
     ("Offline", "closed", None, LineActivity.OFFLINE),
     ("Lunch", "open", None, LineActivity.IDLE),  # free text: open means reachable
     ("Lunch", "open", "on-the-phone", LineActivity.BUSY),
-    ("On the phone", "closed", None, LineActivity.OFFLINE),  # closed wins
+    # Asterisk before 13.18 wrote closed for every state but Ready: the note decides.
+    ("On the phone", "closed", None, LineActivity.BUSY),
+    ("Ringing", "closed", None, LineActivity.RINGING),
+    ("On hold", "closed", None, LineActivity.HELD),
+    ("Lunch", "closed", None, LineActivity.OFFLINE),  # unknown note: closed is offline
 ])
 def test_asterisk_and_kamailio_notes(note, basic, activity, expected):
     assert classify(parse_pidf(asterisk(note, basic, activity))) is expected
@@ -220,18 +224,23 @@ def test_default_ids_do_not_repeat_across_restarts():
 
 @pytest.mark.parametrize(("lamp", "basic", "note", "busy"), [
     ("idle", True, "Ready", False),
-    ("ringing", True, "Ringing", False),
+    ("ringing", True, "Ringing", True),  # Asterisk's RINGING carries on-the-phone too
     ("busy", True, "On the phone", True),
     ("outgoing", True, "On the phone", True),
     ("held", True, "On hold", True),
     ("offline", False, "Unavailable", False),
-    ("unknown", False, "Unavailable", False),
     ("nonsense", False, "Unavailable", False),
 ])
 def test_lamp_pidf_round_trip(lamp, basic, note, busy):
     info = parse_pidf(lamp_pidf("sip:201@gw:5070", lamp, "201"))
     assert info.basic is basic and info.note == note
     assert ("on-the-phone" in info.activities) is busy
+    # What our own reader makes of it is the lamp again (outgoing reads as busy: PIDF has
+    # no word for dialing).
+    expected = {"idle": LineActivity.IDLE, "ringing": LineActivity.RINGING,
+                "busy": LineActivity.BUSY, "outgoing": LineActivity.BUSY,
+                "held": LineActivity.HELD}.get(lamp, LineActivity.OFFLINE)
+    assert classify(info) is expected
 
 
 def test_lamp_pidf_escapes_hostile_names():
