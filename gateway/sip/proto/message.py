@@ -65,6 +65,9 @@ REASONS = {
     503: "Service Unavailable", 513: "Message Too Large",
 }
 
+_NOT_LISTS = {"authorization", "proxy-authorization", "www-authenticate",
+              "proxy-authenticate", "date", "retry-after", "subject", "user-agent", "server"}
+
 _TOKEN = re.compile(r"^[A-Za-z0-9.!%*_+`'~-]+$")
 
 
@@ -93,12 +96,13 @@ class _Base:
         return default
 
     def header_all(self, name: str) -> list[str]:
-        """Every value of a header, comma-joined lines split (Via, Contact, Route...)."""
+        """Every value of a header, comma-joined lines split for list headers (Via, Contact,
+        Route...; not the credentials headers, whose parameters are comma-separated)."""
         want = _canon(name).lower()
         out: list[str] = []
         for k, v in self.headers:
             if k.lower() == want:
-                out.extend(split_commas(v))
+                out.extend([v] if want in _NOT_LISTS else split_commas(v))
         return out
 
     def with_headers(self, *pairs: tuple[str, str], drop: tuple[str, ...] = ()):  # noqa: ANN201
