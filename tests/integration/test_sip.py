@@ -2,8 +2,8 @@
 
 - The PBX's presence server is sipp, playing scenarios from tests/sip/scenarios.py; what the
   gateway makes of it is checked as a user sees it: the device lamps of a real LineTracker.
-- A desk phone is a second pjsua2 process (tests/sip/deskphone.py) subscribing, with digest
-  credentials, to the gateway's BLF server.
+- The BLF server for desk phones has its own tests (test_blf_server.py): it no longer uses
+  pjsua2.
 
 The gateway's own endpoint lives in this pytest process, ONE for the whole session (pjsua2
 aborts on a second Endpoint per process): a session fixture, shared by every test here.
@@ -12,7 +12,6 @@ aborts on a second Endpoint per process): a session fixture, shared by every tes
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import subprocess
 import sys
@@ -23,22 +22,18 @@ import pytest
 
 pytest.importorskip("pjsua2", reason="pjsua2-python has no wheel for this Python (3.10-3.12 only)")
 
-from gateway.auth import sip_ha1  # noqa: E402
 from gateway.calls import CallReport, LineTracker, ServiceReport  # noqa: E402
 from gateway.model import Lamp  # noqa: E402
 from gateway.panels.lamps import device_lamp  # noqa: E402
-from gateway.sip.blf_server import BlfServer  # noqa: E402
 from gateway.sip.endpoint import SipEndpoint  # noqa: E402
-from gateway.sip.presence import parse_pidf  # noqa: E402
 from gateway.sip.source import SipPresenceSource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sip import scenarios as sc  # noqa: E402
+from sip.phones import DeskPhone  # noqa: E402,F401 - used by test_sip_e2e
 
 pytestmark = pytest.mark.sip
 
-ROOT = Path(__file__).resolve().parents[2]
-DESKPHONE = ROOT / "tests" / "sip" / "deskphone.py"
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None,
                                 reason="sipp is not installed (apt-get install sip-tester)")
 
@@ -249,168 +244,3 @@ async def test_hostile_and_broken_bodies_change_nothing(watch):
     lamps, _ = await watch(steps, keys=keys)
     await until(lambda: Lamp.HELD in lamps.history["201"], what="held after the garbage")
     assert lamps.history["201"] == [Lamp.BUSY, Lamp.HELD]
-
-
-# ---------------------------------------------------------------------------- BLF server
-
-
-class DeskPhone:
-    """A desk phone process; `events` holds what it printed."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict] = []
-        self._reader = asyncio.create_task(self._read())
-
-    @classmethod
-    async def start(cls, target: str, user: str | None = None, password: str | None = None):
-        args = [sys.executable, str(DESKPHONE), "--target", target]
-        if user:
-            args += ["--user", user, "--password", password or ""]
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL)
-        return cls(proc)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            if line.startswith(b"{"):
-                self.events.append(json.loads(line))
-
-    def notes(self) -> list[str]:
-        """The note of every PIDF body the phone received (parsed with the gateway's own
-        safe parser: this also checks the bodies are well-formed)."""
-        out = []
-        for e in self.events:
-            if e["event"] == "notify" and "active" in e["state"] and e["body"].strip():
-                info = parse_pidf(e["body"])
-                out.append(info.note)
-        return out
-
-    def codes(self) -> list[int]:
-        return [e["code"] for e in self.events if e["event"] == "response"]
-
-    async def close(self) -> None:
-        if self.proc.returncode is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        self._reader.cancel()
-
-
-@pytest.fixture
-async def blf(endpoint):
-    lamps = {"201": "ringing", "202": "idle", "alice": "busy"}
-    allowed = {("alice", "201"), ("alice", "202"), ("alice", "alice")}
-    passwords = {"alice": "s3cret", "bob": "hunter2"}
-    server = BlfServer(
-        endpoint,
-        lookup=lambda client, target: ("device", lamps[target]) if target in lamps else None,
-        authorize=lambda client, target: (client, target) in allowed,
-        credentials=lambda c: sip_ha1(c, passwords[c]) if c in passwords else None,
-    )
-    await server.start()
-    phones: list[DeskPhone] = []
-
-    async def phone(target: str, user: str | None, password: str | None) -> DeskPhone:
-        p = await DeskPhone.start(f"sip:{target}@127.0.0.1:{endpoint.port}", user, password)
-        phones.append(p)
-        return p
-
-    server.phone = phone  # type: ignore[attr-defined]
-    yield server
-    for p in phones:
-        await p.close()
-    await server.stop()
-
-
-def _final_notes(phone: DeskPhone) -> str | None:
-    notes = phone.notes()
-    return notes[-1] if notes else None
-
-
-async def test_desk_phone_sees_the_lamp_and_its_changes(blf):
-    phone = await blf.phone("201", "alice", "s3cret")
-    await until(lambda: _final_notes(phone) == "Ringing", what="Ringing on the phone")
-    assert 401 in phone.codes() and 200 in phone.codes(), "challenged, then accepted"
-    blf.lamp_changed("201", "busy")
-    await until(lambda: _final_notes(phone) == "On the phone", what="On the phone")
-    blf.lamp_changed("201", "held")
-    await until(lambda: _final_notes(phone) == "On hold", what="On hold")
-    blf.lamp_changed("201", "offline")
-    await until(lambda: _final_notes(phone) == "Unavailable", what="Unavailable")
-    last = [e for e in phone.events if e["event"] == "notify"][-1]
-    assert parse_pidf(last["body"]).basic is False
-    blf.lamp_changed("201", "idle")
-    await until(lambda: _final_notes(phone) == "Ready", what="Ready")
-    # pjsua2 on the phone side agrees: open, "Ready"
-    await until(lambda: any(e["event"] == "presence" and e["online"] and e["note"] == "Ready"
-                            for e in phone.events), what="phone's own view")
-    subs = await blf.subscribers()
-    assert [(s.client, s.target, s.lamp) for s in subs] == [("alice", "201", "idle")]
-
-
-async def test_a_change_reaches_only_the_target_s_subscribers(blf):
-    p201 = await blf.phone("201", "alice", "s3cret")
-    p202 = await blf.phone("202", "alice", "s3cret")
-    await until(lambda: _final_notes(p201) == "Ringing" and _final_notes(p202) == "Ready",
-                what="both phones subscribed")
-    n202 = len(p202.notes())
-    blf.lamp_changed("201", "busy")
-    await until(lambda: _final_notes(p201) == "On the phone", what="201 busy")
-    await asyncio.sleep(0.3)  # give a wrong NOTIFY to 202 the chance to show up
-    assert len(p202.notes()) == n202
-
-
-async def test_wrong_password_is_rejected(blf):
-    phone = await blf.phone("201", "alice", "wrong")
-    await until(lambda: 403 in phone.codes(), what="403")
-    assert phone.notes() == []
-    assert not any(e["event"] == "sub" and e["state"] == "ACTIVE" for e in phone.events)
-
-
-async def test_unknown_client_is_rejected_like_a_wrong_password(blf):
-    phone = await blf.phone("201", "mallory", "s3cret")
-    await until(lambda: 403 in phone.codes(), what="403")
-    assert phone.notes() == []
-
-
-async def test_unknown_target_is_404(blf):
-    phone = await blf.phone("999", "alice", "s3cret")
-    await until(lambda: 404 in phone.codes(), what="404")
-    assert phone.notes() == []
-
-
-async def test_target_the_client_may_not_see_is_403(blf):
-    phone = await blf.phone("201", "bob", "hunter2")
-    await until(lambda: 403 in phone.codes(), what="403")
-    assert phone.notes() == []
-
-
-async def test_phone_without_credentials_gets_only_a_challenge(blf):
-    phone = await blf.phone("201", None, None)
-    await until(lambda: 401 in phone.codes(), what="401")
-    await asyncio.sleep(0.3)
-    assert 200 not in phone.codes() and phone.notes() == []
-
-
-@needs_sipp
-async def test_refresh_keeps_the_gateway_lamp_on_the_phone(blf, endpoint, tmp_path):
-    """pjsua NOTIFYs its account's own presence on every refresh; the server must follow
-    with the lamp, or a phone would show `closed` until the next change."""
-    scenario = ROOT / "tests" / "sip" / "deskphone_refresh.xml"
-    proc = await asyncio.create_subprocess_exec(
-        "sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(_free_udp_port()),
-        "-s", "201", "-m", "1", "-nostdin", "-timeout", "20", "-timeout_error",
-        "-trace_err", "-error_file", str(tmp_path / "phone.err"),
-        f"127.0.0.1:{endpoint.port}",
-        cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    rc = await asyncio.wait_for(proc.wait(), 40)
-    errors = (tmp_path / "phone.err").read_text() if (tmp_path / "phone.err").exists() else ""
-    assert rc == 0, f"the phone did not see the lamp after the refresh:\n{errors[-2000:]}"
-    assert await blf.subscribers() == [], "the unsubscribe ended the subscription"

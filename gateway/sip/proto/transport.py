@@ -53,8 +53,7 @@ class _Stream(asyncio.Protocol):
         self.last = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         addr = transport.get_extra_info("peername") or ("", 0)
         self.peer = (addr[0], addr[1])
         if len(self.agent._conns) >= self.agent.max_connections:
@@ -95,8 +94,7 @@ class _Datagram(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if data.strip(b"\r\n") == b"":
