@@ -167,13 +167,31 @@ class AmiCfg(_Model):
 
 
 class SipCfg(_Model):
+    # The BLF server for desk phones: UDP here, TCP and TLS where given.
     bind: str = "127.0.0.1:5070"
-    # Optional registration of the gateway's user agent (digest credentials from a file).
+    tcp: str | None = None
+    tls: str | None = None
+    tls_cert: str | None = None  # PEM certificate chain (TLS)
+    tls_key: str | None = None  # PEM private key (TLS)
+    # The pjsua2 user agent that watches SIP lines (default: bind's host, a free port).
+    agent_bind: str | None = None
+    # Optional registration of that user agent (digest credentials from a file).
     registrar: str | None = None
     username: str | None = None
     password_file: str | None = None
 
     _v_bind = field_validator("bind")(_check_hostport)
+
+    @field_validator("tcp", "tls", "agent_bind")
+    @classmethod
+    def _v_optional_hostport(cls, v: str | None) -> str | None:
+        return None if v is None else _check_hostport(v)
+
+    @model_validator(mode="after")
+    def _v_tls(self) -> SipCfg:
+        if self.tls and not (self.tls_cert and self.tls_key):
+            raise ValueError("tls needs tls_cert and tls_key (PEM files)")
+        return self
 
 
 class SourcesCfg(_Model):

@@ -1,13 +1,18 @@
-"""The SIP side of one gateway process: the pjsua2 endpoint, the presence line source on it,
-and the BLF server that shows gateway lamps to desk phones.
+"""The SIP side of one gateway process: the BLF server that shows gateway lamps to desk
+phones (the project's own SIP layer, on the asyncio loop), and the pjsua2 endpoint with the
+presence line source on it. :class:`SipService` is the SIP
+:class:`~gateway.linesource.LineSource`.
 
-:class:`SipService` starts and stops the three together (one endpoint per process: pjsua2
-aborts on a second); it is the SIP :class:`~gateway.linesource.LineSource`. The BLF server
-answers on the pjsua thread and cannot wait for the loop, so this service keeps plain-dict
-copies it reads there: the lamp of every device and client (updated from the engine's
-deltas, :meth:`SipService.lamps_changed`) and the SIP digest HA1 of every client (re-read
-from Redis every 2 s, so a new password reaches desk phones quickly). Both dicts are only
-changed item by item from the loop: each a single atomic store.
+The BLF server listens on ``[sources.sip] bind`` (UDP) and on ``tcp`` / ``tls`` where
+configured; the pjsua2 user agent (presence subscriptions to the PBX, registration) on
+``agent_bind`` (default: the same host, a free port), and only where it has work: SIP lines to
+watch or a registrar.
+
+The BLF server reads the gateway through :class:`GatewayDirectory`: lamps and calls from the
+engine, rendered with the subscribing client's rights (:mod:`gateway.panels.rights`, the one
+place rights are applied), and the client's SIP digest HA1 from a copy re-read from Redis every
+2 s. A changed HA1 or a configuration reload makes the server re-check every live
+subscription at once.
 """
 
 from __future__ import annotations
@@ -18,16 +23,78 @@ from collections.abc import Callable, Iterable
 
 from ..config import Config
 from ..linesource import Lines, SourceEvents, device_lines
+from ..model import Lamp
 from ..panels.engine import Delta, Engine
-from ..panels.rights import combined_rights, visible_panels
+from ..panels.rights import (
+    FULL_RIGHTS,
+    Rights,
+    combined_rights,
+    panel_rights,
+    render_device,
+    render_member,
+    visible_panels,
+)
 from ..store import RedisError, Store
+from .notifier import BlfView
 
-__all__ = ["SipService", "HA1_REFRESH_SECONDS"]
+__all__ = ["SipService", "GatewayDirectory", "HA1_REFRESH_SECONDS"]
 
 log = logging.getLogger("gateway.sip")
 
 HA1_REFRESH_SECONDS = 2.0
 STOP_TIMEOUT = 5.0
+
+
+_NUMBERS = {"none": 0, "inbound": 1, "all": 2}
+
+
+class GatewayDirectory:
+    """What the BLF notifier reads: HA1s, targets, and each target as a client may see it."""
+
+    def __init__(self, config: Callable[[], Config], engine: Callable[[], Engine],
+                 ha1: dict[str, str]) -> None:
+        self._config, self._engine, self._ha1 = config, engine, ha1
+
+    def ha1(self, client: str) -> str | None:
+        return self._ha1.get(client)
+
+    def exists(self, target: str) -> bool:
+        cfg = self._config()
+        return target in cfg.device_by_id or target in cfg.client_by_name
+
+    def rights(self, client: str, target: str) -> Rights | None:
+        """A desk phone sees what its client may see: its own and monitored devices and the
+        devices of members of its visible panels (combined_rights), those members (the
+        rights of its visible panels that show them), and itself."""
+        cfg = self._config()
+        if client not in cfg.client_by_name:
+            return None
+        if target in cfg.device_by_id:
+            return combined_rights(cfg, client, target)
+        if target not in cfg.client_by_name:
+            return None
+        if target == client:
+            return FULL_RIGHTS
+        found = [panel_rights(cfg.group_by_name[p], client)
+                 for p in visible_panels(cfg, client)
+                 if target in cfg.group_by_name[p].members]
+        if not found:
+            return None
+        return Rights(calls=any(r.calls for r in found),
+                      numbers=max((r.numbers for r in found), key=_NUMBERS.__getitem__),
+                      pickup=any(r.pickup for r in found),
+                      presence=any(r.presence for r in found))
+
+    def view(self, client: str, target: str) -> BlfView | None:
+        rights = self.rights(client, target)
+        if rights is None:
+            return None
+        engine = self._engine()
+        if target in self._config().device_by_id:
+            shown = render_device(engine.device_view(target), rights)
+        else:
+            shown = render_member(engine.member(target), rights)
+        return BlfView(Lamp(shown["lamp"]), tuple(shown["calls"]))
 
 
 class SipService:
@@ -53,21 +120,41 @@ class SipService:
         self.endpoint = None
         self.source = None
         self.blf_server = None
-        self._lamps: dict[str, str] = {}
         self._ha1: dict[str, str] = {}
         self._refresh: asyncio.Task | None = None
+        self.directory = GatewayDirectory(config, engine, self._ha1)
 
     async def start(self) -> None:
-        """Start the user agent, watch the lines, serve desk phones."""
+        """Serve desk phones, start the user agent where it has work, watch the lines."""
         from .blf_server import BlfServer
-        from .endpoint import SipEndpoint
+
+        cfg = self._config()
+        scfg = cfg.sources.sip
+        assert scfg is not None
+        await self._load_ha1()  # before the first phone can ask
+        self.blf_server = BlfServer(
+            self.directory, udp=scfg.bind, tcp=scfg.tcp, tls=scfg.tls,
+            certfile=str(cfg.path(scfg.tls_cert)) if scfg.tls_cert else None,
+            keyfile=str(cfg.path(scfg.tls_key)) if scfg.tls_key else None)
+        await self.blf_server.start()
+        self._refresh = asyncio.create_task(self._refresh_ha1())
+        if self._lines or scfg.registrar:
+            await self._start_agent()
+        log.info("SIP: BLF server on %s; presence source for %d line(s)%s",
+                 ", ".join(f"{t} {h}:{p}" for t, (h, p) in self.blf_server.addresses.items()),
+                 len(self._lines), f" (user agent on {self.endpoint.host}:"
+                 f"{self.endpoint.port})" if self.endpoint is not None else "")
+
+    async def _start_agent(self) -> None:
+        from .endpoint import SipEndpoint, split_hostport
         from .source import SipPresenceSource
 
         cfg = self._config()
         scfg = cfg.sources.sip
         assert scfg is not None
+        bind = scfg.agent_bind or f"{split_hostport(scfg.bind)[0]}:0"
         self.endpoint = SipEndpoint(
-            scfg.bind, registrar=scfg.registrar, username=scfg.username,
+            bind, registrar=scfg.registrar, username=scfg.username,
             password_file=str(cfg.path(scfg.password_file)) if scfg.password_file else None)
         await asyncio.to_thread(self.endpoint.start)
         self.source = SipPresenceSource(
@@ -75,21 +162,14 @@ class SipService:
             lambda reports: self.handler.reports(self.name, reports),
             lambda conn: self.handler.connection_lost(self.name, conn))
         await self.source.start()
-        self._lamps.clear()
-        self._reload_lamps()
-        await self._load_ha1()  # before the first phone can ask
-        self.blf_server = BlfServer(self.endpoint, self._lookup, self._authorize, self._ha1.get)
-        await self.blf_server.start()
-        self._refresh = asyncio.create_task(self._refresh_ha1())
-        log.info("SIP user agent on %s (presence source for %d device(s), BLF server)",
-                 scfg.bind, len(self._lines))
 
     async def stop(self) -> None:
-        """Unsubscribe and end the desk phones' subscriptions, then stop the user agent."""
+        """End the desk phones' subscriptions (they come back after a restart), unsubscribe
+        the presence source, stop the user agent."""
         if self._refresh is not None:
             self._refresh.cancel()
             self._refresh = None
-        for part in ("source", "blf_server"):
+        for part in ("blf_server", "source"):
             obj = getattr(self, part)
             if obj is not None:
                 try:
@@ -103,70 +183,50 @@ class SipService:
 
     async def update_lines(self, lines: Lines) -> None:
         """A configuration reload: watch the new lines (unchanged ones keep their
-        subscription); desk phones may ask for the lamps of their devices at once."""
+        subscription); re-check the desk phones' subscriptions against the new rights."""
         self._lines = dict(lines)
         if self.source is not None:
             await self.source.update_lines(device_lines(self._lines))
-        for device, _ in self._lines.values():
-            self._lamps.setdefault(device, "unknown")
+        elif self._lines and self.endpoint is None:
+            log.warning("SIP: lines to watch appeared; the presence source starts at the "
+                        "next restart")
+        if self.blf_server is not None:
+            self.blf_server.recheck()
 
     def lamps_changed(self, deltas: Iterable[Delta]) -> None:
-        """Engine deltas: NOTIFY the desk phones whose lamp changed."""
-        if self.blf_server is None:
-            return
-        for d in deltas:
-            lamp = d.view.lamp.value
-            if self._lamps.get(d.key) != lamp:
-                self._lamps[d.key] = lamp
-                self.blf_server.lamp_changed(d.key, lamp)
-
-    # -- read on the pjsua thread ---------------------------------------------------------
-
-    def _reload_lamps(self) -> None:
-        cfg, engine = self._config(), self._engine()
-        for d in cfg.device_by_id:
-            self._lamps[d] = engine.device_view(d).lamp.value
-        for c in cfg.client_by_name:
-            self._lamps[c] = engine.member(c).lamp.value
-
-    def _lookup(self, subscriber: str, target: str) -> tuple[str, str] | None:
-        lamp = self._lamps.get(target)
-        if lamp is None:
-            return None
-        return ("device" if target in self._config().device_by_id else "client", lamp)
-
-    def _authorize(self, subscriber: str, target: str) -> bool:
-        """A desk phone sees what its client may see: its own and monitored devices,
-        devices of members of its visible panels, and those members."""
-        cfg = self._config()
-        if subscriber not in cfg.client_by_name:
-            return False
-        panels = visible_panels(cfg, subscriber)
-        if target in cfg.client_by_name:
-            return target == subscriber or any(
-                target in cfg.group_by_name[p].members for p in panels)
-        if target in cfg.device_by_id:
-            return combined_rights(cfg, subscriber, target) is not None
-        return False
+        """Engine deltas: NOTIFY the desk phones that see a difference."""
+        if self.blf_server is not None:
+            self.blf_server.changed({d.key for d in deltas})
 
     # -- digest credentials -----------------------------------------------------------------
 
-    async def _load_ha1(self) -> None:
+    async def _load_ha1(self) -> bool:
+        """Re-read every client's HA1; True when one changed."""
+        changed = False
+        names = set()
         for name, c in self._config().client_by_name.items():
             if c.type == "nologin":
                 continue
+            names.add(name)
             ha1 = (await self.store.get_password(name)).get("ha1")
-            if ha1:
+            if ha1 and self._ha1.get(name) != ha1:
                 self._ha1[name] = ha1
-            else:
-                self._ha1.pop(name, None)
+                changed = True
+            elif not ha1 and name in self._ha1:
+                del self._ha1[name]
+                changed = True
+        for gone in set(self._ha1) - names:
+            del self._ha1[gone]
+            changed = True
+        return changed
 
     async def _refresh_ha1(self) -> None:
-        """The SIP thread checks digests against this copy (it cannot wait for Redis): a
-        changed password reaches desk phones within 2 s."""
+        """Digests are checked against this copy (a SUBSCRIBE cannot wait for Redis): a
+        changed password reaches desk phones within 2 s and ends their subscriptions."""
         while True:
             await asyncio.sleep(HA1_REFRESH_SECONDS)
             try:
-                await self._load_ha1()
+                if await self._load_ha1() and self.blf_server is not None:
+                    self.blf_server.recheck()
             except (RedisError, OSError):
                 pass
