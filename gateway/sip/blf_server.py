@@ -86,7 +86,7 @@ class BlfServer:
                 ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 ctx.load_cert_chain(self.certfile or "", self.keyfile)
                 await self.agent.listen_stream(host, port, tls=ctx)
-        log.info("BLF server for desk phones on %s",
+        log.debug("BLF server for desk phones on %s",
                  ", ".join(f"{t} {h}:{p}" for t, (h, p) in self.agent.addresses.items()))
 
     async def stop(self, grace: float = 2.0) -> None:
