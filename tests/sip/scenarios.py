@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-__all__ = ["presence_server", "answer", "notify", "pause", "respond_refresh", "asterisk_pidf",
+__all__ = ["presence_server", "answer", "notify", "notify_dialog", "pause", "respond_refresh", "asterisk_pidf",
            "ignore_subscribe", "STANDARD"]
 
 _HEAD = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -113,7 +113,8 @@ SIP/2.0 {code} {reason}
 
 
 def notify(note: str = "Ready", *, body: str | None = None, state: str = "active;expires=600",
-           content_type: str = "application/pidf+xml", expect: str = "200") -> str:
+           content_type: str = "application/pidf+xml", expect: str = "200",
+           event: str = "presence") -> str:
     """Send an in-dialog NOTIFY: an Asterisk body for `note`, or a raw `body`.
 
     `expect` is the response the gateway should give ("" to not wait for one)."""
@@ -139,7 +140,7 @@ To: [$from]
 CSeq: [cseq] NOTIFY
 Max-Forwards: 70
 Contact: <sip:[service]@[local_ip]:[local_port]>
-Event: presence
+Event: {event}
 Subscription-State: {state}
 Content-Type: {content_type}
 Content-Length: [len]
@@ -148,6 +149,13 @@ Content-Length: [len]
     ]]>
   </send>
 {recv}"""
+
+
+def notify_dialog(body: str, *, state: str = "active;expires=600",
+                  expect: str = "200") -> str:
+    """An in-dialog NOTIFY with a dialog-info body (``[service]`` is the watched user)."""
+    return notify(body=body, state=state, content_type="application/dialog-info+xml",
+                  expect=expect, event="dialog")
 
 
 def pause(ms: int) -> str:

@@ -111,17 +111,19 @@ Handler = Callable[[Request, Peer, ServerTransaction, float], None]
 class SipAgent:
     """Sockets + transactions for one SIP agent (see the module docstring).
 
-    `handler(request, peer, tx, now)` gets every new request; it answers with
-    :meth:`respond`. `deadline()` (optional) gives the handler's next deadline and
-    `on_tick(now)` is called when it is due.
+    `handler(request, peer, tx, now)` gets every new request (``handlers[method]`` first,
+    where one is registered); it answers with :meth:`respond`. `deadline()` (optional) gives
+    the handler's next deadline and `on_tick(now)` is called when it is due; more such pairs
+    go in :attr:`timers`.
     """
 
     def __init__(self, handler: Handler, *, deadline: Callable[[], float | None] = lambda: None,
                  on_tick: Callable[[float], None] = lambda now: None,
                  max_connections: int = MAX_CONNECTIONS) -> None:
         self.handler = handler
-        self.deadline = deadline
-        self.on_tick = on_tick
+        self.handlers: dict[str, Handler] = {}  # by method, before `handler`
+        self.timers: list[tuple[Callable[[], float | None], Callable[[float], None]]] = [
+            (deadline, on_tick)]
         self.layer = TransactionLayer()
         self.max_connections = max_connections
         self.loop = asyncio.get_event_loop()
@@ -266,7 +268,7 @@ class SipAgent:
             self._run(actions)
             return
         try:
-            self.handler(msg, peer, tx, now)
+            self.handlers.get(msg.method, self.handler)(msg, peer, tx, now)
         except Exception:  # noqa: BLE001 - one bad request must not stop the agent
             log.exception("SIP handler failed on %s", msg.method)
             from .subscription import make_response  # noqa: PLC0415
@@ -298,7 +300,8 @@ class SipAgent:
         return await fut
 
     def _reschedule(self) -> None:
-        times = [t for t in (self.layer.next_deadline(), self.deadline()) if t is not None]
+        times = [t for t in (self.layer.next_deadline(), *(d() for d, _ in self.timers))
+                 if t is not None]
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -309,10 +312,11 @@ class SipAgent:
         self._timer = None
         now = self.loop.time()
         actions = self.layer.tick(now)
-        try:
-            self.on_tick(now)
-        except Exception:  # noqa: BLE001
-            log.exception("SIP timer handler failed")
+        for _, on_tick in list(self.timers):
+            try:
+                on_tick(now)
+            except Exception:  # noqa: BLE001
+                log.exception("SIP timer handler failed")
         self._run(actions)
 
     def reschedule(self) -> None:

@@ -1,0 +1,144 @@
+"""The SIP line source on the project's own SIP layer: :class:`~gateway.sip.watcher.WatchCore`
+on the wire.
+
+It shares the BLF server's :class:`~gateway.sip.proto.transport.SipAgent` (one SIP port per
+gateway): NOTIFYs go to the watcher, everything else to the desk phones' notifier. What the
+PBX says leaves as core reports through `on_reports`; a device whose state is no longer known
+through `on_connection_lost(conn)` (``"sip:" + device``), on the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..calls import CallReport, ServiceReport
+from .proto.message import Request, Response
+from .proto.subscription import make_response
+from .proto.transaction import ServerTransaction
+from .proto.transport import Peer, SipAgent
+from .watcher import Lost, Out, WatchCore, WatchLine
+
+__all__ = ["SipLineSource", "LineState", "peer_of_uri"]
+
+log = logging.getLogger("gateway.sip")
+
+
+@dataclass(frozen=True, slots=True)
+class LineState:
+    """One watched line as the source sees it (status pages and tests)."""
+
+    uri: str
+    device: str
+    event: str
+    up: bool
+    attempts: int
+
+
+def peer_of_uri(uri: str) -> Peer:
+    """Where a SIP URI's requests go: its host and port (5060/5061), its transport
+    parameter (UDP by default, TLS for sips:)."""
+    text = uri.strip().strip("<>")
+    scheme, _, rest = text.partition(":")
+    rest = rest.split("@", 1)[-1]
+    hostport, _, params = rest.partition(";")
+    transport = "TLS" if scheme.lower() == "sips" else "UDP"
+    for p in params.split(";"):
+        k, _, v = p.partition("=")
+        if k.strip().lower() == "transport" and v.strip().lower() in ("udp", "tcp", "tls"):
+            transport = v.strip().upper()
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        port = int(tail[1:]) if tail.startswith(":") else 0
+    elif ":" in hostport:
+        host, p = hostport.rsplit(":", 1)
+        port = int(p)
+    else:
+        host, port = hostport, 0
+    return Peer(transport, host, port or (5061 if transport == "TLS" else 5060))
+
+
+class SipLineSource:
+    """Watches SIP lines (see the module docstring)."""
+
+    name = "sip"
+
+    def __init__(self, agent: SipAgent, lines: Mapping[str, WatchLine],
+                 on_reports: Callable[[Sequence[CallReport | ServiceReport]], None],
+                 on_connection_lost: Callable[[str | None], None], *,
+                 identity: str = "blf-gateway", credentials: tuple[str, str] | None = None,
+                 outbound: str | None = None, **options: float) -> None:
+        self.agent = agent
+        self.on_reports, self.on_lost = on_reports, on_connection_lost
+        self._lines = dict(lines)
+        proxy = peer_of_uri(outbound) if outbound else None
+        host = next(iter(agent.addresses.values()))[0] if agent.addresses else "127.0.0.1"
+        self.core = WatchCore(agent.local, (lambda uri: proxy) if proxy else peer_of_uri,
+                              local_uri=f"sip:{identity}@{host}", credentials=credentials,
+                              call_ids_from=int(time.time() * 1000),
+                              **options)  # type: ignore[arg-type]
+        self._running = False
+
+    async def start(self) -> None:
+        self._running = True
+        self.agent.handlers["NOTIFY"] = self._on_notify
+        self.agent.timers.append((self.core.next_deadline, self._tick))
+        self._apply(self.core.update_lines(self._lines, self.agent.loop.time()))
+
+    async def update_lines(self, lines: Mapping[str, WatchLine]) -> None:
+        self._lines = dict(lines)
+        if self._running:
+            self._apply(self.core.update_lines(self._lines, self.agent.loop.time()))
+
+    async def stop(self) -> None:
+        """Unsubscribe every line (not waiting for answers); the devices become unknown."""
+        if not self._running:
+            return
+        outs, _ = self.core.stop()
+        for out in outs:
+            self.agent.request(out.request, out.dest)
+        self._running = False
+        self.agent.handlers.pop("NOTIFY", None)
+        self.agent.timers = [t for t in self.agent.timers if t[1] != self._tick]
+        self.on_lost(None)
+
+    def lines(self) -> list[LineState]:
+        return [LineState(ln.line.uri, ln.line.device, ln.line.event, ln.up, ln.attempts)
+                for ln in self.core.lines.values()]
+
+    @property
+    def healthy(self) -> bool:
+        """True when there is nothing to watch or at least one line delivers state."""
+        return not self.core.lines or any(ln.up for ln in self.core.lines.values())
+
+    # ------------------------------------------------------------------ wire
+
+    def _apply(self, result: tuple[list[Out], list]) -> None:
+        if not self._running:
+            return
+        outs, events = result
+        for out in outs:
+            self.agent.request(out.request, out.dest,
+                               lambda resp, key=out.key: self._answered(key, resp))
+        for ev in events:
+            if isinstance(ev, Lost):
+                self.on_lost(ev.conn)
+            elif ev:
+                self.on_reports(list(ev))
+        for line in self.core.log:
+            log.info("SIP lines: %s", line)
+        self.core.log.clear()
+        self.agent.reschedule()
+
+    def _answered(self, key: str, resp: Response | None) -> None:
+        self._apply(self.core.on_response(key, resp, self.agent.loop.time()))
+
+    def _on_notify(self, req: Request, peer: Peer, tx: ServerTransaction, now: float) -> None:
+        resp, events = self.core.on_notify(req, now)
+        self.agent.respond(tx, resp if resp is not None else make_response(req, 481))
+        self._apply(([], events))
+
+    def _tick(self, now: float) -> None:
+        self._apply(self.core.tick(now))
