@@ -173,9 +173,14 @@ class SipCfg(_Model):
     tls: str | None = None
     tls_cert: str | None = None  # PEM certificate chain (TLS)
     tls_key: str | None = None  # PEM private key (TLS)
-    # The pjsua2 user agent that watches SIP lines (default: bind's host, a free port).
+    # Who watches SIP lines: the gateway's own SIP layer on `bind` ("native"), or the pjsua2
+    # user agent on `agent_bind` (default: bind's host, a free port; presence only).
+    watcher: Literal["native", "pjsua2"] = "native"
     agent_bind: str | None = None
-    # Optional registration of that user agent (digest credentials from a file).
+    # A line's subscription is refreshed at least this often, so that a PBX that restarted
+    # and forgot us is noticed within it (native watcher).
+    probe_seconds: float = Field(10.0, ge=1.0, le=600.0)
+    # Digest credentials for the PBX (SUBSCRIBE challenges; the registration, done by pjsua2)
     registrar: str | None = None
     username: str | None = None
     password_file: str | None = None
@@ -209,6 +214,9 @@ class DeviceCfg(_Model):
     number: str = ""
     source: Literal["tapi_bridge", "ami", "sip"] = "tapi_bridge"
     line: str | None = None
+    # SIP lines: the event package the gateway subscribes to (dialog: RFC 4235, with
+    # direction, remote number and name, and call identities where the PBX sends them).
+    sip_event: Literal["presence", "dialog"] = "presence"
     computer: str | None = None
     journal: bool = False
 
@@ -421,6 +429,10 @@ def _cross_check(cfg: Config) -> list[str]:
                 f"devices[{i}].source: source {d.source!r} is not configured "
                 f"(add a [sources.{d.source}] section)"
             )
+        if (d.sip_event == "dialog" and d.source == "sip" and cfg.sources.sip is not None
+                and cfg.sources.sip.watcher == "pjsua2"):
+            errors.append(f"devices[{i}].sip_event: dialog needs [sources.sip] "
+                          'watcher = "native" (pjsua2 watches presence only)')
         key = (d.source, d.line_name)
         if key in lines and lines[key] != d.id:
             errors.append(

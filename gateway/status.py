@@ -42,6 +42,10 @@ class Status:
         ami = self.sources.ami
         return bool(ami is not None and ami.connected)
 
+    def _sip_up(self) -> bool:
+        sip = self.sources.sip
+        return bool(sip is not None and sip.healthy)
+
     def health(self) -> tuple[int, dict]:
         """(HTTP status, body): 503 while Redis is unreachable."""
         cfg = self._config()
@@ -54,7 +58,7 @@ class Status:
         if cfg.sources.ami is not None:
             sources["ami"] = {"held_here": "ami" in leases, "connected": self._ami_connected()}
         if cfg.sources.sip is not None:
-            sources["sip"] = {"held_here": "sip" in leases}
+            sources["sip"] = {"held_here": "sip" in leases, "up": self._sip_up()}
         for name, why in self.cluster.start_failures.items():
             if name in sources:
                 sources[name]["start_failed"] = why  # retried with a growing pause
@@ -126,7 +130,8 @@ class Status:
         for name in LEASED_SOURCES:
             if getattr(cfg.sources, name) is not None:
                 here = name in leases
-                up = here and (name != "ami" or self._ami_connected())
+                up = here and (self._ami_connected() if name == "ami" else
+                               self._sip_up() if name == "sip" else True)
                 lines.append(f'blf_source_up{{source="{name}",held_here="{int(here)}"}} '
                              f"{int(up)}")
         lines += [

@@ -22,6 +22,7 @@ unknown target                        404
 target the client may not see         403 (a refresh: also NOTIFY terminated;reason=rejected)
 Expires below MIN_EXPIRES (not 0)     423 with Min-Expires
 too many subscriptions                503 with Retry-After (per client and in total)
+the gateway is shutting down          503 with Retry-After: 5 (the phone comes back later)
 Expires: 0 with no dialog (a fetch)   200, one NOTIFY terminated;reason=timeout, the lamp
 Expires: 0 in a dialog (unsubscribe)  200, final NOTIFY terminated;reason=timeout
 otherwise                             200, Expires = min(asked, MAX_EXPIRES), NOTIFY at once
@@ -148,6 +149,7 @@ class BlfNotifier:
         self._by_target: dict[str, set[tuple[str, str, str]]] = {}
         self._per_client: dict[str, int] = {}
         self.answered: dict[int, int] = {}  # status -> count (metrics)
+        self.closing = False  # shutting down: new subscriptions are refused (503)
         # (debug?, text): why each refusal or ending happened, drained by the edge. Challenges
         # are routine (every SUBSCRIBE gets one first): debug level.
         self.log: list[tuple[bool, str]] = []
@@ -177,6 +179,9 @@ class BlfNotifier:
                                           headers=headers))]
 
     def _subscribe(self, req: Request, dest: Any, now: float) -> list[Reply | Notify]:
+        if self.closing:
+            # A phone told to come back must not land on the process that is going away.
+            return self._refuse(req, 503, "shutting down", headers=(("Retry-After", "5"),))
         package = (req.header("Event") or "").split(";")[0].strip().lower()
         if package not in PACKAGES:
             return self._refuse(req, 489, f"event {package!r}",
@@ -370,7 +375,9 @@ class BlfNotifier:
         return out
 
     def shutdown(self, now: float) -> list[Notify]:
-        """End every subscription so that phones come back after the restart."""
+        """End every subscription so that phones come back after the restart; from now on
+        SUBSCRIBEs are answered 503 (Retry-After 5)."""
+        self.closing = True
         out = []
         for key, blf in list(self.subs.items()):
             self._drop(key)

@@ -120,6 +120,7 @@ class SipService:
         self.endpoint = None
         self.source = None
         self.blf_server = None
+        self.lines = None  # the native line source (SipLineSource)
         self._ha1: dict[str, str] = {}
         self._refresh: asyncio.Task | None = None
         self.directory = GatewayDirectory(config, engine, self._ha1)
@@ -138,12 +139,52 @@ class SipService:
             keyfile=str(cfg.path(scfg.tls_key)) if scfg.tls_key else None)
         await self.blf_server.start()
         self._refresh = asyncio.create_task(self._refresh_ha1())
-        if self._lines or scfg.registrar:
+        if scfg.watcher == "native":
+            await self._start_native()
+        if (self._lines and scfg.watcher == "pjsua2") or scfg.registrar:
             await self._start_agent()
-        log.info("SIP: BLF server on %s; presence source for %d line(s)%s",
+        log.info("SIP: BLF server on %s; %d line(s) watched%s",
                  ", ".join(f"{t} {h}:{p}" for t, (h, p) in self.blf_server.addresses.items()),
                  len(self._lines), f" (user agent on {self.endpoint.host}:"
                  f"{self.endpoint.port})" if self.endpoint is not None else "")
+
+    def _watch_lines(self) -> dict:
+        from .watcher import WatchLine
+
+        cfg = self._config()
+        out = {}
+        for uri, (device, _) in self._lines.items():
+            d = cfg.device_by_id.get(device)
+            out[uri] = WatchLine(uri, device, d.sip_event if d is not None else "presence")
+        return out
+
+    async def _start_native(self) -> None:
+        from .lines import SipLineSource
+
+        cfg = self._config()
+        scfg = cfg.sources.sip
+        assert scfg is not None and self.blf_server is not None
+        credentials = None
+        if scfg.username and scfg.password_file:
+            password = cfg.path(scfg.password_file).read_text().strip()
+            credentials = (scfg.username, password)
+        self.lines = SipLineSource(
+            self.blf_server.agent, self._watch_lines(),
+            lambda reports: self.handler.reports(self.name, reports),
+            lambda conn: self.handler.connection_lost(self.name, conn),
+            identity=scfg.username or "blf-gateway", credentials=credentials,
+            probe=scfg.probe_seconds)
+        await self.lines.start()
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the SIP side does its job: the BLF server listens, and where lines are
+        watched at least one delivers state (a PBX refusing every SUBSCRIBE is not up)."""
+        if self.blf_server is None or self.blf_server.agent is None:
+            return False
+        if self.lines is not None:
+            return self.lines.healthy
+        return True
 
     async def _start_agent(self) -> None:
         from .endpoint import SipEndpoint, split_hostport
@@ -157,6 +198,8 @@ class SipService:
             bind, registrar=scfg.registrar, username=scfg.username,
             password_file=str(cfg.path(scfg.password_file)) if scfg.password_file else None)
         await asyncio.to_thread(self.endpoint.start)
+        if self.lines is not None:
+            return  # the user agent only registers; lines are watched natively
         self.source = SipPresenceSource(
             self.endpoint, device_lines(self._lines),
             lambda reports: self.handler.reports(self.name, reports),
@@ -169,7 +212,7 @@ class SipService:
         if self._refresh is not None:
             self._refresh.cancel()
             self._refresh = None
-        for part in ("blf_server", "source"):
+        for part in ("lines", "blf_server", "source"):
             obj = getattr(self, part)
             if obj is not None:
                 try:
@@ -185,7 +228,9 @@ class SipService:
         """A configuration reload: watch the new lines (unchanged ones keep their
         subscription); re-check the desk phones' subscriptions against the new rights."""
         self._lines = dict(lines)
-        if self.source is not None:
+        if self.lines is not None:
+            await self.lines.update_lines(self._watch_lines())
+        elif self.source is not None:
             await self.source.update_lines(device_lines(self._lines))
         elif self._lines and self.endpoint is None:
             log.warning("SIP: lines to watch appeared; the presence source starts at the "
