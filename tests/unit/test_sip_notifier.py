@@ -232,6 +232,11 @@ def test_expiry_shutdown_and_failed_notify_end_subscriptions():
     _, (first,) = login(n, Phone(target="202"), now=200)
     (bye,) = n.shutdown(201)
     assert state(bye) == "terminated;reason=probation;retry-after=10"
+    # A phone coming back while this process is still closing is sent away.
+    phone = Phone(target="201")
+    reply, _ = phone.take(n.on_request(phone.subscribe(auth=False), "ph", 202))
+    assert reply.status == 503 and reply.header("Retry-After") == "5"
+    n = BlfNotifier(Office(), lambda d: LOCAL)
     _, (first,) = login(n, Phone(target="201"), now=300)
     n.notify_done(first.key, 481, 301)
     assert not n.subs
