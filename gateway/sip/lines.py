@@ -21,7 +21,7 @@ from .proto.transaction import ServerTransaction
 from .proto.transport import Peer, SipAgent
 from .watcher import Lost, Out, WatchCore, WatchLine
 
-__all__ = ["SipLineSource", "LineState", "peer_of_uri"]
+__all__ = ["SipLineSource", "SipRegistration", "LineState", "peer_of_uri"]
 
 log = logging.getLogger("gateway.sip")
 
@@ -113,6 +113,7 @@ class SipLineSource:
         """True when there is nothing to watch or at least one line delivers state."""
         return not self.core.lines or any(ln.up for ln in self.core.lines.values())
 
+
     # ------------------------------------------------------------------ wire
 
     def _apply(self, result: tuple[list[Out], list]) -> None:
@@ -132,6 +133,13 @@ class SipLineSource:
         self.core.log.clear()
         self.agent.reschedule()
 
+    def suspend(self, why: str) -> None:
+        """The registration carrying the subscriptions is lost: every line unknown."""
+        self._apply(([], self.core.suspend(why)))
+
+    def resume(self) -> None:
+        self._apply((self.core.resume(self.agent.loop.time()), []))
+
     def _answered(self, key: str, resp: Response | None) -> None:
         self._apply(self.core.on_response(key, resp, self.agent.loop.time()))
 
@@ -142,3 +150,71 @@ class SipLineSource:
 
     def _tick(self, now: float) -> None:
         self._apply(self.core.tick(now))
+
+
+class SipRegistration:
+    """:class:`~gateway.sip.proto.registration.Registration` on the wire (the shared agent);
+    tells `lines` when the binding is lost and when it stands again."""
+
+    def __init__(self, agent: SipAgent, registrar: str, aor: str, *,
+                 credentials: tuple[str, str] | None = None, expires: int = 600,
+                 lines: SipLineSource | None = None) -> None:
+        from .proto.registration import Registration
+
+        self.agent, self.lines = agent, lines
+        dest = peer_of_uri(registrar)
+        self.dest = dest
+        self.reg = Registration(registrar, aor, agent.local(dest), credentials=credentials,
+                                expires=expires)
+        self._was_up = False
+        self._running = False
+
+    @property
+    def up(self) -> bool:
+        return self.reg.up
+
+    async def start(self) -> None:
+        self._running = True
+        if self.lines is not None and not self.lines.core.suspended:
+            self.lines.suspend("not registered yet")
+        self.agent.timers.append((self.reg.next_deadline, self._tick))
+        self._tick(self.agent.loop.time())
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self.agent.timers = [t for t in self.agent.timers if t[1] != self._tick]
+        if self.reg.up:
+            self.agent.request(self.reg.request(expires=0), self.dest)
+
+    def _tick(self, now: float) -> None:
+        req = self.reg.tick(now)
+        if req is not None:
+            self._send(req)
+        self._changed()
+
+    def _send(self, req: Request) -> None:
+        self.agent.request(req, self.dest, self._answered)
+        self.agent.reschedule()
+
+    def _answered(self, resp: Response | None) -> None:
+        if not self._running:
+            return
+        nxt = self.reg.on_response(resp, self.agent.loop.time())
+        if nxt is not None:
+            self._send(nxt)
+        self._changed()
+        self.agent.reschedule()
+
+    def _changed(self) -> None:
+        if self.reg.up == self._was_up:
+            return
+        self._was_up = self.reg.up
+        log.log(logging.INFO if self.reg.up else logging.WARNING, "SIP registration at %s: %s",
+                self.reg.registrar, self.reg.reason)
+        if self.lines is not None:
+            if self.reg.up:
+                self.lines.resume()
+            else:
+                self.lines.suspend(f"registration lost: {self.reg.reason}")

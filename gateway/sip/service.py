@@ -121,6 +121,7 @@ class SipService:
         self.source = None
         self.blf_server = None
         self.lines = None  # the native line source (SipLineSource)
+        self.registration = None  # the native registration (SipRegistration)
         self._ha1: dict[str, str] = {}
         self._refresh: asyncio.Task | None = None
         self.directory = GatewayDirectory(config, engine, self._ha1)
@@ -141,7 +142,7 @@ class SipService:
         self._refresh = asyncio.create_task(self._refresh_ha1())
         if scfg.watcher == "native":
             await self._start_native()
-        if (self._lines and scfg.watcher == "pjsua2") or scfg.registrar:
+        elif self._lines or scfg.registrar:
             await self._start_agent()
         log.info("SIP: BLF server on %s; %d line(s) watched%s",
                  ", ".join(f"{t} {h}:{p}" for t, (h, p) in self.blf_server.addresses.items()),
@@ -174,13 +175,25 @@ class SipService:
             lambda conn: self.handler.connection_lost(self.name, conn),
             identity=scfg.username or "blf-gateway", credentials=credentials,
             probe=scfg.probe_seconds)
+        if scfg.registrar:
+            from .lines import SipRegistration, peer_of_uri
+
+            # Lines are subscribed once the registration that carries them stands.
+            self.lines.core.suspended = True
+            aor = f"sip:{scfg.username or 'blf-gateway'}@{peer_of_uri(scfg.registrar).host}"
+            self.registration = SipRegistration(self.blf_server.agent, scfg.registrar, aor,
+                                                credentials=credentials, lines=self.lines)
         await self.lines.start()
+        if self.registration is not None:
+            await self.registration.start()
 
     @property
     def healthy(self) -> bool:
         """Whether the SIP side does its job: the BLF server listens, and where lines are
         watched at least one delivers state (a PBX refusing every SUBSCRIBE is not up)."""
         if self.blf_server is None or self.blf_server.agent is None:
+            return False
+        if self.registration is not None and not self.registration.up:
             return False
         if self.lines is not None:
             return self.lines.healthy
@@ -198,8 +211,6 @@ class SipService:
             bind, registrar=scfg.registrar, username=scfg.username,
             password_file=str(cfg.path(scfg.password_file)) if scfg.password_file else None)
         await asyncio.to_thread(self.endpoint.start)
-        if self.lines is not None:
-            return  # the user agent only registers; lines are watched natively
         self.source = SipPresenceSource(
             self.endpoint, device_lines(self._lines),
             lambda reports: self.handler.reports(self.name, reports),
@@ -212,7 +223,7 @@ class SipService:
         if self._refresh is not None:
             self._refresh.cancel()
             self._refresh = None
-        for part in ("lines", "blf_server", "source"):
+        for part in ("registration", "lines", "blf_server", "source"):
             obj = getattr(self, part)
             if obj is not None:
                 try:

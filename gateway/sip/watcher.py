@@ -164,6 +164,7 @@ class WatchCore:
         # ms, so that they never repeat across a restart).
         self.presence = PresenceTranslator(call_ids_from)
         self.lines: dict[str, _Line] = {}  # uri -> line
+        self.suspended = False  # the registration that carries the subscriptions is lost
         self._keys = itertools.count(1)
         self.log: list[str] = []
 
@@ -196,8 +197,39 @@ class WatchCore:
             if wl.event == "dialog":
                 ln.dialogs = DialogTranslator(wl.device, self.conn(wl.device))
             self.lines[uri] = ln
-            out.append(self._subscribe(ln, now))
+            if not self.suspended:
+                out.append(self._subscribe(ln, now))
         return out, events
+
+    def suspend(self, why: str) -> list:
+        """The registration is lost: every line unknown, nothing subscribed until resume."""
+        self.suspended = True
+        events: list = []
+        for ln in self.lines.values():
+            ln.up = False
+            ln.first_by = ln.retry_at = ln.sent_at = None
+            ln.pending.clear()
+            ln.sub.refresh_at = None
+            if ln.dialogs is not None:
+                ln.dialogs.reset()
+            self.presence.reset(ln.line.device)
+            events.append(Lost(self.conn(ln.line.device), why))
+        return events
+
+    def resume(self, now: float) -> list[Out]:
+        """Registered again: subscribe every line anew."""
+        self.suspended = False
+        out = []
+        for ln in self.lines.values():
+            ln.sub = self._new_sub(ln)
+            out.append(self._subscribe(ln, now))
+        return out
+
+    def _new_sub(self, ln: _Line) -> ClientSubscription:
+        return ClientSubscription(
+            ln.sub.target, ln.sub.local_uri, ln.sub.local, ln.sub.event, ln.sub.accept,
+            ln.sub.dest, expires=self.expires, credentials=self.credentials,
+            refresh_margin=30.0)
 
     def stop(self) -> tuple[list[Out], list]:
         """Unsubscribe everything; every device unknown."""
@@ -320,6 +352,8 @@ class WatchCore:
     # ------------------------------------------------------------------ time
 
     def next_deadline(self) -> float | None:
+        if self.suspended:
+            return None
         times = []
         for ln in self.lines.values():
             silent_at = (ln.sent_at + self.answer_within
@@ -341,12 +375,11 @@ class WatchCore:
     def tick(self, now: float) -> tuple[list[Out], list]:
         out: list[Out] = []
         events: list = []
+        if self.suspended:
+            return out, events
         for ln in list(self.lines.values()):
             if ln.retry_at is not None and now >= ln.retry_at:
-                ln.sub = ClientSubscription(
-                    ln.sub.target, ln.sub.local_uri, ln.sub.local, ln.sub.event,
-                    ln.sub.accept, ln.sub.dest, expires=self.expires,
-                    credentials=self.credentials, refresh_margin=30.0)
+                ln.sub = self._new_sub(ln)
                 out.append(self._subscribe(ln, now))
                 continue
             if (ln.sent_at is not None and ln.up and not ln.silent

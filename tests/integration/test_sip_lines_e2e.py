@@ -128,3 +128,49 @@ async def test_pbx_restart_noticed_within_the_probe(redis_url, start_gateway, co
             "no passing unknown while the subscription is renewed"
     finally:
         pbx.stop()
+
+
+REGISTRAR = Path(__file__).resolve().parents[1] / "sip" / "registrar.xml"
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["registered", "refused"])
+async def test_lines_follow_the_registration(redis_url, start_gateway, connect, tmp_path,
+                                             right):
+    import subprocess
+
+    reg_port = free_udp_port()
+    registrar = subprocess.Popen(
+        ["sipp", "-sf", str(REGISTRAR), "-i", "127.0.0.1", "-p", str(reg_port), "-nostdin",
+         "-key", "password", "secret-pw"], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pbx = Pbx(tmp_path, [sc.answer(), sc.notify("On the phone")]).start()
+    (tmp_path / "sip.secret").write_text("secret-pw\n" if right else "wrong-pw\n")
+    text = CONFIG.format(redis=redis_url, sip=free_udp_port(), line=pbx.uri, event="presence",
+                         hash=HASH, numbers="all").replace(
+        "probe_seconds = 2\n", f'probe_seconds = 2\nregistrar = "sip:127.0.0.1:{reg_port}"\n'
+        f'username = "gw"\npassword_file = "{tmp_path / "sip.secret"}"\n')
+    try:
+        gw = await start_gateway(text)
+        alice = await login(connect, gw, "alice")
+        snap = await alice.request({"type": "subscribe", "device": "201"})
+        if right:
+            if snap["lamp"] != "busy":
+                await alice.wait(lambda m: m.get("lamp") == "busy", timeout=10)
+            assert gw.sources.sip.registration.up
+            status, body = await http(gw.ws_port, "/healthz")
+            assert json.loads(body)["sources"]["sip"]["up"] is True
+        else:
+            await until(lambda: "refused" in gw.sources.sip.registration.reg.reason
+                        or "403" in gw.sources.sip.registration.reg.reason,
+                        what="registration refused")
+            await asyncio.sleep(0.5)
+            assert snap["lamp"] == "unknown"
+            assert not alice.lamps(), "no line state without the registration"
+            status, body = await http(gw.ws_port, "/healthz")
+            assert json.loads(body)["sources"]["sip"]["up"] is False
+            _, metrics = await http(gw.ws_port, "/metrics")
+            assert b'blf_source_up{source="sip",held_here="1"} 0' in metrics
+    finally:
+        pbx.stop()
+        registrar.kill()
+        registrar.wait(10)
