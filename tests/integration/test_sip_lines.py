@@ -109,7 +109,7 @@ async def test_server_that_forgot_us_is_noticed_at_the_next_probe(watch):
     started = loop.time()
     # The second dialog of the scenario starts from its beginning: answer + On the phone.
     await until(lambda: lamps.source.lines()[0].attempts >= 2, what="subscribed anew")
-    assert loop.time() - started < 3
+    assert loop.time() - started < 5  # the probe is 0.5 s: well within seconds
     await asyncio.sleep(0.3)
     assert lamps.history["201"] == [Lamp.BUSY], "no passing unknown while re-subscribing"
 
@@ -122,7 +122,7 @@ async def test_server_that_stops_answering_makes_the_lamp_unknown_within_seconds
     pbx.stop()
     stopped = loop.time()
     await until(lambda: lamps.history["201"][-1:] == [Lamp.UNKNOWN], what="unknown")
-    assert loop.time() - stopped < 3
+    assert loop.time() - stopped < 5  # probe 0.5 s + 1 s without an answer
 
 
 DIALOG = """<?xml version="1.0"?>
