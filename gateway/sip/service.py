@@ -3,10 +3,12 @@ phones (the project's own SIP layer, on the asyncio loop), and the pjsua2 endpoi
 presence line source on it. :class:`SipService` is the SIP
 :class:`~gateway.linesource.LineSource`.
 
-The BLF server listens on ``[sources.sip] bind`` (UDP) and on ``tcp`` / ``tls`` where
-configured; the pjsua2 user agent (presence subscriptions to the PBX, registration) on
-``agent_bind`` (default: the same host, a free port), and only where it has work: SIP lines to
-watch or a registrar.
+The SIP port (:class:`~gateway.sip.proto.transport.SipAgent`) listens on ``[sources.sip]
+bind`` (UDP) and on ``tcp`` / ``tls`` where configured; on it the BLF server answers desk
+phones, the native line source (:mod:`gateway.sip.lines`, ``watcher = "native"``, the
+default) watches SIP lines and the registration (``registrar``) is kept. With ``watcher =
+"pjsua2"`` a pjsua2 user agent on ``agent_bind`` (default: the same host, a free port) watches
+presence lines and registers instead.
 
 The BLF server reads the gateway through :class:`GatewayDirectory`: lamps and calls from the
 engine, rendered with the subscribing client's rights (:mod:`gateway.panels.rights`, the one
