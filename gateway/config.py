@@ -173,6 +173,10 @@ class SipCfg(_Model):
     tls: str | None = None
     tls_cert: str | None = None  # PEM certificate chain (TLS)
     tls_key: str | None = None  # PEM private key (TLS)
+    # Outgoing TLS (lines with sips: or ;transport=tls): verify the PBX's certificate against
+    # the system's CAs or `tls_ca`; false only for a lab PBX with a self-signed certificate.
+    tls_verify: bool = True
+    tls_ca: str | None = None
     # Who watches SIP lines: the gateway's own SIP layer on `bind` ("native"), or the pjsua2
     # user agent on `agent_bind` (default: bind's host, a free port; presence only).
     watcher: Literal["native", "pjsua2"] = "native"

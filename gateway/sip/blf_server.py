@@ -51,10 +51,12 @@ class BlfServer:
     def __init__(self, directory: Directory, *, udp: str | None = None,
                  tcp: str | None = None, tls: str | None = None,
                  certfile: str | None = None, keyfile: str | None = None,
+                 verify_peers: bool = True, cafile: str | None = None,
                  realm: str = SIP_REALM, **notifier_options: object) -> None:
         self.directory = directory
         self.binds = {"UDP": udp, "TCP": tcp, "TLS": tls}
         self.certfile, self.keyfile = certfile, keyfile
+        self.verify_peers, self.cafile = verify_peers, cafile
         self.agent: SipAgent | None = None
         self.notifier = BlfNotifier(directory, self._local, realm=realm,
                                     **notifier_options)  # type: ignore[arg-type]
@@ -74,6 +76,11 @@ class BlfServer:
     async def start(self) -> None:
         self.agent = SipAgent(self._on_request, deadline=self.notifier.next_deadline,
                               on_tick=self._on_tick)
+        client = ssl.create_default_context(cafile=self.cafile)
+        if not self.verify_peers:
+            client.check_hostname = False
+            client.verify_mode = ssl.CERT_NONE
+        self.agent.client_tls = client
         for name, bind in self.binds.items():
             if not bind:
                 continue

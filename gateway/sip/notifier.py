@@ -21,6 +21,8 @@ in-dialog from another client         403 (a refresh is the subscriber's own)
 unknown target                        404
 target the client may not see         403 (a refresh: also NOTIFY terminated;reason=rejected)
 Expires below MIN_EXPIRES (not 0)     423 with Min-Expires
+more than 20 requests/s from one
+address (burst 400)                   503 with Retry-After: 10 (digest guessing, floods)
 too many subscriptions                503 with Retry-After (per client and in total)
 the gateway is shutting down          503 with Retry-After: 5 (the phone comes back later)
 Expires: 0 with no dialog (a fetch)   200, one NOTIFY terminated;reason=timeout, the lamp
@@ -45,6 +47,7 @@ re-subscribes and must authenticate with the new password); a right removed ends
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -74,6 +77,11 @@ MIN_EXPIRES = 30
 SHUTDOWN_RETRY_AFTER = 10
 MAX_SUBSCRIPTIONS = 20000
 MAX_PER_CLIENT = 500  # a BLF-list phone with a sidecar has ~100 keys
+# Requests per source address: a phone with 100 keys re-subscribing after a restart sends
+# ~200 requests (challenge + answer) at once; a digest guesser is held to a trickle.
+RATE_PER_SECOND = 20.0
+RATE_BURST = 400.0
+MAX_ADDRESSES = 10000  # remembered for rate limiting (least recently seen forgotten)
 PACKAGES = {"dialog": "application/dialog-info+xml", "presence": "application/pidf+xml"}
 
 
@@ -150,13 +158,31 @@ class BlfNotifier:
         self._per_client: dict[str, int] = {}
         self.answered: dict[int, int] = {}  # status -> count (metrics)
         self.closing = False  # shutting down: new subscriptions are refused (503)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # host -> tokens
         # (debug?, text): why each refusal or ending happened, drained by the edge. Challenges
         # are routine (every SUBSCRIBE gets one first): debug level.
         self.log: list[tuple[bool, str]] = []
 
     # ------------------------------------------------------------------ requests
 
+    def _allowed(self, dest: Any, now: float) -> bool:
+        """Token bucket per source address (RATE_PER_SECOND, RATE_BURST)."""
+        host = str(getattr(dest, "host", dest))
+        tokens, last = self._buckets.pop(host, (RATE_BURST, now))
+        tokens = min(RATE_BURST, tokens + (now - last) * RATE_PER_SECOND)
+        ok = tokens >= 1.0
+        self._buckets[host] = (tokens - 1.0 if ok else tokens, now)
+        while len(self._buckets) > MAX_ADDRESSES:
+            self._buckets.popitem(last=False)
+        return ok
+
     def on_request(self, req: Request, dest: Any, now: float) -> list[Reply | Notify]:
+        if not self._allowed(dest, now):
+            return self._refuse(req, 503, "too many requests from this address",
+                                headers=(("Retry-After", "10"),))
+        if req.method == "NOTIFY":
+            # No subscription of ours is served here (the line source takes its NOTIFYs).
+            return [self._reply(make_response(req, 481))]
         if req.method == "SUBSCRIBE":
             return self._subscribe(req, dest, now)
         if req.method == "OPTIONS":

@@ -139,7 +139,9 @@ class SipService:
         self.blf_server = BlfServer(
             self.directory, udp=scfg.bind, tcp=scfg.tcp, tls=scfg.tls,
             certfile=str(cfg.path(scfg.tls_cert)) if scfg.tls_cert else None,
-            keyfile=str(cfg.path(scfg.tls_key)) if scfg.tls_key else None)
+            keyfile=str(cfg.path(scfg.tls_key)) if scfg.tls_key else None,
+            verify_peers=scfg.tls_verify,
+            cafile=str(cfg.path(scfg.tls_ca)) if scfg.tls_ca else None)
         await self.blf_server.start()
         self._refresh = asyncio.create_task(self._refresh_ha1())
         if scfg.watcher == "native":

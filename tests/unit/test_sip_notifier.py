@@ -282,3 +282,19 @@ def test_options_and_other_methods():
                   "PUBLISH", req.uri)
     assert n.on_request(pub, "ph", 0)[0].response.status == 405
     assert make_response  # used by the phone helpers through the notifier
+
+
+def test_a_flood_from_one_address_is_held_back_others_unaffected():
+    n = BlfNotifier(Office(), lambda d: LOCAL)
+    phone = Phone("alice", "wrong")
+    statuses = [n.on_request(phone.subscribe(auth=False), "10.0.0.66", 0.0)[0].response.status
+                for _ in range(450)]
+    assert statuses.count(401) == 400 and statuses[-1] == 503
+    # Another phone is served normally meanwhile.
+    other = Phone()
+    reply, _ = other.take(n.on_request(other.subscribe(auth=False), "10.0.0.7", 0.0))
+    assert reply.status == 401
+    # A second later the flooder gets 20 more answers.
+    later = [n.on_request(phone.subscribe(auth=False), "10.0.0.66", 1.0)[0].response.status
+             for _ in range(25)]
+    assert later.count(401) == 20

@@ -134,7 +134,7 @@ class SipAgent:
         self._timer: asyncio.TimerHandle | None = None
         self._waiting: dict[tuple[str, str], Callable[[Response | None], None]] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
-        self._ssl_client: ssl.SSLContext | None = None
+        self.client_tls: ssl.SSLContext | None = None  # for connections we open (None: defaults)
         self.dropped = 0  # malformed messages dropped (metrics)
         self._idle_task: asyncio.Task | None = None
 
@@ -158,8 +158,8 @@ class SipAgent:
         self._servers.append(server)
         addr = server.sockets[0].getsockname()
         self.addresses[name] = (addr[0], addr[1])
-        if tls is not None:
-            self._ssl_client = client_tls
+        if client_tls is not None:
+            self.client_tls = client_tls
         if self._idle_task is None:
             self._idle_task = asyncio.create_task(self._close_idle())
         return self.addresses[name]
@@ -215,11 +215,12 @@ class SipAgent:
 
     async def _connect_and_send(self, data: bytes, peer: Peer, message: Any) -> None:
         try:
-            ctx = self._ssl_client if peer.transport == "TLS" else None
+            ctx = self.client_tls if peer.transport == "TLS" else None
             if peer.transport == "TLS" and ctx is None:
                 ctx = ssl.create_default_context()
             _, proto = await asyncio.wait_for(self.loop.create_connection(
-                lambda: _Stream(self, peer.transport), peer.host, peer.port, ssl=ctx), 10)
+                lambda: _Stream(self, peer.transport), peer.host, peer.port, ssl=ctx,
+                server_hostname=peer.host if ctx is not None else None), 10)
             proto.send(data)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             log.info("SIP %s: cannot reach %s:%d: %s", peer.transport, peer.host, peer.port,
