@@ -132,6 +132,7 @@ class SipAgent:
         self._conns: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
+        self._resched_pending = False
         self._waiting: dict[tuple[str, str], Callable[[Response | None], None]] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.client_tls: ssl.SSLContext | None = None  # for connections we open (None: defaults)
@@ -301,6 +302,14 @@ class SipAgent:
         return await fut
 
     def _reschedule(self) -> None:
+        # Deadlines are gathered once per loop turn, not once per message: a lamp change that
+        # NOTIFYs a thousand phones would otherwise scan every transaction a thousand times.
+        if not self._resched_pending:
+            self._resched_pending = True
+            self.loop.call_soon(self._do_reschedule)
+
+    def _do_reschedule(self) -> None:
+        self._resched_pending = False
         times = [t for t in (self.layer.next_deadline(), *(d() for d, _ in self.timers))
                  if t is not None]
         if self._timer is not None:
