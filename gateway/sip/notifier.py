@@ -21,8 +21,8 @@ in-dialog from another client         403 (a refresh is the subscriber's own)
 unknown target                        404
 target the client may not see         403 (a refresh: also NOTIFY terminated;reason=rejected)
 Expires below MIN_EXPIRES (not 0)     423 with Min-Expires
-more than 20 requests/s from one
-address (burst 400)                   503 with Retry-After: 10 (digest guessing, floods)
+more than 200 requests/s from one
+address (burst 2,000)                 503 with Retry-After: 10 (digest guessing, floods)
 too many subscriptions                503 with Retry-After (per client and in total)
 the gateway is shutting down          503 with Retry-After: 5 (the phone comes back later)
 Expires: 0 with no dialog (a fetch)   200, one NOTIFY terminated;reason=timeout, the lamp
@@ -77,10 +77,11 @@ MIN_EXPIRES = 30
 SHUTDOWN_RETRY_AFTER = 10
 MAX_SUBSCRIPTIONS = 20000
 MAX_PER_CLIENT = 500  # a BLF-list phone with a sidecar has ~100 keys
-# Requests per source address: a phone with 100 keys re-subscribing after a restart sends
-# ~200 requests (challenge + answer) at once; a digest guesser is held to a trickle.
-RATE_PER_SECOND = 20.0
-RATE_BURST = 400.0
+# Requests per source address. One address may be a whole office behind NAT or an SBC:
+# 1,000 keys re-subscribing after a restart send ~2,000 requests (challenge + answer) at
+# once. A digest guesser is still held to 200 tries a second against 14-character passwords.
+RATE_PER_SECOND = 200.0
+RATE_BURST = 2000.0
 MAX_ADDRESSES = 10000  # remembered for rate limiting (least recently seen forgotten)
 PACKAGES = {"dialog": "application/dialog-info+xml", "presence": "application/pidf+xml"}
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ log = logging.getLogger("gateway.sip")
 
 MAX_CONNECTIONS = 2000
 IDLE_TIMEOUT = 600.0  # a stream connection silent this long is closed
+UDP_BUFFER = 4 * 1024 * 1024  # asked for; the kernel caps it at net.core.rmem_max
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,12 @@ class SipAgent:
         transport, proto = await self.loop.create_datagram_endpoint(
             lambda: _Datagram(self), local_addr=(host, port))
         self._udp = proto
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Room for a burst: every phone of a site re-subscribing after a restart.
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER)
         addr = transport.get_extra_info("sockname")
         self.addresses["UDP"] = (addr[0], addr[1])
         return self.addresses["UDP"]
