@@ -115,7 +115,8 @@ class CallReport:
 
     `direction` may be None where the source does not say; it is then taken from the first
     phase (ringing: in, dialing: out). `remote`/`remote_name` None means "not told", not
-    "withheld": a later report may fill them in. `link` is a cross-source call identity.
+    "withheld": a later report may fill them in. `link` is a cross-source call identity;
+    `replaces` the Replaces header value of the call's SIP dialog (dialog-info sources).
     `conn` names the source connection that reported it (for a bridge with several
     connections, only the one that reported a device makes it unknown when it drops).
     """
@@ -128,6 +129,7 @@ class CallReport:
     remote_name: str | None = None
     link: str | None = None
     withheld: bool = False
+    replaces: str | None = None
     conn: str = ""
 
 
@@ -213,6 +215,7 @@ class CallTable:
                 remote=None if report.withheld else report.remote,
                 remote_name=None if report.withheld else report.remote_name,
                 link=report.link,
+                replaces=report.replaces,
             )
         else:
             call = current
@@ -227,6 +230,8 @@ class CallTable:
                     call = replace(call, remote_name=report.remote_name)
             if report.link is not None and call.link is None:
                 call = replace(call, link=report.link)
+            if report.replaces is not None and report.replaces != call.replaces:
+                call = replace(call, replaces=report.replaces)
             if call == current:
                 return False
         start, answered = self._meta.get(key, (now, False))

@@ -76,7 +76,10 @@ class Call:
 
     `id` is unique within the gateway. `link` is an identity that another source may report
     for the same call (e.g. Asterisk's Linkedid, a SIP Call-ID): when both carry one, the
-    shown-once rule matches on it instead of number and time.
+    shown-once rule matches on it instead of number and time. `replaces` is the value of an
+    RFC 3891 Replaces header that takes this call over at the watched phone
+    (``call-id;to-tag=..;from-tag=..``), where a SIP source knows its dialog; it only ever
+    leaves the gateway in a pickup action for a picker with the pickup right.
     """
 
     id: str
@@ -86,6 +89,7 @@ class Call:
     remote: str | None = None
     remote_name: str | None = None
     link: str | None = None
+    replaces: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

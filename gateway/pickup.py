@@ -222,6 +222,10 @@ class Pickups:
             "dial": cfg.pickup.dial.format(number=dcfg.number, sip_user=sip_user, device=device),
             "call": call.id,
         }
+        if call.replaces:
+            # The SIP dialog of the ringing call, where the line's source knows it: the
+            # picker's phone may INVITE the target with this Replaces header (RFC 3891).
+            action["replaces"] = call.replaces
         log.info("pickup %s by %s of %s on %s: action sent to the picker's phone",
                  op, me.name, call.id, device)
         return {"message": action}

@@ -89,8 +89,10 @@ return {seq, 1}
 # -- codecs: compact JSON, the same bytes for the same state (the no-op check relies on it) --
 
 def _enc_calls(calls: Iterable[Call]) -> list:
+    # `replaces` only where a SIP dialog gave one: the other calls keep their exact bytes.
     return [
         [c.id, c.direction.value, c.state.value, c.since, c.remote, c.remote_name, c.link]
+        + ([c.replaces] if c.replaces is not None else [])
         for c in calls
     ]
 
@@ -98,8 +100,8 @@ def _enc_calls(calls: Iterable[Call]) -> list:
 def _dec_calls(items: list) -> tuple[Call, ...]:
     return tuple(
         Call(id=i, direction=Direction(d), state=CallState(s), since=t, remote=r,
-             remote_name=n, link=lk)
-        for i, d, s, t, r, n, lk in items
+             remote_name=n, link=lk, replaces=rest[0] if rest else None)
+        for i, d, s, t, r, n, lk, *rest in items
     )
 
 

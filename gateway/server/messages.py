@@ -279,6 +279,10 @@ class Action(_Msg):
     sip_user: str
     dial: str = Field(description="What to dial (from `[pickup] dial`).")
     call: str
+    replaces: str | None = Field(
+        None, description="Where the line's SIP source knows the call's dialog (dialog-info "
+        "with call-id and tags): an RFC 3891 Replaces header value (`call-id;to-tag=..;"
+        "from-tag=..;early-only`) for an INVITE that takes the call over; absent otherwise.")
 
 
 class PickupResult(_Msg):

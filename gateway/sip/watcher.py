@@ -112,9 +112,14 @@ class DialogTranslator:
             remote = uri_user(d.remote_uri) if d.remote_uri else None
             withheld = remote is not None and remote.lower() in ("anonymous", "unknown")
             self.calls[call] = phase
+            # Replaces (RFC 3891) at the watched phone: to-tag is its own (local) tag.
+            replaces = (f"{d.call_id};to-tag={d.local_tag};from-tag={d.remote_tag}"
+                        + (";early-only" if phase is Phase.RINGING else "")
+                        if d.call_id and d.local_tag and d.remote_tag else None)
             out.append(CallReport(self.device, call, phase, direction,
                                   None if withheld else remote, d.remote_display,
-                                  link=d.call_id, withheld=withheld, conn=self.conn))
+                                  link=d.call_id, withheld=withheld, conn=self.conn,
+                                  replaces=replaces))
         if info.full:
             for call in [c for c in self.calls if c not in seen]:
                 out.append(CallReport(self.device, call, Phase.ENDED, conn=self.conn))

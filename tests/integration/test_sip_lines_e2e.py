@@ -64,7 +64,7 @@ async def http(port: int, path: str) -> tuple[int, bytes]:
 @pytest.mark.parametrize("numbers", ["all", "none"])
 async def test_dialog_line_caller_reaches_the_panel_per_rights(
         redis_url, start_gateway, connect, tmp_path, numbers):
-    steps = [sc.answer(), sc.notify_dialog(DIALOG.format(v=0, dialogs="")), sc.pause(300),
+    steps = [sc.answer(), sc.notify_dialog(DIALOG.format(v=0, dialogs="")), sc.pause(1000),
              sc.notify_dialog(DIALOG.format(v=1, dialogs=dialog("early")))]
     pbx = Pbx(tmp_path, steps).start()
     try:
@@ -174,3 +174,27 @@ async def test_lines_follow_the_registration(redis_url, start_gateway, connect, 
         pbx.stop()
         registrar.kill()
         registrar.wait(10)
+
+
+async def test_pickup_action_carries_replaces_from_the_dialog_line(redis_url, start_gateway,
+                                                                   connect, tmp_path):
+    steps = [sc.answer(), sc.notify_dialog(DIALOG.format(v=0, dialogs="")), sc.pause(1000),
+             sc.notify_dialog(DIALOG.format(v=1, dialogs=dialog("early")))]
+    pbx = Pbx(tmp_path, steps).start()
+    try:
+        text = CONFIG.format(redis=redis_url, sip=free_udp_port(), line=pbx.uri,
+                             event="dialog", hash=HASH, numbers="all")
+        text = text.replace('rights = { numbers = "all" }',
+                            'rights = { numbers = "all", pickup = true }')
+        gw = await start_gateway(text)
+        carol = await login(connect, gw, "carol")
+        await carol.request({"type": "subscribe", "panel": "g"})
+        await carol.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "ringing",
+                         timeout=15)
+        reply = await carol.request({"type": "pickup", "panel": "g", "member": "alice"})
+        assert reply["type"] == "ok", reply
+        action = await carol.wait(lambda m: m.get("type") == "action")
+        assert action["replaces"] == "abc123@pbx;to-tag=lt1;from-tag=rt1;early-only"
+        assert action["number"] == "201"
+    finally:
+        pbx.stop()

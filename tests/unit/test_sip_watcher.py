@@ -143,3 +143,16 @@ def test_a_notify_for_nobody_gets_481():
     stray = notify(c, PIDF).with_headers(("Call-ID", "other"), drop=("Call-ID",))
     resp, events = c.on_notify(stray, 1)
     assert resp is None and events == []
+
+
+def test_dialog_identifiers_become_a_replaces_value():
+    tr = DialogTranslator("201", "sip:201")
+    info = parse_dialog_info(
+        '<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full" '
+        'entity="sip:201@pbx"><dialog id="a" call-id="abc@pbx" local-tag="lt" '
+        'remote-tag="rt" direction="recipient"><state>early</state></dialog></dialog-info>')
+    (r,) = tr.update(info)
+    # RFC 3891: to-tag is the watched phone's own tag; early-only while it rings.
+    assert r.replaces == "abc@pbx;to-tag=lt;from-tag=rt;early-only"
+    (r,) = tr.update(doc(1, ("a", "abc@pbx", "recipient", "confirmed", "0301")))
+    assert r.replaces is None  # Asterisk-style: no tags, no Replaces

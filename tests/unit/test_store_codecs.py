@@ -60,3 +60,10 @@ def test_round_trips():
 def test_client_records_written_before_hot_desk_and_address_still_read():
     old = '{"l":true,"d":null,"p":["available",null],"c":[]}'
     assert decode_client("carol", old) == ClientState("carol", logged_in=True)
+
+
+def test_a_call_with_a_sip_dialog_keeps_its_replaces_value():
+    with_dialog = replace(CALL, replaces="abc@pbx;to-tag=lt;from-tag=rt;early-only")
+    text = encode_device(DeviceState("201", DeviceStatus.ONLINE, (with_dialog,)))
+    assert text.endswith('"link-1","abc@pbx;to-tag=lt;from-tag=rt;early-only"]]}')
+    assert decode_device("201", text).calls == (with_dialog,)
