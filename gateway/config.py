@@ -184,7 +184,12 @@ class SipCfg(_Model):
     # A line's subscription is refreshed at least this often, so that a PBX that restarted
     # and forgot us is noticed within it (native watcher).
     probe_seconds: float = Field(10.0, ge=1.0, le=600.0)
-    # Digest credentials for the PBX (SUBSCRIBE challenges; the registration, done by pjsua2)
+    # PUBLISH every target's lamp to a presence server (e.g. "sip:kamailio.example:5060"),
+    # as sip:TARGET@publish_domain (default: publish_to's host), in these event packages.
+    publish_to: str | None = None
+    publish_domain: str | None = None
+    publish_events: list[Literal["dialog", "presence"]] = ["dialog", "presence"]
+    # Digest credentials for the PBX (SUBSCRIBE and PUBLISH challenges, registration)
     registrar: str | None = None
     username: str | None = None
     password_file: str | None = None

@@ -21,7 +21,7 @@ from .proto.transaction import ServerTransaction
 from .proto.transport import Peer, SipAgent
 from .watcher import Lost, Out, WatchCore, WatchLine
 
-__all__ = ["SipLineSource", "SipRegistration", "LineState", "peer_of_uri"]
+__all__ = ["SipLineSource", "SipRegistration", "SipPublisher", "LineState", "peer_of_uri"]
 
 log = logging.getLogger("gateway.sip")
 
@@ -218,3 +218,82 @@ class SipRegistration:
                 self.lines.resume()
             else:
                 self.lines.suspend(f"registration lost: {self.reg.reason}")
+
+
+class SipPublisher:
+    """Every target's lamp PUBLISHed to a presence server (Kamailio) on the shared agent, so
+    that thousands of phones can subscribe there instead of here.
+
+    Each device and client is published as ``sip:TARGET@DOMAIN`` in ``dialog`` and/or
+    ``presence`` bodies rendered as for a watcher with the lamp and calls but **no numbers**
+    (the server shows them to anyone who subscribes: rights cannot be applied there).
+    `render(target, event)` gives the body (bytes) or None for an unknown target.
+    """
+
+    def __init__(self, agent: SipAgent, server: str, domain: str, targets: Callable[[], list],
+                 render: Callable[[str, str], bytes | None], *, events: Sequence[str],
+                 credentials: tuple[str, str] | None = None, expires: int = 120) -> None:
+        from .proto.publication import Publication
+
+        self.agent, self.domain = agent, domain
+        self.dest = peer_of_uri(server)
+        self.targets, self.render = targets, render
+        self.events = tuple(events)
+        self._new = lambda target, event: Publication(
+            f"sip:{target}@{domain}", agent.local(self.dest), event,
+            {"dialog": "application/dialog-info+xml",
+             "presence": "application/pidf+xml"}[event],
+            expires=expires, credentials=credentials, dest=self.dest)
+        self.pubs: dict[tuple[str, str], object] = {}
+        self._running = False
+
+    @property
+    def healthy(self) -> bool:
+        return all(getattr(p, "failed", None) is None for p in self.pubs.values())
+
+    async def start(self) -> None:
+        self._running = True
+        self.agent.timers.append((self._deadline, self._tick))
+        self.changed(self.targets())
+
+    async def stop(self) -> None:
+        self._running = False
+        self.agent.timers = [t for t in self.agent.timers if t[1] != self._tick]
+
+    def changed(self, targets) -> None:  # noqa: ANN001
+        if not self._running:
+            return
+        now = self.agent.loop.time()
+        for target in targets:
+            for event in self.events:
+                body = self.render(target, event)
+                if body is None:
+                    continue
+                key = (target, event)
+                pub = self.pubs.get(key)
+                if pub is None:
+                    pub = self.pubs[key] = self._new(target, event)
+                self._send(pub, pub.set_state(body, now))  # type: ignore[attr-defined]
+        self.agent.reschedule()
+
+    def _send(self, pub, req: Request | None) -> None:  # noqa: ANN001
+        if req is None:
+            return
+
+        def answered(resp: Response | None, pub=pub) -> None:  # noqa: ANN001
+            was = pub.failed
+            self._send(pub, pub.on_response(resp, self.agent.loop.time()))
+            if pub.failed and pub.failed != was:
+                log.warning("SIP PUBLISH of %s (%s) to %s:%d: %s", pub.target, pub.event,
+                            self.dest.host, self.dest.port, pub.failed)
+            self.agent.reschedule()
+
+        self.agent.request(req, self.dest, answered)
+
+    def _deadline(self) -> float | None:
+        times = [t for p in self.pubs.values() if (t := p.next_deadline()) is not None]
+        return min(times) if times else None
+
+    def _tick(self, now: float) -> None:
+        for pub in self.pubs.values():
+            self._send(pub, pub.tick(now))

@@ -98,6 +98,27 @@ class GatewayDirectory:
             shown = render_member(engine.member(target), rights)
         return BlfView(Lamp(shown["lamp"]), tuple(shown["calls"]))
 
+    def published(self, target: str, event: str, domain: str) -> bytes | None:
+        """A target's body for a presence server: the lamp and calls without any number
+        (whoever subscribes there sees it)."""
+        from .dialoginfo import render_dialog_info
+        from .presence import lamp_pidf
+
+        cfg, engine = self._config(), self._engine()
+        blind = Rights(calls=True, numbers="none")
+        if target in cfg.device_by_id:
+            shown = render_device(engine.device_view(target), blind)
+        elif target in cfg.client_by_name:
+            shown = render_member(engine.member(target), blind)
+        else:
+            return None
+        entity = f"sip:{target}@{domain}"
+        if event == "presence":
+            if shown["lamp"] == Lamp.UNKNOWN.value:
+                return lamp_pidf(entity, Lamp.OFFLINE, target).encode()
+            return lamp_pidf(entity, shown["lamp"], target).encode()
+        return render_dialog_info(entity, 0, shown["lamp"], shown["calls"]).encode()
+
 
 class SipService:
     """Endpoint + presence source + BLF server. `lines` are the SIP URIs watched; what the
@@ -124,6 +145,7 @@ class SipService:
         self.blf_server = None
         self.lines = None  # the native line source (SipLineSource)
         self.registration = None  # the native registration (SipRegistration)
+        self.publisher = None  # PUBLISH to a presence server (SipPublisher)
         self._ha1: dict[str, str] = {}
         self._refresh: asyncio.Task | None = None
         self.directory = GatewayDirectory(config, engine, self._ha1)
@@ -146,6 +168,8 @@ class SipService:
         self._refresh = asyncio.create_task(self._refresh_ha1())
         if scfg.watcher == "native":
             await self._start_native()
+        if scfg.publish_to:
+            await self._start_publisher()
         elif self._lines or scfg.registrar:
             await self._start_agent()
         log.info("SIP: BLF server on %s; %d line(s) watched%s",
@@ -169,10 +193,7 @@ class SipService:
         cfg = self._config()
         scfg = cfg.sources.sip
         assert scfg is not None and self.blf_server is not None
-        credentials = None
-        if scfg.username and scfg.password_file:
-            password = cfg.path(scfg.password_file).read_text().strip()
-            credentials = (scfg.username, password)
+        credentials = self._credentials()
         self.lines = SipLineSource(
             self.blf_server.agent, self._watch_lines(),
             lambda reports: self.handler.reports(self.name, reports),
@@ -191,6 +212,27 @@ class SipService:
         if self.registration is not None:
             await self.registration.start()
 
+    async def _start_publisher(self) -> None:
+        from .lines import SipPublisher, peer_of_uri
+
+        cfg = self._config()
+        scfg = cfg.sources.sip
+        assert scfg is not None and scfg.publish_to and self.blf_server is not None
+        domain = scfg.publish_domain or peer_of_uri(scfg.publish_to).host
+        self.publisher = SipPublisher(
+            self.blf_server.agent, scfg.publish_to, domain,
+            lambda: [*self._config().device_by_id, *self._config().client_by_name],
+            lambda target, event: self.directory.published(target, event, domain),
+            events=scfg.publish_events, credentials=self._credentials())
+        await self.publisher.start()
+
+    def _credentials(self) -> tuple[str, str] | None:
+        cfg = self._config()
+        scfg = cfg.sources.sip
+        if scfg is not None and scfg.username and scfg.password_file:
+            return (scfg.username, cfg.path(scfg.password_file).read_text().strip())
+        return None
+
     @property
     def healthy(self) -> bool:
         """Whether the SIP side does its job: the BLF server listens, and where lines are
@@ -198,6 +240,8 @@ class SipService:
         if self.blf_server is None or self.blf_server.agent is None:
             return False
         if self.registration is not None and not self.registration.up:
+            return False
+        if self.publisher is not None and not self.publisher.healthy:
             return False
         if self.lines is not None:
             return self.lines.healthy
@@ -227,7 +271,7 @@ class SipService:
         if self._refresh is not None:
             self._refresh.cancel()
             self._refresh = None
-        for part in ("registration", "lines", "blf_server", "source"):
+        for part in ("publisher", "registration", "lines", "blf_server", "source"):
             obj = getattr(self, part)
             if obj is not None:
                 try:
@@ -255,8 +299,11 @@ class SipService:
 
     def lamps_changed(self, deltas: Iterable[Delta]) -> None:
         """Engine deltas: NOTIFY the desk phones that see a difference."""
+        keys = {d.key for d in deltas}
         if self.blf_server is not None:
-            self.blf_server.changed({d.key for d in deltas})
+            self.blf_server.changed(keys)
+        if self.publisher is not None:
+            self.publisher.changed(keys)
 
     # -- digest credentials -----------------------------------------------------------------
 
