@@ -168,10 +168,10 @@ class SipService:
         self._refresh = asyncio.create_task(self._refresh_ha1())
         if scfg.watcher == "native":
             await self._start_native()
-        if scfg.publish_to:
-            await self._start_publisher()
         elif self._lines or scfg.registrar:
             await self._start_agent()
+        if scfg.publish_to:
+            await self._start_publisher()
         log.info("SIP: BLF server on %s; %d line(s) watched%s",
                  ", ".join(f"{t} {h}:{p}" for t, (h, p) in self.blf_server.addresses.items()),
                  len(self._lines), f" (user agent on {self.endpoint.host}:"

@@ -83,6 +83,7 @@ async def test_dialog_line_caller_reaches_the_panel_per_rights(
             assert call["remote"] is None and call["remote_name"] is None
         status, body = await http(gw.ws_port, "/healthz")
         assert status == 200 and json.loads(body)["sources"]["sip"]["up"] is True
+        assert gw.sources.sip.endpoint is None, "no pjsua2 user agent on the native path"
     finally:
         pbx.stop()
 
