@@ -27,6 +27,10 @@ too many subscriptions                503 with Retry-After (per client and in to
 the gateway is shutting down          503 with Retry-After: 5 (the phone comes back later)
 Expires: 0 with no dialog (a fetch)   200, one NOTIFY terminated;reason=timeout, the lamp
 Expires: 0 in a dialog (unsubscribe)  200, final NOTIFY terminated;reason=timeout
+a panel's name, Supported: eventlist  a resource list (RFC 4662, Yealink "BLF List"): 200 with
+                                      Require: eventlist, NOTIFYs multipart/related (RLMI +
+                                      each member's state, rights of that panel)
+a panel's name without eventlist      421 with Require: eventlist
 otherwise                             200, Expires = min(asked, MAX_EXPIRES), NOTIFY at once
 ===================================== =======================================================
 
@@ -51,6 +55,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from xml.sax.saxutils import escape, quoteattr
+
 
 from ..model import Lamp
 from .dialoginfo import render_dialog_info
@@ -61,6 +67,7 @@ from .proto.subscription import Local, ServerSubscription, make_response, parse_
 
 __all__ = [
     "BlfView",
+    "ListView",
     "Directory",
     "Reply",
     "Notify",
@@ -84,6 +91,10 @@ RATE_PER_SECOND = 200.0
 RATE_BURST = 2000.0
 MAX_ADDRESSES = 10000  # remembered for rate limiting (least recently seen forgotten)
 PACKAGES = {"dialog": "application/dialog-info+xml", "presence": "application/pidf+xml"}
+MAX_LIST = 200  # members of one resource list rendered (a panel larger than a sidecar)
+_BOUNDARY = "blf-gateway-rlmi-boundary"
+LIST_CTYPE = (f'multipart/related;type="application/rlmi+xml";start="<rlmi@blf-gateway>";'
+              f'boundary="{_BOUNDARY}"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +106,18 @@ class BlfView:
     calls: tuple[dict, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class ListView:
+    """A resource list (RFC 4662, a panel) as one client may see it: each member's view."""
+
+    members: tuple[tuple[str, BlfView | None], ...]
+
+
 class Directory(Protocol):
     """What the notifier asks the gateway (synchronous reads of in-memory state)."""
+
+    def list_members(self, client: str, target: str) -> list[str] | None:
+        """The members of a resource list `target` (a panel) `client` may see, else None."""
 
     def ha1(self, client: str) -> str | None:
         """The client's SIP HA1, None for an unknown client or one without a password."""
@@ -138,7 +159,8 @@ class BlfSubscription:
     dirty: bool = False
     notifies: int = 0
     remote: str = ""
-    extra: dict = field(default_factory=dict)
+    is_list: bool = False  # an RFC 4662 resource list (a panel)
+    indexed: tuple[str, ...] = ()  # the targets whose changes reach this subscription
 
 
 class BlfNotifier:
@@ -242,9 +264,19 @@ class BlfNotifier:
         if existing is not None:
             return self._refresh(req, existing, client, expires, now)
         target = uri_user(req.uri)
-        if target is None or not self.directory.exists(target):
+        is_list = False
+        if target is not None and not self.directory.exists(target) \
+                and self._list_members(client, target) is not None:
+            # A resource list (RFC 4662): the client's panel of that name.
+            supported = {v.strip().lower() for v in req.header_all("Supported")}
+            if "eventlist" not in supported:
+                return self._refuse(req, 421, f"{target!r} is a list: eventlist needed",
+                                    headers=(("Require", "eventlist"),))
+            is_list = True
+        elif target is None or not self.directory.exists(target):
             return self._refuse(req, 404, f"{client}: no target {target!r}")
-        view = self.directory.view(client, target)
+        probe = BlfSubscription(client, target, package, "", None, is_list=is_list)  # type: ignore[arg-type]
+        view = self._view(probe)
         if view is None:
             return self._refuse(req, 403, f"{client} may not see {target!r}")
         if expires and expires < self.min_expires:
@@ -261,14 +293,16 @@ class BlfNotifier:
         except SipParseError as exc:
             return self._refuse(req, 400, str(exc))
         blf = BlfSubscription(client, target, package, self._ha1(client) or "", sub,
-                              remote=from_.uri)
-        out: list[Reply | Notify] = [self._reply(sub.answer(req, 200, expires=granted))]
+                              remote=from_.uri, is_list=is_list)
+        require = (("Require", "eventlist"),) if is_list else ()
+        out: list[Reply | Notify] = [self._reply(sub.answer(req, 200, expires=granted,
+                                                            headers=require))]
         if granted == 0:
             # A fetch: the state now, and the subscription ends with this NOTIFY.
             out.append(self._notify(blf, view, now, reason="timeout"))
             return out
         self.subs[sub.key] = blf
-        self._by_target.setdefault(target, set()).add(sub.key)
+        self._index(blf, view)
         self._per_client[client] = self._per_client.get(client, 0) + 1
         self.log.append((False, f"{client} subscribed to {target} ({package}, {granted} s) "
                                 f"from {from_.uri}"))
@@ -280,7 +314,7 @@ class BlfNotifier:
         sub = blf.sub
         if client != blf.client:
             return self._refuse(req, 403, f"{client} refreshing {blf.client}'s subscription")
-        view = self.directory.view(client, blf.target)
+        view = self._view(blf)
         if view is None:
             # The right went away: refuse, and end the subscription for good.
             out = self._refuse(req, 403, f"{client} may no longer see {blf.target!r}")
@@ -298,10 +332,46 @@ class BlfNotifier:
                                 headers=(("Min-Expires", str(self.min_expires)),))
         granted = min(expires, self.max_expires)
         sub.refresh(granted, now)
+        require = (("Require", "eventlist"),) if blf.is_list else ()
         # RFC 6665 4.2.1.2: a refresh is answered with a NOTIFY of the full state.
         blf.last_body = b"\x00"
-        return [self._reply(sub.answer(req, 200, expires=granted)),
+        return [self._reply(sub.answer(req, 200, expires=granted, headers=require)),
                 *self._maybe_notify(blf, view, now)]
+
+    def _list_members(self, client: str, target: str) -> list[str] | None:
+        fn = getattr(self.directory, "list_members", None)
+        return fn(client, target) if fn is not None else None
+
+    def _view(self, blf: BlfSubscription) -> BlfView | ListView | None:
+        """What `blf`'s client may see of its target now (None: nothing any more)."""
+        if blf.is_list:
+            members = self._list_members(blf.client, blf.target)
+            if members is None:
+                return None
+            return ListView(tuple((m, self.directory.view(blf.client, m))
+                                  for m in members[:MAX_LIST]))
+        if not self.directory.exists(blf.target):
+            return None
+        return self.directory.view(blf.client, blf.target)
+
+    def _index(self, blf: BlfSubscription, view: BlfView | ListView | None) -> None:
+        """Register the targets whose changes reach `blf` (a list: its members)."""
+        self._unindex(blf)
+        targets = (blf.target,)
+        if isinstance(view, ListView):
+            targets += tuple(m for m, _ in view.members)
+        blf.indexed = targets
+        for t in targets:
+            self._by_target.setdefault(t, set()).add(blf.sub.key)
+
+    def _unindex(self, blf: BlfSubscription) -> None:
+        for t in blf.indexed:
+            keys = self._by_target.get(t)
+            if keys is not None:
+                keys.discard(blf.sub.key)
+                if not keys:
+                    del self._by_target[t]
+        blf.indexed = ()
 
     def _ha1(self, client: str) -> str | None:
         try:
@@ -311,12 +381,15 @@ class BlfNotifier:
 
     # ------------------------------------------------------------------ NOTIFYs
 
-    def _render(self, blf: BlfSubscription, view: BlfView | None) -> tuple[bytes | None, str]:
+    def _render(self, blf: BlfSubscription, view: BlfView | ListView | None
+                ) -> tuple[bytes | None, str]:
         ctype = PACKAGES[blf.package]
-        if view is None or view.lamp is Lamp.UNKNOWN:
-            return None, ctype
         entity = blf.sub.local_uri if blf.sub.local_uri.startswith(("sip:", "sips:")) \
             else f"sip:{blf.target}@invalid"
+        if isinstance(view, ListView):
+            return render_list(entity, view, blf.package), LIST_CTYPE
+        if view is None or view.lamp is Lamp.UNKNOWN:
+            return None, ctype
         if blf.package == "presence":
             return lamp_pidf(entity, view.lamp, blf.target, contact=blf.remote).encode(), ctype
         # The version is filled in by _notify (it counts NOTIFYs actually sent).
@@ -326,9 +399,11 @@ class BlfNotifier:
                 reason: str | None = None, retry_after: int | None = None) -> Notify:
         body, ctype = self._render(blf, view)
         blf.last_body = body
-        if body is not None and blf.package == "dialog":
+        if body is not None and (blf.package == "dialog" or blf.is_list):
             blf.sub.version += 1
-            body = body.replace(b' version="0"', f' version="{blf.sub.version}"'.encode(), 1)
+            # The documents' version counts the NOTIFYs of this subscription (RFC 4235
+            # 4.1, RFC 4662 5.2): every version="0" of the rendering gets it.
+            body = body.replace(b' version="0"', f' version="{blf.sub.version}"'.encode())
         req = blf.sub.notify(now, body, ctype if body is not None else None, reason=reason,
                              retry_after=retry_after)
         blf.in_flight = True
@@ -360,7 +435,7 @@ class BlfNotifier:
             return []
         if blf.dirty:
             blf.dirty = False
-            return self._maybe_notify(blf, self.directory.view(blf.client, blf.target), now)
+            return self._maybe_notify(blf, self._view(blf), now)
         return []
 
     def changed(self, targets: set[str] | list[str], now: float) -> list[Notify]:
@@ -369,7 +444,7 @@ class BlfNotifier:
         for target in targets:
             for key in list(self._by_target.get(target, ())):
                 blf = self.subs[key]
-                view = self.directory.view(blf.client, blf.target)
+                view = self._view(blf)
                 if view is None:
                     self._drop(key)
                     out.append(self._notify(blf, None, now, reason="rejected"))
@@ -385,13 +460,14 @@ class BlfNotifier:
         for key, blf in list(self.subs.items()):
             if (self._ha1(blf.client) or "") != blf.ha1:
                 self._drop(key)
-                out.append(self._notify(blf, self.directory.view(blf.client, blf.target),
+                out.append(self._notify(blf, self._view(blf),
                                         now, reason="deactivated"))
                 self.log.append((False, f"{blf.client}'s password changed: subscription "
                                         f"to {blf.target} ended"))
                 continue
-            view = self.directory.view(blf.client, blf.target) \
-                if self.directory.exists(blf.target) else None
+            view = self._view(blf)
+            if blf.is_list and view is not None:
+                self._index(blf, view)  # the panel's members may have changed
             if view is None:
                 self._drop(key)
                 out.append(self._notify(blf, None, now, reason="rejected"))
@@ -408,7 +484,7 @@ class BlfNotifier:
         out = []
         for key, blf in list(self.subs.items()):
             self._drop(key)
-            out.append(self._notify(blf, self.directory.view(blf.client, blf.target), now,
+            out.append(self._notify(blf, self._view(blf), now,
                                     reason="probation", retry_after=SHUTDOWN_RETRY_AFTER))
         return out
 
@@ -425,7 +501,7 @@ class BlfNotifier:
         for key, blf in list(self.subs.items()):
             if blf.sub.expires_at <= now:
                 self._drop(key)
-                out.append(self._notify(blf, self.directory.view(blf.client, blf.target),
+                out.append(self._notify(blf, self._view(blf),
                                         now, reason="timeout"))
         return out
 
@@ -433,11 +509,7 @@ class BlfNotifier:
         blf = self.subs.pop(key, None)
         if blf is None:
             return
-        keys = self._by_target.get(blf.target)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._by_target[blf.target]
+        self._unindex(blf)
         left = self._per_client.get(blf.client, 1) - 1
         if left > 0:
             self._per_client[blf.client] = left
@@ -449,3 +521,35 @@ def _to_tag_or_new(req: Request) -> str | None:
     # A refusal of an initial request carries a To tag too (RFC 3261 8.2.6.2); a fixed one
     # is fine: no dialog is created by an error response.
     return None if ";tag=" in (req.header("To") or "").replace(" ", "") else "refused"
+
+
+def render_list(entity: str, view: ListView, package: str) -> bytes:
+    """A full-state RFC 4662 NOTIFY body: ``multipart/related`` with the RLMI document first,
+    then one part per member whose state is known (``version="0"`` is replaced by the
+    subscription's counter). A member without state is listed ``pending``, without a part."""
+    host = entity.split("@", 1)[1] if "@" in entity else "invalid"
+    resources, parts = [], []
+    for i, (member, mview) in enumerate(view.members):
+        uri = f"sip:{member}@{host}"
+        if mview is None or mview.lamp is Lamp.UNKNOWN:
+            resources.append(f'  <resource uri={quoteattr(uri)}>\n'
+                             f'    <instance id="{i}" state="pending"/>\n  </resource>')
+            continue
+        cid = f"r{i}@blf-gateway"
+        resources.append(f'  <resource uri={quoteattr(uri)}>\n    <name>{escape(member)}</name>\n'
+                         f'    <instance id="{i}" state="active" cid="{cid}"/>\n  </resource>')
+        if package == "presence":
+            body, ctype = lamp_pidf(uri, mview.lamp, member), PACKAGES["presence"]
+        else:
+            body, ctype = render_dialog_info(uri, 0, mview.lamp, mview.calls), PACKAGES["dialog"]
+        parts.append((cid, ctype, body))
+    rlmi = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<list xmlns="urn:ietf:params:xml:ns:rlmi" uri={quoteattr(entity)} version="0" '
+            'fullState="true">\n' + "\n".join(resources) + "\n</list>\n")
+    out = [f"--{_BOUNDARY}\r\nContent-Transfer-Encoding: binary\r\n"
+           "Content-ID: <rlmi@blf-gateway>\r\n"
+           'Content-Type: application/rlmi+xml;charset="UTF-8"\r\n\r\n' + rlmi]
+    for cid, ctype, body in parts:
+        out.append(f"--{_BOUNDARY}\r\nContent-Transfer-Encoding: binary\r\n"
+                   f"Content-ID: <{cid}>\r\nContent-Type: {ctype}\r\n\r\n" + body)
+    return ("\r\n".join(out) + f"\r\n--{_BOUNDARY}--\r\n").encode()

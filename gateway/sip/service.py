@@ -87,6 +87,14 @@ class GatewayDirectory:
                       pickup=any(r.pickup for r in found),
                       presence=any(r.presence for r in found))
 
+    def list_members(self, client: str, target: str) -> list[str] | None:
+        """A resource list (a Yealink "BLF List") is one of the client's visible panels:
+        its members, in the panel's order."""
+        cfg = self._config()
+        if client not in cfg.client_by_name or target not in visible_panels(cfg, client):
+            return None
+        return list(cfg.group_by_name[target].members)
+
     def view(self, client: str, target: str) -> BlfView | None:
         rights = self.rights(client, target)
         if rights is None:

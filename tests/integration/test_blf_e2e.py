@@ -87,14 +87,15 @@ class Gateway:
             self.writer.write(json.dumps(m).encode() + b"\n")
         await self.writer.drain()
 
-    async def lamp(self, device: str, lamp: str, timeout: float = 20.0) -> None:
+    async def lamp(self, device: str, lamp: str, timeout: float = 20.0,
+                   client: str = "alice") -> None:
         """Wait until the gateway shows `device` with `lamp` (as a CTI client sees it), so a
         phone subscribing next gets that state first."""
         import websockets
 
         async with websockets.connect(f"ws://127.0.0.1:{self.ws}/ws") as ws:
-            await ws.send(json.dumps({"type": "login", "id": 1, "client": "alice",
-                                      "password": ALICE_PW}))
+            await ws.send(json.dumps({"type": "login", "id": 1, "client": client,
+                                      "password": ALICE_PW if client == "alice" else BOB_PW}))
             await ws.send(json.dumps({"type": "subscribe", "id": 2, "device": device}))
 
             async def seen() -> None:
@@ -243,3 +244,17 @@ async def test_phones_come_back_after_a_gateway_restart(gateway, tmp_path):
     await phone.finish()
     print(f"phone subscribed again {back:.1f} s after the restart began")
     assert back < 45
+
+
+async def test_blf_list_of_a_panel(gateway, tmp_path):
+    gw = gateway
+    await gw.send({"device": "201", "devstate": "inservice"},
+                  {"device": "202", "devstate": "inservice"},
+                  {"device": "202", "call": "1", "state": "offering", "caller": "0309999"})
+    await gw.lamp("202", "ringing", client="bob")
+    phone = await Sipp(tmp_path, "list", scenario("deskphone_list.xml")).start(
+        gw.sip, target="desk")
+    await phone.finish()
+    (notify,) = phone.notifies()
+    # bob's call through the panel's rights (numbers = "none"): the state, never the number.
+    assert "0309999" not in notify

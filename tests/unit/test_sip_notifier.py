@@ -37,6 +37,10 @@ class Office:
     def exists(self, target):
         return target in self.lamps
 
+    def list_members(self, client, target):
+        # alice's panel "desk" shows 201 and 202 (with her rights on each)
+        return ["201", "202"] if (client, target) == ("alice", "desk") else None
+
     def view(self, client, target):
         r = self.rights.get((client, target))
         if r is None:
@@ -57,7 +61,7 @@ class Phone:
         self.challenge = None
         self.cnonce = secrets.token_hex(6)
 
-    def subscribe(self, expires=600, *, auth=True):
+    def subscribe(self, expires=600, *, auth=True, eventlist=False):
         self.cseq += 1
         uri = f"sip:{self.target}@192.0.2.1:5070"
         to = f"<sip:{self.target}@192.0.2.1>" + (f";tag={self.to_tag}" if self.to_tag else "")
@@ -66,6 +70,8 @@ class Phone:
                    ("Call-ID", self.call_id), ("CSeq", f"{self.cseq} SUBSCRIBE"),
                    ("Contact", "<sip:phone@192.0.2.9:5060>"), ("Event", self.event),
                    ("Expires", str(expires))]
+        if eventlist:
+            headers.append(("Supported", "eventlist"))
         if auth and self.challenge:
             p = parse_digest(self.challenge)
             self.nc += 1
@@ -298,3 +304,47 @@ def test_a_flood_from_one_address_is_held_back_others_unaffected():
     later = [n.on_request(phone.subscribe(auth=False), "10.0.0.66", 0.1)[0].response.status
              for _ in range(25)]
     assert later.count(401) == 20
+
+
+def list_login(n, phone, now=0.0):
+    reply, _ = phone.take(n.on_request(phone.subscribe(auth=False, eventlist=True), "ph", now))
+    return phone.take(n.on_request(phone.subscribe(eventlist=True), "ph", now))
+
+
+def parts(body: bytes) -> list[bytes]:
+    return [p for p in body.split(b"--blf-gateway-rlmi-boundary") if b"Content-Type" in p]
+
+
+def test_a_panel_as_resource_list_rfc4662():
+    office = Office()
+    office.lamps["201"] = Lamp.RINGING
+    office.calls["201"] = (Call("k1", Direction.IN, CallState.RINGING, 1.0, "0301234", "Eve"),)
+    office.lamps["202"] = Lamp.UNKNOWN
+    n = BlfNotifier(office, lambda d: LOCAL)
+    reply, (first,) = list_login(n, Phone(target="desk"))
+    assert reply.status == 200 and reply.header("Require") == "eventlist"
+    req = first.request
+    assert req.header("Content-Type").startswith('multipart/related;type="application/rlmi+xml"')
+    rlmi, dlg = parts(req.body)
+    assert b'fullState="true"' in rlmi and b'version="1"' not in rlmi  # counts from 0
+    assert b'uri="sip:201@192.0.2.1"' in rlmi and b'state="active"' in rlmi
+    assert b'uri="sip:202@192.0.2.1"' in rlmi and b'state="pending"' in rlmi  # unknown: no part
+    info = parse_dialog_info(dlg.split(b"\r\n\r\n", 1)[1])
+    assert info.dialogs[0].state == "early" and info.dialogs[0].remote_uri.startswith(
+        "sip:0301234@")
+    # A change of one member: the list again, version 1.
+    n.notify_done(first.key, 200, 1)
+    office.lamps["202"] = Lamp.BUSY
+    (second,) = n.changed({"202"}, 2)
+    rlmi2 = parts(second.request.body)[0]
+    assert b'version="1"' in rlmi2 and rlmi2.count(b'state="active"') == 2
+
+
+def test_a_list_needs_eventlist_support_and_the_panel_right():
+    n = BlfNotifier(Office(), lambda d: LOCAL)
+    phone = Phone(target="desk")
+    phone.take(n.on_request(phone.subscribe(auth=False), "ph", 0))
+    reply, _ = phone.take(n.on_request(phone.subscribe(), "ph", 0))
+    assert reply.status == 421 and reply.header("Require") == "eventlist"
+    reply, _ = list_login(n, Phone("bob", "pw-b", target="desk"))
+    assert reply.status == 404  # not bob's panel: no such target for him
