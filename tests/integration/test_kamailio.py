@@ -83,3 +83,63 @@ async def test_phone_subscribed_to_kamailio_follows_a_bridge_line(
     assert rc == 0, f"the phone did not see the line ringing through Kamailio:\n{errors}"
     assert "0301234" not in (tmp_path / "msg.log").read_text()
     assert gw.sources.sip.publisher.healthy
+
+
+LINE_CONFIG = """
+[server]
+listen = "127.0.0.1:0"
+[redis]
+url = "{redis}"
+[sources.sip]
+bind = "127.0.0.1:{sip}"
+probe_seconds = 5
+[[devices]]
+id = "301"
+number = "301"
+source = "sip"
+line = "sip:carol@127.0.0.1:{kam}"
+[[clients]]
+name = "carol"
+devices = ["301"]
+password_hash = "{hash}"
+"""
+
+
+def publish(tmp_path: Path, kam: int, tuple_id: str, basic: str, note: str,
+            expires: int = 60) -> subprocess.Popen:
+    """A softphone (sipp) publishing one device's presence for carol at Kamailio."""
+    return subprocess.Popen(
+        ["sipp", "-sf", str(ROOT / "tests" / "sip" / "publisher.xml"), "-i", "127.0.0.1",
+         "-s", "carol", "-m", "1", "-nostdin", "-key", "tuple", tuple_id, "-key", "basic",
+         basic, "-key", "note", note, "-key", "expires", str(expires),
+         f"127.0.0.1:{kam}"], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def test_line_watched_through_kamailio_merges_devices_and_notices_expiry(
+        kamailio, redis_url, start_gateway, connect, tmp_path):
+    from test_gateway_e2e import login
+
+    desk = publish(tmp_path, kamailio, "desk", "open", "On the phone", expires=6)
+    soft = None
+    try:
+        await asyncio.sleep(0.5)
+        gw = await start_gateway(LINE_CONFIG.format(redis=redis_url, sip=free_udp_port(),
+                                                    kam=kamailio, hash=HASH))
+        carol = await login(connect, gw, "carol")
+        snap = await carol.request({"type": "subscribe", "device": "301"})
+        if snap["lamp"] != "busy":
+            await carol.wait(lambda m: m.get("lamp") == "busy", timeout=15)
+        # A second device of carol's publishes "Available" (newer): Kamailio merges both
+        # tuples into one document; the busiest device still wins.
+        soft = publish(tmp_path, kamailio, "soft", "open", "Available", expires=6)
+        await asyncio.sleep(1.5)
+        assert not any(m.get("lamp") == "idle" for m in carol.lamps())
+        # Both publications expire: Kamailio NOTIFYs without a body; the lamp is no longer
+        # known (not the old busy, not idle).
+        await carol.wait(lambda m: m.get("lamp") == "unknown", timeout=20)
+    finally:
+        for p in (desk, soft):
+            if p is not None:
+                p.kill()
+                p.wait(10)
