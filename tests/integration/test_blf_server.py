@@ -117,7 +117,8 @@ async def test_sipp_desk_phone_dialog_subscribe_refresh_unsubscribe(blf, tmp_pat
     office.set("201", Lamp.HELD, HELD)
     blf.changed(["201"])
     rc = await asyncio.wait_for(proc.wait(), 40)
-    assert rc == 0, f"the phone did not see what it should:\n{_errors(tmp_path, 'deskphone_dialog.xml')}"
+    errors = _errors(tmp_path, "deskphone_dialog.xml")
+    assert rc == 0, f"the phone did not see what it should:\n{errors}"
     assert blf.subscribers() == [], "the unsubscribe ended the subscription"
 
 
