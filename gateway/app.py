@@ -169,8 +169,11 @@ class Gateway:
     async def _start(self, stack: AsyncExitStack) -> None:
         """Start the parts in order; each registers its shutdown (run in reverse)."""
         if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.start)
+            # Started on the loop's thread: the server ends with the process that runs it.
+            await self.embedded.start_async()
             stack.push_async_callback(asyncio.to_thread, self.embedded.stop)
+            # Restarted with its data when it dies or hangs; the log follower then reloads.
+            stack.push_async_callback(_cancel, [asyncio.create_task(self.embedded.supervise())])
         stack.push_async_callback(self.store.close)
         await wait_for_redis(self.store, self._stop)
         await self.follower.load()

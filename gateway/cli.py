@@ -148,7 +148,8 @@ async def _with_store(cfg: Config, work):
     url = cfg.redis.url if cfg.redis else None
     if url is None:
         embedded = EmbeddedRedis(cfg.path(cfg.state.dir))
-        url = await asyncio.to_thread(embedded.start)
+        # On this thread (not a worker's): the server ends with the thread that started it.
+        url = embedded.start()
     store = Store(url)
     try:
         return await work(store)

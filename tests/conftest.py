@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.store import redis_server_binary
+from gateway.store import die_with_parent_preexec, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +45,9 @@ class RedisServer:
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.persist else "no",
                 "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Ends with the test run even when that is killed (no redis-server left behind).
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=die_with_parent_preexec())
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -65,8 +67,40 @@ class RedisServer:
         redis.Redis(port=self.port).flushall()
 
 
+def _redis_servers_in(path: Path) -> list[int]:
+    """Running redis-server processes working in a folder under `path`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                exe = os.readlink(f"/proc/{entry}/exe")
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if "redis-server" in os.path.basename(exe) and cwd.startswith(str(path)) \
+                    and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_redis_server_left_behind(tmp_path_factory):
+    """After the last test: every redis-server a test or a gateway started has ended."""
+    yield
+    if not sys.platform.startswith("linux"):
+        return
+    base = tmp_path_factory.getbasetemp()
+    deadline = time.monotonic() + 5
+    while (left := _redis_servers_in(base)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:
+        os.kill(pid, 9)
+    assert not left, f"redis-server processes left running by the tests: {left}"
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
+def redis_server(tmp_path_factory, no_redis_server_left_behind):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
