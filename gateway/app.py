@@ -41,6 +41,7 @@ from .server.hub import Hub
 from .server.login import Auth
 from .server.session import SessionFactory
 from .sources import LineSources
+from .spool import Spool
 from .status import Status
 from .store import EmbeddedRedis, Store, wait_for_redis
 from .tapi.bridge import TapiBridgeServer
@@ -86,7 +87,7 @@ class Gateway:
         self.hub = Hub(config)
         self.follower = LogFollower(store, conf, self.hub, self.metrics, self._republish)
         engine = self._engine
-        self.journal = Journal(store, engine, conf)
+        self.journal = Journal(store, engine, conf, Spool(config.path(config.state.dir)))
         self.publisher = Publisher(store, self.pid)
         # Lamp provenance: every source and softphone report and what became of it.
         self.recorder = Recorder(store, self.pid, lambda: conf().provenance.keep)
@@ -175,6 +176,7 @@ class Gateway:
             # Restarted with its data when it dies or hangs; the log follower then reloads.
             stack.push_async_callback(_cancel, [asyncio.create_task(self.embedded.supervise())])
         stack.push_async_callback(self.store.close)
+        stack.push_async_callback(self.journal.close)  # after the sources and sessions ended
         await wait_for_redis(self.store, self._stop)
         await self.follower.load()
 

@@ -19,19 +19,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import Callable
 
 from .calls import EndedCall
 from .config import Config
 from .panels.engine import Engine
 from .panels.rights import Rights, combined_rights, panel_rights
-from .store import RedisError, Store, wait_for_redis
+from .spool import Spool, SpoolItem
+from .store import RedisError, Store
 
 __all__ = ["Journal", "entry_of", "render_entry"]
 
 log = logging.getLogger("gateway.journal")
 
-MAX_PENDING = 100_000  # entries held while Redis is away; the oldest are dropped beyond
+MAX_PENDING = 100_000  # entries held in memory when neither Redis nor the spool takes them
 
 
 def entry_of(ended: EndedCall, device: str | None, client: str | None) -> dict:
@@ -60,18 +62,24 @@ def render_entry(entry_id: str, entry: dict, rights: Rights) -> dict:
 class Journal:
     """Queues entries of ended calls, writes them (:meth:`run`), reads them for a client.
 
-    `engine()` (whether an owner is logged in) and `config()` give the current ones.
+    `engine()` (whether an owner is logged in) and `config()` give the current ones. Entries
+    that cannot reach Redis go to the durable `spool` and are delivered, once, when Redis
+    answers again (also by the next start, after a stop or a crash while Redis was away).
     """
 
     def __init__(self, store: Store, engine: Callable[[], Engine],
-                 config: Callable[[], Config]) -> None:
+                 config: Callable[[], Config], spool: Spool | None = None) -> None:
         self.store = store
         self._engine = engine
         self._config = config
-        self._server: list[str] = []
-        self._offline: list[tuple[str, str]] = []
+        self.spool = spool
+        self._items: list[SpoolItem] = []
         self._wake = asyncio.Event()
+        self._spooled = False  # entries wait in the spool (deliver those first, in order)
+        self._warned = False
         self.written = 0
+        self.spooled = 0  # entries kept in the spool since the start
+        self.dropped = 0  # entries lost: no Redis, no spool, memory bound reached
 
     # -- writing ------------------------------------------------------------------------
 
@@ -80,47 +88,124 @@ class Journal:
         cfg = self._config()
         engine = self._engine()
         for e in ended:
+            # One id per entry, kept with it wherever it goes: Redis writes each id once.
+            uid = f"{int(e.end // 3600)}.{uuid.uuid4().hex[:16]}"
             if e.owner.startswith("sp:"):
                 client = e.owner[3:]
                 ccfg = cfg.client_by_name.get(client)
                 if ccfg is not None and "w" in ccfg.journal:
-                    self._server.append(json.dumps(entry_of(e, None, client)))
+                    self._items.append(SpoolItem(uid, None, json.dumps(entry_of(e, None, client))))
                 continue
             dcfg = cfg.device_by_id.get(e.owner)
             if dcfg is None:
                 continue
             text = json.dumps(entry_of(e, e.owner, None))
             if dcfg.journal:
-                self._server.append(text)
+                self._items.append(SpoolItem(uid, None, text))
             for owner in cfg.owners_of(e.owner):
                 if owner.offline_monitor and not engine.client_state(owner.name).logged_in:
-                    self._offline.append((owner.name, text))
-        if len(self._server) > MAX_PENDING:
-            del self._server[: len(self._server) - MAX_PENDING]
-        if len(self._offline) > MAX_PENDING:
-            del self._offline[: len(self._offline) - MAX_PENDING]
-        if self._server or self._offline:
+                    self._items.append(SpoolItem(f"{uid}:{owner.name}", owner.name, text))
+        self._bound()
+        if self._items:
             self._wake.set()
 
+    def _bound(self) -> None:
+        if len(self._items) > MAX_PENDING:
+            over = len(self._items) - MAX_PENDING
+            del self._items[:over]
+            self.dropped += over
+            log.error("%d journal entries dropped: Redis and the spool are both "
+                      "unavailable and %d are held in memory", over, MAX_PENDING)
+
+    async def _write(self, items: list[SpoolItem]) -> None:
+        jcfg = self._config().journal
+        for i in range(0, len(items), 500):
+            chunk = items[i : i + 500]
+            await self.store.append_journal(
+                [(it.uid, it.client, it.entry) for it in chunk],
+                retention_seconds=jcfg.retention_days * 86400,
+                max_entries=jcfg.max_entries, offline_max=jcfg.offline_max_entries)
+            self.written += len(chunk)
+
+    async def _to_spool(self, items: list[SpoolItem]) -> bool:
+        if self.spool is None:
+            return False
+        try:
+            await asyncio.to_thread(self.spool.append, items)
+        except OSError as exc:
+            log.error("journal spool: %d entries could not be kept on disk (%s): holding "
+                      "them in memory", len(items), exc)
+            return False
+        self._spooled = True
+        self.spooled += len(items)
+        return True
+
+    async def _deliver_spool(self) -> None:
+        assert self.spool is not None
+        spool = self.spool
+        files = await asyncio.to_thread(spool.take)
+        for path in files:
+            items = await asyncio.to_thread(spool.read, path)
+            await self._write(items)
+            await asyncio.to_thread(spool.done, path)
+            if items:
+                log.info("journal spool: %d entries delivered to Redis", len(items))
+        self._spooled = await asyncio.to_thread(spool.pending)
+
     async def run(self) -> None:
+        if self.spool is not None:
+            self._spooled = await asyncio.to_thread(self.spool.pending)
+        delay = 0.2
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._server or self._offline:
-                server, offline = self._server, self._offline
-                self._server, self._offline = [], []
-                jcfg = self._config().journal
+            if self._spooled:
                 try:
-                    await self.store.append_journal(
-                        server, offline, retention_seconds=jcfg.retention_days * 86400,
-                        max_entries=jcfg.max_entries, offline_max=jcfg.offline_max_entries)
-                    self.written += len(server) + len(offline)
+                    await self._deliver_spool()
+                except (RedisError, OSError):
+                    pass  # still away: the entries are safe on disk
+            if self._items:
+                batch, self._items = self._items, []
+                try:
+                    if self._spooled:
+                        raise OSError("older entries wait in the spool")  # keep their order
+                    await self._write(batch)
+                    self._warned = False
                 except (RedisError, OSError) as exc:
-                    self._server[:0] = server
-                    self._offline[:0] = offline
-                    log.warning("writing %d journal entries failed (%s); will retry",
-                                len(server) + len(offline), exc)
-                    await wait_for_redis(self.store)
+                    if not self._warned:
+                        log.warning("journal: Redis unavailable (%s): ended calls are kept in "
+                                    "the spool until it is back", exc)
+                        self._warned = True
+                    if not await self._to_spool(batch):
+                        self._items[:0] = batch
+                        self._bound()
+                except asyncio.CancelledError:
+                    self._items[:0] = batch  # close() keeps them
+                    raise
+            if self._spooled or self._items:
+                try:  # retry with backoff, earlier when a new entry comes
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, 5.0)
+            else:
+                delay = 0.2
+                await self._wake.wait()
+            self._wake.clear()
+
+    async def close(self) -> None:
+        """At shutdown (after :meth:`run` was cancelled): entries still in memory go to
+        Redis if it answers at once, else to the spool."""
+        if not self._items:
+            return
+        batch, self._items = self._items, []
+        try:
+            if self._spooled:
+                raise OSError("older entries wait in the spool")
+            await asyncio.wait_for(self._write(batch), 2)
+        except (RedisError, OSError, asyncio.TimeoutError):
+            if not await self._to_spool(batch):
+                self.dropped += len(batch)
+                log.error("journal: %d entries lost at shutdown (no Redis, no spool)",
+                          len(batch))
 
     # -- reading ------------------------------------------------------------------------
 

@@ -139,6 +139,10 @@ class Status:
             f"blf_outbox_frames {sum(pending)}",
             "# TYPE blf_journal_written_total counter",
             f"blf_journal_written_total {self.journal.written}",
+            "# TYPE blf_journal_spooled_total counter",
+            f"blf_journal_spooled_total {self.journal.spooled}",
+            "# TYPE blf_journal_dropped_total counter",
+            f"blf_journal_dropped_total {self.journal.dropped}",
             "# TYPE blf_published_device_states_total counter",
             f"blf_published_device_states_total {self.publisher.published}",
         ]

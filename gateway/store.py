@@ -66,6 +66,8 @@ K_LEASE = PREFIX + "lease:"
 K_OP = PREFIX + "op:"
 K_PROV = PREFIX + "prov:"  # {blf}:prov:dev:ID, {blf}:prov:cli:NAME: lamp provenance lists
 K_HEALTH = PREFIX + "health"  # process id -> JSON: its sources' health, for the admin view
+K_JOURNAL_IDS = PREFIX + "jid:"  # + hour bucket: ids of journal entries already written
+JOURNAL_ID_TTL = 2 * 86400  # seconds a written entry's id is remembered (re-delivery window)
 
 # How many changes the log keeps: a process (or a client resuming with `since`) that is
 # further behind than this reloads the full state instead.
@@ -73,6 +75,14 @@ LOG_MAXLEN = 20000
 
 POOL_SIZE = 64  # Redis connections per process (one is held by the change-log reader)
 POOL_WAIT = 10.0  # seconds a command may wait for a free connection
+
+# KEYS: ids hash, stream. ARGV: uid, entry, MINID|MAXLEN, its argument, ids ttl. 1 if new.
+_APPEND_ONCE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], '1') == 0 then return 0 end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('XADD', KEYS[2], ARGV[3], '~', ARGV[4], '*', 'e', ARGV[2])
+return 1
+"""
 
 # KEYS: seq, entity, log. ARGV: kind, id, json, maxlen. Returns {seq, changed}.
 _PUBLISH = """
@@ -205,6 +215,7 @@ class Store:
                 url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options)
             self.redis = aioredis.Redis(connection_pool=pool)
         self._publish = self.redis.register_script(_PUBLISH)
+        self._append_once = self.redis.register_script(_APPEND_ONCE)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -375,21 +386,33 @@ class Store:
 
     # -- journals ---------------------------------------------------------------------------
 
-    async def append_journal(self, server: list[str], offline: list[tuple[str, str]], *,
+    async def append_journal(self, items: Iterable[tuple[str, str | None, str]], *,
                              retention_seconds: float, max_entries: int,
-                             offline_max: int) -> None:
-        """Append entries (JSON) to the server journal and to clients' offline journals."""
-        if not server and not offline:
-            return
+                             offline_max: int) -> int:
+        """Append (uid, client, entry JSON) items: client None to the server journal, else to
+        that client's offline journal. Each uid is written once, however often it is sent
+        (a spool delivered again after a crash); returns how many were new."""
+        items = list(items)
+        if not items:
+            return 0
         pipe = self.redis.pipeline(transaction=False)
         min_id = int((time.time() - retention_seconds) * 1000)
-        for entry in server:
-            pipe.xadd(K_JOURNAL, {"e": entry}, minid=min_id, approximate=True)
+        server = False
+        for uid, client, entry in items:
+            bucket, _, _ = uid.partition(".")
+            if client is None:
+                server = True
+                keys = [K_JOURNAL_IDS + bucket, K_JOURNAL]
+                trim = ["MINID", min_id]
+            else:
+                keys = [K_JOURNAL_IDS + bucket, K_OFFLINE + client]
+                trim = ["MAXLEN", offline_max]
+            await self._append_once(keys=keys, args=[uid, entry, *trim, JOURNAL_ID_TTL],
+                                    client=pipe)
         if server:
             pipe.xtrim(K_JOURNAL, maxlen=max_entries, approximate=True)
-        for client, entry in offline:
-            pipe.xadd(K_OFFLINE + client, {"e": entry}, maxlen=offline_max, approximate=True)
-        await pipe.execute()
+        results = await pipe.execute()
+        return sum(int(r) for r in results[: len(items)])
 
     async def read_journal(self, client: str | None, start: str = "-",
                            count: int = 1000) -> list[tuple[str, dict]]:
