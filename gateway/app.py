@@ -96,7 +96,8 @@ class Gateway:
         self.follower.listeners.append(self.sources.lamps_changed)
         self.clients = Clients(store, engine, self.journal, conf, self.recorder)
         self.cluster = Cluster(store, self.pid, conf, self.sources.start, self.sources.stop,
-                               self.recorder.orphaned)
+                               orphaned=self.recorder.orphaned,
+                               on_write_refused=self.follower.store_refusing)
         self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
                                              self.metrics) if self.config_path else None)
         auth = Auth(store, self.clients, conf)
@@ -177,7 +178,7 @@ class Gateway:
             stack.push_async_callback(_cancel, [asyncio.create_task(self.embedded.supervise())])
         stack.push_async_callback(self.store.close)
         stack.push_async_callback(self.journal.close)  # after the sources and sessions ended
-        await wait_for_redis(self.store, self._stop)
+        await wait_for_redis(self.store, self._stop, refusal_is_fatal=True)
         await self.follower.load()
 
         # Leases are given back after the last word of the stopped sources.

@@ -72,12 +72,19 @@ def _run_gateway(config: Config, config_path: str | Path | None, extra=None) -> 
             side.cancel()
 
     from .tls import TlsError
+    from .store import RedisError, write_refusal
 
     _use_uvloop()
     try:
         asyncio.run(main())
     except (RuntimeError, OSError, TlsError) as exc:
-        logging.getLogger("gateway").error("%s", exc)
+        # One clear line (a full disk, a port in use, no redis-server), never a traceback.
+        logging.getLogger("gateway").error("cannot start: %s", exc)
+        return 1
+    except RedisError as exc:
+        what = write_refusal(exc)
+        logging.getLogger("gateway").error(
+            "cannot start: Redis %s: %s", f"refuses writes ({what})" if what else "failed", exc)
         return 1
     return 0
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from .backoff import Backoff
 from .config import Config
 from .model import DeviceState
-from .store import RedisError, Store, encode_device
+from .store import RedisError, Store, encode_device, write_refusal
 
 __all__ = ["Cluster", "LEASED_SOURCES", "HEARTBEAT_SECONDS"]
 
@@ -46,6 +46,7 @@ class Cluster:
         start_source: Callable[[str], Awaitable[None]],
         stop_source: Callable[[str], Awaitable[None]],
         orphaned: Callable[[str, str], None] | None = None,
+        on_write_refused: Callable[[str | None, str], None] | None = None,
     ) -> None:
         self.store = store
         # Told (device, dead process) when the janitor turns a device unknown: provenance.
@@ -54,6 +55,7 @@ class Cluster:
         self._config = config
         self._start_source = start_source
         self._stop_source = stop_source
+        self._on_write_refused = on_write_refused
         self.leases: set[str] = set()
         self.redis_latency = 0.0  # seconds, measured every second
         # A source that failed to start (its port taken, a bad certificate...) is tried again
@@ -74,9 +76,16 @@ class Cluster:
             try:
                 self.redis_latency = await self.store.ping()
                 await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
+                if self._on_write_refused is not None:
+                    self._on_write_refused(None, "")  # the heartbeat was written
                 await self.renew_leases()
                 await self.janitor()
             except (RedisError, OSError) as exc:
+                # The heartbeat is a write every second: it notices a Redis that answers but
+                # refuses writes (PING too is refused then) and when it takes them again.
+                reason = write_refusal(exc)
+                if reason is not None and self._on_write_refused is not None:
+                    self._on_write_refused(reason, str(exc))
                 log.debug("keepalive: Redis away (%s)", exc)
             except Exception:  # noqa: BLE001 - liveness must outlive any one failing round
                 log.exception("keepalive round failed; trying again in %.0f s",

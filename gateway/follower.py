@@ -46,6 +46,8 @@ class LogFollower:
         self.listeners: list[Callable[[list[Delta]], None]] = []
         self.engine = Engine(config())
         self.redis_up = False
+        # Why Redis refuses writes (disk full, read-only...), None while it takes them.
+        self.write_refused: str | None = None
         self._pos = 0
 
     async def load(self) -> None:
@@ -104,13 +106,30 @@ class LogFollower:
         last, devices, clients = await self.store.load_all()
         known = cfg.device_by_id
         deltas = self.engine.load([(s, q) for s, q in devices if s.device in known], clients)
-        deltas += self.engine.set_trusted(True)
+        deltas += (self.engine.set_trusted(True) if self.write_refused is None
+                   else self.engine.set_trusted(False, reason=self.write_refused))
         self.redis_up = True
         self.deliver(deltas)
         # What our sources and sessions know may be missing from a Redis that restarted.
         if self.on_reloaded is not None:
             await self.on_reloaded()
         return last
+
+    def store_refusing(self, reason: str | None, detail: str = "") -> None:
+        """Redis answers but refuses writes (`reason`, e.g. store_disk_full), or takes them
+        again (None). Refused, nothing we publish is kept, so the lamps cannot be vouched
+        for: `unknown`, with the reason, until a write goes through."""
+        if reason == self.write_refused:
+            return
+        self.write_refused = reason
+        if reason is not None:
+            log.error("Redis refuses writes (%s): every lamp is unknown until it takes them "
+                      "again", detail or reason)
+            self.deliver(self.engine.set_trusted(False, reason=reason))
+        else:
+            log.info("Redis takes writes again: lamps are exact again")
+            if self.redis_up:
+                self.deliver(self.engine.set_trusted(True))
 
     async def fan_out(self, deltas: list[Delta]) -> None:
         """Deliver a read batch's deltas, giving the loop a turn every few thousand socket

@@ -13,7 +13,8 @@ import logging
 from collections.abc import Iterable
 
 from .model import DeviceState
-from .store import RedisError, Store, encode_device, wait_for_redis
+from .backoff import Backoff
+from .store import RedisError, Store, encode_device, wait_for_redis, write_refusal
 
 __all__ = ["Publisher"]
 
@@ -35,6 +36,7 @@ class Publisher:
         self._owned: set[str] = set()  # devices this process has told Redis it owns
         self._dirty: dict[str, DeviceState] = {}
         self._wake = asyncio.Event()
+        self._refused = Backoff(0.5, 5.0)
         self.published = 0
         self.healthy = True
 
@@ -62,7 +64,12 @@ class Publisher:
                         self._dirty.setdefault(d, s)
                     log.warning("publishing %d device state(s) failed (%s); will retry",
                                 len(batch), exc)
+                    if write_refusal(exc) is not None:
+                        # It answers but refuses writes (disk full): no use retrying at once.
+                        await asyncio.sleep(self._refused.next())
                     await wait_for_redis(self.store)
+                else:
+                    self._refused.reset()
 
     async def flush(self) -> None:
         """Write what is queued now, once, without retrying (the last word at shutdown)."""

@@ -62,8 +62,11 @@ class Status:
         for name, why in self.cluster.start_failures.items():
             if name in sources:
                 sources[name]["start_failed"] = why  # retried with a growing pause
+        refused = self.follower.write_refused
+        healthy = redis_up and refused is None
         body = {
-            "status": "ok" if redis_up else "degraded",
+            "status": "ok" if healthy else "degraded",
+            "problem": (None if healthy else refused or "store_unreachable"),
             "process": self.pid,
             "leases": sorted(leases),
             "redis": redis_up,
@@ -72,7 +75,7 @@ class Status:
             "sources": sources,
             "uptime": round(time.time() - self.started, 1),
         }
-        return (200 if redis_up else 503), body
+        return (200 if healthy else 503), body
 
     def process_entry(self) -> dict:
         """This process's sources and sessions, for its health entry in Redis (the admin

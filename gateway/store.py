@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .backoff import Backoff
 from .model import Call, CallState, ClientState, DeviceState, DeviceStatus, Direction, Presence
@@ -43,6 +43,10 @@ __all__ = [
     "encode_client",
     "decode_client",
     "RedisError",
+    "StoreRefusesWrites",
+    "write_refusal",
+    "REASON_UNREACHABLE",
+    "wait_for_redis",
     "LOG_MAXLEN",
 ]
 
@@ -872,8 +876,36 @@ class EmbeddedRedis:
         self._unlock()
 
 
-async def wait_for_redis(store: Store, stop: asyncio.Event | None = None) -> None:
-    """Retry until Redis answers, with backoff (0.2 s doubling to 5 s)."""
+# What a lamp that is `unknown` because of the state store says (`reason`), by Redis' answer.
+REASON_UNREACHABLE = "store_unreachable"
+_REFUSALS = (
+    ("No space left", "store_disk_full"),  # MISCONF: its append-only file cannot grow
+    ("MISCONF", "store_cannot_persist"),  # MISCONF: another persistence error
+    ("READONLY", "store_read_only"),  # a replica (a failover under way)
+    ("OOM", "store_out_of_memory"),  # maxmemory reached
+)
+
+
+def write_refusal(exc: BaseException) -> str | None:
+    """The lamp reason when `exc` is Redis refusing writes (it answers, but cannot keep
+    what we write: disk full, read-only, out of memory); None for anything else."""
+    if not isinstance(exc, ResponseError):
+        return None
+    text = f"{getattr(exc, 'status_code', '') or ''} {exc}"
+    for needle, reason in _REFUSALS:
+        if needle in text:
+            return reason
+    return None
+
+
+class StoreRefusesWrites(RuntimeError):
+    """Redis answers but refuses every write (raised at start: one clear line)."""
+
+
+async def wait_for_redis(store: Store, stop: asyncio.Event | None = None, *,
+                         refusal_is_fatal: bool = False) -> None:
+    """Retry until Redis answers, with backoff (0.2 s doubling to 5 s). With
+    `refusal_is_fatal` (at start), a Redis that refuses writes raises StoreRefusesWrites."""
     backoff = Backoff(0.2, 5.0)
     while True:
         delay = backoff.peek()
@@ -881,7 +913,13 @@ async def wait_for_redis(store: Store, stop: asyncio.Event | None = None) -> Non
             await store.ping()
             return
         except (RedisError, OSError) as exc:
-            log.warning("Redis at %s unreachable (%s); retrying in %.1f s", store.url, exc, delay)
+            reason = write_refusal(exc)
+            if reason is not None and refusal_is_fatal:
+                what = reason.removeprefix("store_").replace("_", " ")
+                raise StoreRefusesWrites(
+                    f"Redis at {store.url} refuses writes ({what}): {exc}") from None
+            log.warning("Redis at %s %s (%s); retrying in %.1f s", store.url,
+                        "refuses writes" if reason else "unreachable", exc, delay)
         if stop is not None and stop.is_set():
             raise asyncio.CancelledError
         await asyncio.sleep(backoff.next())

@@ -56,6 +56,7 @@ class MemberView:
     calls: tuple[Call, ...]
     presence: Presence
     logged_in: bool | str
+    reason: str | None = None  # why the lamp is `unknown` when the gateway itself knows
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class DeviceView:
     number: str
     lamp: Lamp
     calls: tuple[Call, ...]
+    reason: str | None = None  # why the lamp is `unknown` when the gateway itself knows
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +164,7 @@ class Engine:
     def __init__(self, config: Config, config_seq: int = 0) -> None:
         self.seq = config_seq  # highest seq applied
         self.trusted = True  # False while the shared state (Redis) is unreachable
+        self.untrusted_reason = "store_unreachable"
         self._devices: dict[str, DeviceState] = {}
         self._device_seq: dict[str, int] = {}
         self._clients: dict[str, ClientState] = {}
@@ -245,11 +248,14 @@ class Engine:
         self.seq = max(self.seq, seq)
         return self._recompute_member(state.client, seq)
 
-    def set_trusted(self, trusted: bool, seq: int | None = None) -> list[Delta]:
-        """While the shared state is unreachable every lamp is `unknown` (no calls)."""
-        if trusted == self.trusted:
+    def set_trusted(self, trusted: bool, seq: int | None = None,
+                    reason: str = "store_unreachable") -> list[Delta]:
+        """While the shared state is unreachable (or cannot keep what we write) every lamp
+        is `unknown` (no calls), saying `reason`."""
+        if trusted == self.trusted and (trusted or reason == self.untrusted_reason):
             return []
         self.trusted = trusted
+        self.untrusted_reason = reason
         if seq is not None:
             self.seq = max(self.seq, seq)
         return self._recompute_all(self.seq)
@@ -320,7 +326,8 @@ class Engine:
         )
         if not self.trusted:
             return MemberView(
-                cfg.name, cfg.display, number, Lamp.UNKNOWN, (), state.presence, state.logged_in
+                cfg.name, cfg.display, number, Lamp.UNKNOWN, (), state.presence, state.logged_in,
+                self.untrusted_reason,
             )
         lamps: list[Lamp] = []
         line_calls: list[Call] = []
@@ -348,7 +355,8 @@ class Engine:
         dcfg = self.config.device_by_id[device]
         state = self.device_state(device)
         if not self.trusted:
-            return DeviceView(device, dcfg.name, dcfg.number, Lamp.UNKNOWN, ())
+            return DeviceView(device, dcfg.name, dcfg.number, Lamp.UNKNOWN, (),
+                              self.untrusted_reason)
         return DeviceView(device, dcfg.name, dcfg.number, device_lamp(state), state.calls)
 
     def _recompute_member(self, client: str, seq: int) -> list[Delta]:

@@ -137,17 +137,22 @@ def render_member(view: MemberView, rights: Rights) -> dict:
     if rights.presence:
         out["presence"] = {"status": view.presence.status, "info": view.presence.info}
         out["logged_in"] = view.logged_in
+    if view.reason is not None:
+        out["reason"] = view.reason
     return out
 
 
 def render_device(view: DeviceView, rights: Rights) -> dict:
-    return {
+    out = {
         "device": view.device,
         "name": view.name,
         "number": view.number,
         "lamp": view.lamp.value,
         "calls": _render_calls(view.calls, rights),
     }
+    if view.reason is not None:
+        out["reason"] = view.reason
+    return out
 
 
 def rights_json(rights: Rights) -> dict:
