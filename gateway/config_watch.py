@@ -19,11 +19,27 @@ from pathlib import Path
 from .config import Config, ConfigError, load_config
 from .store import RedisError
 
-__all__ = ["ConfigWatcher", "restart_needed", "POLL_SECONDS"]
+__all__ = ["ConfigWatcher", "reload_refusal", "restart_needed", "POLL_SECONDS"]
 
 log = logging.getLogger("gateway")
 
 POLL_SECONDS = 0.5
+
+
+def reload_refusal(old: Config, new: Config) -> str | None:
+    """Why a valid file must still not replace the running configuration, or None.
+
+    An editor saving in place empties the file first: for a moment it parses as a valid
+    configuration with no devices and no clients. Applying that would drop every
+    subscription (and nothing would restore them when the file comes back), so a file that
+    loses all devices or all clients of a running gateway is refused; removing them all
+    takes a restart.
+    """
+    if old.devices and not new.devices:
+        return "it has no devices while the running configuration has some"
+    if old.clients and not new.clients:
+        return "it has no clients while the running configuration has some"
+    return None
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
@@ -76,6 +92,7 @@ class ConfigWatcher:
     async def run(self) -> None:
         """Poll the file until cancelled."""
         seen = self._stamp()
+        previous = seen
         while True:
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
@@ -86,7 +103,11 @@ class ConfigWatcher:
             forced = self._now.is_set()
             self._now.clear()
             now = self._stamp()
-            if now == seen and not forced:
+            # Read a changed file once it has stayed the same for a poll: not in the middle
+            # of a save that takes several writes.
+            settled = now == previous
+            previous = now
+            if (now == seen or not settled) and not forced:
                 continue
             seen = now
             if forced:
@@ -111,6 +132,14 @@ class ConfigWatcher:
                       self.path, "\n  ".join(exc.errors))
             self.metrics["config_rejected"] += 1
             self.last = {"t": t, "ok": False, "errors": list(exc.errors), "changed": False}
+            return self.last
+        refusal = reload_refusal(self._current(), new)
+        if refusal is not None:
+            log.error("configuration %s NOT applied, keeping the last good one: %s "
+                      "(write configuration files whole: to a new file, then rename it)",
+                      self.path, refusal)
+            self.metrics["config_rejected"] += 1
+            self.last = {"t": t, "ok": False, "errors": [refusal], "changed": False}
             return self.last
         if new.digest == self._current().digest:
             self.last = {"t": t, "ok": True, "errors": [], "changed": False}
