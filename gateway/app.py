@@ -100,7 +100,7 @@ class Gateway:
                                on_write_refused=self.follower.store_refusing)
         self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
                                              self.metrics) if self.config_path else None)
-        auth = Auth(store, self.clients, conf)
+        self.auth = auth = Auth(store, self.clients, conf)
         watcher = self.config_watcher
         admin = Admin(pid=self.pid, config=conf, engine=engine, store=store,
                       clients=self.clients, auth=auth, metrics=self.metrics,
@@ -192,7 +192,7 @@ class Gateway:
         runners = [self._renew_certificates(),
                    self.publisher.run(), self.follower.run(), self.sources.run_timers(),
                    self.journal.run(), self.cluster.run(), self.presence_import.run(),
-                   self.recorder.run()]
+                   self.recorder.run(), self.auth.watch_passwords()]
         if self.config_watcher is not None:
             runners.append(self.config_watcher.run())
         tasks = [asyncio.create_task(r) for r in runners]

@@ -106,7 +106,9 @@ class ServerCfg(_Model):
     messages_per_second: float = Field(20.0, gt=0)  # per connection, sustained
     message_burst: int = Field(60, ge=1)
     max_subscriptions: int = Field(500, ge=1)  # per connection
-    login_attempts_per_minute: int = Field(20, ge=1)  # per remote address
+    login_attempts_per_minute: int = Field(20, ge=1)  # failed logins per remote address
+    # Reverse proxies / load balancers whose X-Forwarded-For is believed (IPs or networks).
+    trusted_proxies: list[str] = Field(default_factory=list, max_length=1000)
     token_idle_seconds: int = Field(8 * 3600, ge=60)
     queue_limit: int = Field(10000, ge=100)  # pending messages per client before cut-off
 
@@ -119,6 +121,18 @@ class ServerCfg(_Model):
             raise ValueError("admin_client_ca needs tls_cert and tls_key (client "
                              "certificates exist only over TLS)")
         return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in v:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {item!r}") from None
+        return v
 
 
 class RedisCfg(_Model):

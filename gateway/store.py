@@ -70,6 +70,7 @@ K_LEASE = PREFIX + "lease:"
 K_OP = PREFIX + "op:"
 K_PROV = PREFIX + "prov:"  # {blf}:prov:dev:ID, {blf}:prov:cli:NAME: lamp provenance lists
 K_HEALTH = PREFIX + "health"  # process id -> JSON: its sources' health, for the admin view
+K_KNOWN = PREFIX + "known:"  # + client|address: that address logged in as that client
 K_JOURNAL_IDS = PREFIX + "jid:"  # + hour bucket: ids of journal entries already written
 JOURNAL_ID_TTL = 2 * 86400  # seconds a written entry's id is remembered (re-delivery window)
 
@@ -85,6 +86,27 @@ _APPEND_ONCE = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], '1') == 0 then return 0 end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('XADD', KEYS[2], ARGV[3], '~', ARGV[4], '*', 'e', ARGV[2])
+return 1
+"""
+
+# KEYS: pair failures, client failures, known address. ARGV: pair limit, client limit, window.
+_RESERVE_LOGIN = """
+local pair = tonumber(redis.call('GET', KEYS[1]) or '0')
+if pair >= tonumber(ARGV[1]) then return 'pair' end
+local all = tonumber(redis.call('GET', KEYS[2]) or '0')
+if all >= tonumber(ARGV[2]) and redis.call('EXISTS', KEYS[3]) == 0 then return 'client' end
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 'ok'
+"""
+
+# KEYS: pair failures, client failures: one reserved attempt succeeded.
+_RELEASE_LOGIN = """
+for _, k in ipairs(KEYS) do
+  if tonumber(redis.call('GET', k) or '0') > 0 then redis.call('DECR', k) end
+end
 return 1
 """
 
@@ -220,6 +242,8 @@ class Store:
             self.redis = aioredis.Redis(connection_pool=pool)
         self._publish = self.redis.register_script(_PUBLISH)
         self._append_once = self.redis.register_script(_APPEND_ONCE)
+        self._reserve = self.redis.register_script(_RESERVE_LOGIN)
+        self._release = self.redis.register_script(_RELEASE_LOGIN)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -435,17 +459,19 @@ class Store:
         threshold = f"{ms}-{int(seq or 0) + 1}"
         return await self.redis.xtrim(K_OFFLINE + client, minid=threshold)
 
-    # -- failed logins per client (shared by every process) ------------------------------------
+    # -- failed logins (shared by every process) ------------------------------------------
 
-    async def count_failure(self, client: str, window: int) -> int:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.incr(K_FAIL + client)
-        pipe.expire(K_FAIL + client, window)
-        n, _ = await pipe.execute()
-        return int(n)
-
-    async def failures(self, client: str) -> int:
-        return int(await self.redis.get(K_FAIL + client) or 0)
+    async def reserve_login(self, client: str, address: str, *, pair_limit: int,
+                            client_limit: int, window: int) -> str:
+        """Count a login attempt before it is checked, atomically, on every process:
+        "ok", or why it is refused without a check: "pair" (this address got this
+        client's password wrong `pair_limit` times), "client" (more than `client_limit`
+        failures for this client from anywhere, and this address has never logged in as it
+        successfully: its owner's usual addresses and tokens still work)."""
+        return await self._reserve(
+            keys=[K_FAIL + client + "|" + address, K_FAIL + client,
+                  K_KNOWN + client + "|" + address],
+            args=[pair_limit, client_limit, window])
 
     async def failed_logins(self, limit: int = 1000) -> dict[str, int]:
         """Clients with failed logins in their window, and how many (at most `limit`)."""
@@ -459,9 +485,21 @@ class Store:
         return {k[len(K_FAIL):]: int(v) for k, v in zip(keys, await self.redis.mget(keys))
                 if v is not None}
 
-    async def clear_failures(self, client: str) -> None:
-        await self.redis.delete(K_FAIL + client)
+    async def release_login(self, client: str, address: str, *, remember: int) -> None:
+        """The reserved attempt succeeded: not a failure; the address is known for the
+        client for `remember` seconds."""
+        pipe = self.redis.pipeline(transaction=False)
+        await self._release(keys=[K_FAIL + client + "|" + address, K_FAIL + client], args=[],
+                            client=pipe)
+        pipe.set(K_KNOWN + client + "|" + address, "1", ex=remember)
+        await pipe.execute()
 
+    async def password_versions(self, clients: list[str]) -> dict[str, str]:
+        """The password version of each client (a new password bumps it)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for c in clients:
+            pipe.hget(K_PASSWORD + c, "version")
+        return {c: v or "0" for c, v in zip(clients, await pipe.execute())}
 
     # -- several processes: liveness, device owners, source leases ---------------------------
 

@@ -1,8 +1,8 @@
 """Login: passwords (scrypt, constant time), session tokens, the next-login transfer.
 
 A failed login says `auth_failed` and nothing more: an unknown client, a `nologin` client
-and a wrong password cost the same time and get the same words. Attempts are limited per
-remote address. Every transfer and failure is written to the audit log ("gateway.audit"),
+and a wrong password cost the same time and get the same words. Failures are limited per
+remote address and per client and address (see :class:`Auth`). Every transfer and failure is written to the audit log ("gateway.audit"),
 never the password.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,18 +23,24 @@ from ..auth import (
     verify_password,
 )
 from ..clients import Clients
-from ..config import Config
+from ..config import ClientCfg, Config
 from ..errors import WireError
 from ..panels.rights import visible_panels
-from ..store import Store
+from ..store import RedisError, Store
+from .guard import AddressFailures
 from .wire import Login
 
 __all__ = ["Auth", "LoginSession"]
 
 audit = logging.getLogger("gateway.audit")
 FAILED = "wrong client name or password"
-CLIENT_FAILURES = 10  # failed logins of one client ...
-CLIENT_FAILURE_WINDOW = 300  # ... within this many seconds: further attempts rate_limited
+LIMITED = "too many failed logins: wait a few minutes"
+PAIR_FAILURES = 10  # failed logins of one client from one address ...
+CLIENT_FAILURES = 100  # ... or of one client from anywhere (then only from known addresses)
+FAILURE_WINDOW = 300  # ... within this many seconds: further attempts rate_limited
+KNOWN_ADDRESS_SECONDS = 30 * 86400  # an address a client logged in from stays "known"
+PASSWORD_CHECK_SECONDS = 1.0  # how often sessions are checked against password changes
+CLOSE_PASSWORD_CHANGED = 4001  # WebSocket close code: the password changed, log in again
 
 
 class LoginSession(Protocol):
@@ -46,102 +51,137 @@ class LoginSession(Protocol):
     client: str | None
     computer: str | None
     batch: bool
+    password_version: str | None
 
     def welcome_lists(self) -> dict: ...
+
+    async def end(self, code: int, reason: str) -> None: ...
 
 
 class Auth:
     """Checks logins (:meth:`login`) against the passwords in `store`; `config()` gives the
-    current configuration; a session that logs in is announced to `clients`."""
+    current configuration; a session that logs in is announced to `clients`.
+
+    Protection, each against one thing users reported:
+    - failures count per address (in this process), successes never do: clients behind one
+      NAT reconnecting together are not refused;
+    - an attempt is reserved (counted) in Redis *before* its password is checked and given
+      back if it succeeds: concurrent guesses cannot all be checked;
+    - failures count per client *and address*: a flood of wrong passwords slows its address,
+      never the account's owner elsewhere; a valid token always works; only when a client
+      gets more than CLIENT_FAILURES wrong from everywhere are addresses it never logged in
+      from held back;
+    - an unknown name takes the same path (a Redis round trip, an scrypt check, the same
+      limits and words) as a known one: nothing tells which names exist;
+    - :meth:`watch_passwords` ends the sessions opened before a password change.
+    """
 
     def __init__(self, store: Store, clients: Clients, config: Callable[[], Config]) -> None:
         self.store = store
         self.clients = clients
         self._config = config
-        self._attempts: dict[str, deque[float]] = {}
+        self._addresses = AddressFailures(config().server.login_attempts_per_minute)
 
     def attempts(self, now: float) -> dict[str, int]:
-        """Login attempts per remote address within the last minute (`now`: monotonic)."""
-        return {a: n for a, w in list(self._attempts.items())
-                if (n := sum(1 for t in w if t > now - 60.0))}
-
-    def _limited(self, address: str, now: float) -> bool:
-        window = self._attempts.setdefault(address, deque())
-        while window and window[0] <= now - 60.0:
-            window.popleft()
-        if len(window) >= self._config().server.login_attempts_per_minute:
-            return True
-        window.append(now)
-        if len(self._attempts) > 10000:  # forget idle addresses, bounded memory
-            for addr in [a for a, w in self._attempts.items() if not w][:5000]:
-                del self._attempts[addr]
-        return False
+        """Failed logins per remote address within the last minute (`now`: monotonic)."""
+        return self._addresses.all_failures(now)
 
     async def login(self, session: LoginSession, req: Login) -> dict:
-        now = time.monotonic()
-        if self._limited(session.address, now):
-            audit.warning("login rate limit hit from %s (client %r)", session.address, req.client)
-            raise WireError("rate_limited", "too many login attempts: wait a minute", req.id)
         cfg = self._config().client_by_name.get(req.client)
-        store = self.store
-        if cfg is None or cfg.type == "nologin":
-            if req.password is not None:
-                await asyncio.to_thread(verify_password, req.password, DUMMY_HASH)
-            audit.warning("login failed: client %r from %s (%s)", req.client, session.address,
-                          "unknown" if cfg is None else "nologin")
-            raise WireError("auth_failed", FAILED, req.id)
+        if cfg is not None and cfg.type == "nologin":
+            cfg = None  # never logs in: exactly like an unknown name
+        name, address, store = req.client, session.address, self.store
+        self._addresses.limit = self._config().server.login_attempts_per_minute
+        ttl = self._config().server.token_idle_seconds
         try:
-            record = await store.get_password(cfg.name)
-            failures = await store.failures(cfg.name)
-        except Exception:
-            raise WireError("unavailable", "the gateway's state store is unreachable", req.id)
-        if failures >= CLIENT_FAILURES:
-            # Someone is guessing this client's password: slow down, from any address, on
-            # every gateway process (the count lives in Redis).
-            audit.warning("login refused: client %r from %s after %d failures (rate limited)",
-                          cfg.name, session.address, failures)
-            raise WireError("rate_limited", "too many failed logins for this client: wait "
-                            "a few minutes", req.id)
-        version = record.get("version", "0")
-        transferred: str | None = None
-        if req.token is not None:
-            found = await store.check_token(req.token, self._config().server.token_idle_seconds)
-            ok = found is not None and found == (cfg.name, version)
-        elif record.get("at_next_login") == "1":
-            took, transfer = await store.take_transfer(cfg.name)
-            ok = took
-            if took:
-                transferred = transfer or generate_password()
-                hashed = await asyncio.to_thread(hash_password, transferred)
-                await store.set_password(cfg.name, hashed, at_next_login=False,
-                                         ha1=sip_ha1(cfg.name, transferred))
-                version = (await store.get_password(cfg.name)).get("version", "0")
-                audit.info("password transferred to client %r at login from %s",
-                           cfg.name, session.address)
-            else:  # another process took the mark first: check as usual
-                record = await store.get_password(cfg.name)
+            if req.token is not None:
+                # A valid token always works (256 random bits: nobody guesses one); only a
+                # wrong one counts as a failure.
+                found = await store.check_token(req.token, ttl)
+                record = await store.get_password(name)
                 version = record.get("version", "0")
-                stored = record.get("hash") or cfg.password_hash
-                ok = await asyncio.to_thread(
-                    verify_password, req.password or "", stored or DUMMY_HASH
-                ) and stored is not None
-        else:
-            stored = record.get("hash") or cfg.password_hash
-            ok = await asyncio.to_thread(
-                verify_password, req.password or "", stored or DUMMY_HASH
-            ) and stored is not None
-        if not ok:
-            audit.warning("login failed: client %r from %s (%s)", cfg.name, session.address,
-                          "bad token" if req.token is not None
-                          else "bad password" if req.password is not None else "no password")
-            await store.count_failure(cfg.name, CLIENT_FAILURE_WINDOW)
-            raise WireError("auth_failed", FAILED, req.id)
-        if failures:
-            await store.clear_failures(cfg.name)
+                if cfg is not None and found == (cfg.name, version):
+                    return await self._welcome(session, req, cfg, version, None)
+                await self._reserve(session, req)
+                self._addresses.settle(address, time.monotonic(), failed=True)
+                audit.warning("login failed: client %r from %s (bad token)", name, address)
+                raise WireError("auth_failed", FAILED, req.id)
+            await self._reserve(session, req)
+            ok = False
+            try:
+                record = await store.get_password(name)
+                version = record.get("version", "0")
+                transferred: str | None = None
+                if cfg is not None and record.get("at_next_login") == "1":
+                    ok, transferred = await store.take_transfer(cfg.name)
+                    if ok:
+                        transferred = transferred or generate_password()
+                        hashed = await asyncio.to_thread(hash_password, transferred)
+                        await store.set_password(cfg.name, hashed, at_next_login=False,
+                                                 ha1=sip_ha1(cfg.name, transferred))
+                        version = (await store.get_password(cfg.name)).get("version", "0")
+                        audit.info("password transferred to client %r at login from %s",
+                                   cfg.name, address)
+                    else:  # another process took the mark first: check as usual
+                        transferred = None
+                        record = await store.get_password(cfg.name)
+                        version = record.get("version", "0")
+                if not ok:
+                    stored = (record.get("hash") or cfg.password_hash) if cfg else None
+                    # Always one scrypt check, against a dummy hash where there is no
+                    # account or no password: the same time for every wrong answer.
+                    ok = await asyncio.to_thread(
+                        verify_password, req.password or "", stored or DUMMY_HASH
+                    ) and stored is not None
+            except BaseException:
+                self._addresses.settle(address, time.monotonic(), failed=False)  # no answer
+                raise
+            self._addresses.settle(address, time.monotonic(), failed=not ok)
+            if not ok:
+                audit.warning("login failed: client %r from %s (%s)", name, address,
+                              "unknown or nologin client" if cfg is None
+                              else "bad password" if req.password is not None
+                              else "no password")
+                raise WireError("auth_failed", FAILED, req.id)
+            await store.release_login(name, address, remember=KNOWN_ADDRESS_SECONDS)
+            assert cfg is not None
+            return await self._welcome(session, req, cfg, version, transferred)
+        except RedisError:
+            raise WireError("unavailable", "the gateway's state store is unreachable",
+                            req.id) from None
+
+    async def _reserve(self, session: LoginSession, req: Login) -> None:
+        """Count the attempt as a failure until it succeeds; refuse it (rate_limited,
+        the same words for every name) when its address or its client+address is over
+        the limit. The caller settles the address slot once the attempt is answered."""
+        now = time.monotonic()
+        if not self._addresses.reserve(session.address, now):
+            audit.warning("login rate limit hit from %s (client %r)", session.address,
+                          req.client)
+            raise WireError("rate_limited", "too many failed logins from this address: "
+                            "wait a minute", req.id)
+        try:
+            verdict = await self.store.reserve_login(
+                req.client, session.address, pair_limit=PAIR_FAILURES,
+                client_limit=CLIENT_FAILURES, window=FAILURE_WINDOW)
+        except BaseException:
+            self._addresses.settle(session.address, now, failed=False)
+            raise
+        if verdict != "ok":
+            self._addresses.settle(session.address, now, failed=True)
+            audit.warning("login refused: client %r from %s (%s)", req.client,
+                          session.address, "too many failures from this address"
+                          if verdict == "pair" else "too many failures, unknown address")
+            raise WireError("rate_limited", LIMITED, req.id)
+
+    async def _welcome(self, session: LoginSession, req: Login, cfg: ClientCfg,
+                       version: str, transferred: str | None) -> dict:
+        store = self.store
         if session.closed:
             raise WireError("unavailable", "connection closed", req.id)
         token = new_token()
         await store.new_token(token, cfg.name, version, self._config().server.token_idle_seconds)
+        session.password_version = version
         session.client = cfg.name
         session.batch = req.batch
         # A computer client logs in with its computer name: that is its computer.
@@ -176,3 +216,24 @@ class Auth:
         if cfg.admin:
             welcome["admin"] = True  # the client may use the admin requests (docs/admin.md)
         return welcome
+
+    async def watch_passwords(self) -> None:
+        """Until cancelled: end every session opened before its client's password changed
+        (on any process: the version lives in Redis), as its token already is."""
+        while True:
+            await asyncio.sleep(PASSWORD_CHECK_SECONDS)
+            sessions = {name: list(subs) for name, subs in self.clients.sessions.items() if subs}
+            if not sessions:
+                continue
+            try:
+                versions = await self.store.password_versions(list(sessions))
+            except (RedisError, OSError):
+                continue
+            for name, subs in sessions.items():
+                for session in subs:
+                    seen = getattr(session, "password_version", None)
+                    if seen is not None and seen != versions[name] and not session.closed:
+                        audit.info("client %r at %s: password changed, session ended",
+                                   name, session.address)
+                        await session.end(CLOSE_PASSWORD_CHANGED,
+                                          "password changed: log in again")

@@ -34,6 +34,7 @@ from ..panels.rights import (
 )
 from ..pickup import Pickups
 from ..store import Store
+from .guard import client_address, parse_networks
 from .hub import WRITE_HIGH_WATER, Hub, Outbox, Topic, dumps
 from .admin import Admin
 from .login import Auth
@@ -85,6 +86,14 @@ class SessionFactory:
         self.journal = journal
         self.store = store
         self.metrics = metrics
+        self._proxies: tuple[tuple[str, ...], tuple] = ((), ())
+
+    def trusted_proxies(self) -> tuple:
+        """`[server] trusted_proxies` as networks (parsed once per configuration)."""
+        raw = tuple(self.config().server.trusted_proxies)
+        if raw != self._proxies[0]:
+            self._proxies = (raw, parse_networks(raw))
+        return self._proxies[1]
 
     def __call__(self, ws: ServerConnection) -> Session:
         return Session(self, ws)
@@ -133,8 +142,12 @@ class Session:
         self.batch = False  # the client accepts `lamps` frames (several changes in one)
         self.subs: dict[Topic, Rights] = {}
         self.bucket = TokenBucket(cfg.messages_per_second, cfg.message_burst, time.monotonic())
-        self.address = ws.remote_address[0] if ws.remote_address else "?"
+        peer = ws.remote_address[0] if ws.remote_address else "?"
+        request = getattr(ws, "request", None)
+        forwarded = request.headers.get_all("X-Forwarded-For") if request is not None else []
+        self.address = client_address(peer, forwarded, svc.trusted_proxies())
         self.closed = False
+        self.password_version: str | None = None  # of the password it logged in with
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -182,6 +195,10 @@ class Session:
             self.subs.clear()
             if self.client is not None:
                 await self.svc.clients.session_ended(self)
+
+    async def end(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code and reason."""
+        await self.ws.close(code, reason)
 
     async def handle(self, frame: str | bytes) -> None:
         if not self.bucket.take(time.monotonic()):
