@@ -26,6 +26,8 @@ log = logging.getLogger("gateway")
 HEARTBEAT_SECONDS = 1.0
 HEARTBEAT_TTL_MS = 3000  # a process silent this long is taken for dead
 LEASE_TTL_MS = 3000  # so another process takes a source over within about 4 s
+PING_TIMEOUT = 2.0  # seconds without an answer from a connected Redis: lamps unknown
+REASON_NOT_ANSWERING = "store_not_answering"
 LEASED_SOURCES = ("ami", "sip")  # held by one process at a time; every process hears bridges
 
 _LABEL = {"ami": "Asterisk", "sip": "SIP"}
@@ -74,7 +76,16 @@ class Cluster:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
-                self.redis_latency = await self.store.ping()
+                try:
+                    self.redis_latency = await asyncio.wait_for(self.store.ping(),
+                                                                PING_TIMEOUT)
+                except asyncio.TimeoutError:
+                    # Connected but silent (stopped, swapping, a network black hole): the
+                    # lamps cannot be vouched for any more than with Redis gone.
+                    if self._on_write_refused is not None:
+                        self._on_write_refused(REASON_NOT_ANSWERING, f"Redis has not answered "
+                                               f"a PING for {PING_TIMEOUT:.0f} s")
+                    continue
                 await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
                 if self._on_write_refused is not None:
                     self._on_write_refused(None, "")  # the heartbeat was written

@@ -116,18 +116,19 @@ class LogFollower:
         return last
 
     def store_refusing(self, reason: str | None, detail: str = "") -> None:
-        """Redis answers but refuses writes (`reason`, e.g. store_disk_full), or takes them
-        again (None). Refused, nothing we publish is kept, so the lamps cannot be vouched
+        """Redis answers but refuses writes (`reason`, e.g. store_disk_full), or is connected
+        but silent (store_not_answering), or is fine again (None). Refused, nothing we publish is kept, so the lamps cannot be vouched
         for: `unknown`, with the reason, until a write goes through."""
         if reason == self.write_refused:
             return
         self.write_refused = reason
         if reason is not None:
-            log.error("Redis refuses writes (%s): every lamp is unknown until it takes them "
-                      "again", detail or reason)
+            log.error("Redis %s (%s): every lamp is unknown until it recovers",
+                      "does not answer" if reason == "store_not_answering"
+                      else "refuses writes", detail or reason)
             self.deliver(self.engine.set_trusted(False, reason=reason))
         else:
-            log.info("Redis takes writes again: lamps are exact again")
+            log.info("Redis answers and takes writes again: lamps are exact again")
             if self.redis_up:
                 self.deliver(self.engine.set_trusted(True))
 

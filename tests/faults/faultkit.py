@@ -102,7 +102,8 @@ def lamp_of(client, member: str) -> str | None:
     shown = None
     for m in client.received:
         if m.get("type") == "snapshot" and m.get("panel") == "office":
-            shown = next(x["lamp"] for x in m["members"] if x["client"] == member)
+            # A resumed subscription (`since`) lists only the members that changed.
+            shown = next((x["lamp"] for x in m["members"] if x["client"] == member), shown)
         elif m.get("type") == "lamp" and m.get("panel") == "office" and m.get("member") == member:
             shown = m["lamp"]
     return shown
