@@ -172,7 +172,7 @@ export class AdminView {
       `${rl.login_attempts_per_minute} login attempts/min per address; ` +
       `${rl.rate_limited_total} message(s) refused as too many so far.`;
     const rows = [
-      ...rl.login_attempts.map((a) => ({ who: a.address, what: 'login attempts, last minute', n: a.last_minute, limited: a.limited })),
+      ...rl.login_attempts.map((a) => ({ who: a.address, what: 'failed logins, last minute', n: a.last_minute, limited: a.limited })),
       ...rl.failed_logins.map((f) => ({ who: f.client, what: 'failed logins (5 min window)', n: f.failures, limited: f.failures >= 10 })),
     ];
     fill('admin-limits', rows, (tr, r) => {

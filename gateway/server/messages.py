@@ -103,6 +103,13 @@ LoggedIn = Annotated[
     Field(description='true, false, or "locked" (logged in, screen locked).'),
 ]
 
+UnknownReason = Annotated[
+    Literal["store_unreachable", "store_not_answering", "store_disk_full",
+            "store_cannot_persist", "store_read_only", "store_out_of_memory"] | None,
+    Field(description="Only while the lamp is `unknown` because of the gateway's state "
+          "store (Redis): why (docs/protocol.md, Lamps and calls)."),
+]
+
 
 class Member(_Msg):
     """A member of a panel in a snapshot. `presence` and `logged_in` only where the
@@ -115,6 +122,7 @@ class Member(_Msg):
     calls: list[CallInfo]
     presence: PresenceInfo | None = None
     logged_in: LoggedIn | None = None
+    reason: UnknownReason = None
 
 
 class ClientInfo(_Msg):
@@ -190,6 +198,7 @@ class DeviceSnapshot(_Msg):
     rights: RightsInfo
     lamp: LampName
     calls: list[CallInfo]
+    reason: UnknownReason = None
 
 
 class PanelLamp(_Msg):
@@ -204,6 +213,7 @@ class PanelLamp(_Msg):
     calls: list[CallInfo]
     presence: PresenceInfo | None = None
     logged_in: LoggedIn | None = None
+    reason: UnknownReason = None
     seq: int
 
 
@@ -216,6 +226,7 @@ class DeviceLamp(_Msg):
     number: str
     lamp: LampName
     calls: list[CallInfo]
+    reason: UnknownReason = None
     seq: int
 
 

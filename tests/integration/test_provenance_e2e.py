@@ -225,6 +225,9 @@ async def test_admin_overview_shows_sources_processes_and_sessions(office, peer,
     await play(gw, b, peer, connect)
     root = await login(connect, gw, "root")
     await root.request({"type": "subscribe", "panel": "team"})
+    wrong = await connect(gw)  # a failed login: the admin sees the address's failures
+    assert (await wrong.request({"type": "login", "client": "alice", "password": "no"}))[
+        "code"] == "auth_failed"
 
     async def overview():
         return await root.request({"type": "admin_overview"})
