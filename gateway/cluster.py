@@ -77,9 +77,10 @@ class Cluster:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
                 try:
-                    self.redis_latency = await asyncio.wait_for(self.store.ping(),
-                                                                PING_TIMEOUT)
-                except asyncio.TimeoutError:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+                    async with asyncio.timeout(PING_TIMEOUT):
+                        self.redis_latency = await self.store.ping()
+                except TimeoutError:
                     # Connected but silent (stopped, swapping, a network black hole): the
                     # lamps cannot be vouched for any more than with Redis gone.
                     if self._on_write_refused is not None:
