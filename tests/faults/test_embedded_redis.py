@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import redis
@@ -20,7 +19,6 @@ from faultkit import (
     config,
     healthz,
     kill,
-    lamp_of,
     login,
     pid_alive,
     redis_servers_under,

@@ -14,8 +14,8 @@ from pathlib import Path
 import websockets
 
 from conftest import WsClient, free_port
-from faultkit import LINES, PW, HonestWatcher, all_in_service, config, lamp_of, login, \
-    redis_servers_under, wait_gone, wait_lamps
+from faultkit import LINES, PW, HonestWatcher, config, lamp_of, login, redis_servers_under, \
+    wait_gone, wait_lamps
 
 HERE = Path(__file__).resolve().parent
 
