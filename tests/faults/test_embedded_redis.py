@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from conftest import free_port
+from conftest import eventually, free_port
 from faultkit import (
     HonestWatcher,
     all_in_service,
@@ -248,3 +248,31 @@ async def test_the_test_suite_leaves_no_redis_server_behind_when_killed(tmp_path
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+async def test_a_second_gateway_on_the_state_dir_takes_the_embedded_redis_over(
+        start_gateway, connect, bridge):
+    """Two gateway processes on one state dir: the second uses the first's Redis; when
+    the first ends, the second runs it (on the same data) and its users' lamps heal."""
+    first = await start_gateway(config(), name="first.toml")
+    second = await start_gateway(config(), name="second.toml")
+    assert first.embedded.owner and not second.embedded.owner
+    b = await bridge(second)
+    await all_in_service(b)
+    await b.send({"device": "Line 201", "call": "t1", "state": "connected", "caller": "0301"})
+    carol = await login(connect, second, "carol")
+    await carol.request({"type": "subscribe", "panel": "office"})
+    await wait_lamps(carol, {"alice": "busy"}, 5)
+    await asyncio.sleep(1.1)
+    t0 = time.monotonic()
+    mark = len(carol.received)
+    await start_gateway.stop(first)  # its Redis goes with it: lamps unknown, then exact
+    await carol.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "unknown",
+                     10, start=mark)
+    await b.send({"device": "Line 202", "call": "t2", "state": "offering", "caller": "04"})
+    await wait_lamps(carol, {"alice": "busy", "bob": "ringing"}, 10)
+    await eventually(lambda: second.embedded.owner and second.follower.redis_up, 10)
+    heal = time.monotonic() - t0
+    status, _ = await asyncio.to_thread(healthz, second.ws_port)
+    assert status == 200
+    print(f"\nFIGURE embedded-redis-takeover heal_s={heal:.2f}")
