@@ -57,12 +57,11 @@ class AddressFailures:
     """Failed login attempts per address within the last minute, and attempts in flight.
 
     An address is held back when it has `limit` failures in the window. Attempts being
-    checked count too, but against a wider bound (IN_FLIGHT_FACTOR x `limit`): a hundred
-    clients behind one NAT logging in at the same moment pass, a burst of concurrent
-    guesses cannot run far past the limit before the first answers come back.
+    checked count as failures until they are answered: when they fill the rest of the
+    limit, the next attempt is told to wait ("busy") for one of them to settle rather than
+    refused (a hundred clients behind one NAT logging in at once go through, `limit` at a
+    time), and concurrent guesses can never get more than `limit` checks.
     """
-
-    IN_FLIGHT_FACTOR = 10
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -75,19 +74,22 @@ class AddressFailures:
             window.popleft()
         return window
 
-    def reserve(self, address: str, now: float) -> bool:
-        """Take a slot before checking an attempt; False (nothing taken) when the address
-        is over its limit."""
+    def reserve(self, address: str, now: float) -> str:
+        """Take a slot before checking an attempt: "ok" (taken), "limited" (the address
+        has `limit` failures: refuse), "busy" (attempts in flight fill the rest of the
+        limit: wait for one to settle, then ask again)."""
         failed = len(self._window(address, now))
         flying = self._flying.get(address, 0)
-        if failed >= self.limit or failed + flying >= self.IN_FLIGHT_FACTOR * self.limit:
-            return False
+        if failed >= self.limit:
+            return "limited"
+        if failed + flying >= self.limit:
+            return "busy"
         self._flying[address] = flying + 1
         if len(self._failed) > MAX_ADDRESSES:
             for addr in [a for a, w in self._failed.items()
                          if (not w or w[-1] <= now - WINDOW_SECONDS) and a not in self._flying]:
                 del self._failed[addr]
-        return True
+        return "ok"
 
     def settle(self, address: str, now: float, failed: bool) -> None:
         """The reserved attempt was answered: a failure counts for a minute, a success (or

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -38,6 +39,9 @@ LIMITED = "too many failed logins: wait a few minutes"
 PAIR_FAILURES = 10  # failed logins of one client from one address ...
 CLIENT_FAILURES = 100  # ... or of one client from anywhere (then only from known addresses)
 FAILURE_WINDOW = 300  # ... within this many seconds: further attempts rate_limited
+SCRYPT_AT_ONCE = max(1, (os.cpu_count() or 2) // 2)  # password checks running at once
+MAX_WAITING = 1000  # attempts of one address waiting for a check slot; more: rate_limited
+SLOT_WAIT_SECONDS = 10.0  # a waiting attempt asks again at least this often
 KNOWN_ADDRESS_SECONDS = 30 * 86400  # an address a client logged in from stays "known"
 PASSWORD_CHECK_SECONDS = 1.0  # how often sessions are checked against password changes
 CLOSE_PASSWORD_CHANGED = 4001  # WebSocket close code: the password changed, log in again
@@ -81,6 +85,11 @@ class Auth:
         self.clients = clients
         self._config = config
         self._addresses = AddressFailures(config().server.login_attempts_per_minute)
+        self._settled: dict[str, asyncio.Event] = {}  # address -> set when an attempt settles
+        self._waiting: dict[str, int] = {}  # address -> attempts waiting for a slot
+        # scrypt is built to be costly (CPU and 16 MiB each): at most this many at once, so
+        # that a burst of logins never takes the cores the lamps need; the rest queue.
+        self._cpu = asyncio.Semaphore(SCRYPT_AT_ONCE)
 
     def attempts(self, now: float) -> dict[str, int]:
         """Failed logins per remote address within the last minute (`now`: monotonic)."""
@@ -103,7 +112,7 @@ class Auth:
                 if cfg is not None and found == (cfg.name, version):
                     return await self._welcome(session, req, cfg, version, None)
                 await self._reserve(session, req)
-                self._addresses.settle(address, time.monotonic(), failed=True)
+                self._settle(address, time.monotonic(), failed=True)
                 audit.warning("login failed: client %r from %s (bad token)", name, address)
                 raise WireError("auth_failed", FAILED, req.id)
             await self._reserve(session, req)
@@ -116,7 +125,7 @@ class Auth:
                     ok, transferred = await store.take_transfer(cfg.name)
                     if ok:
                         transferred = transferred or generate_password()
-                        hashed = await asyncio.to_thread(hash_password, transferred)
+                        hashed = await self._scrypt(hash_password, transferred)
                         await store.set_password(cfg.name, hashed, at_next_login=False,
                                                  ha1=sip_ha1(cfg.name, transferred))
                         version = (await store.get_password(cfg.name)).get("version", "0")
@@ -130,13 +139,13 @@ class Auth:
                     stored = (record.get("hash") or cfg.password_hash) if cfg else None
                     # Always one scrypt check, against a dummy hash where there is no
                     # account or no password: the same time for every wrong answer.
-                    ok = await asyncio.to_thread(
+                    ok = await self._scrypt(
                         verify_password, req.password or "", stored or DUMMY_HASH
                     ) and stored is not None
             except BaseException:
-                self._addresses.settle(address, time.monotonic(), failed=False)  # no answer
+                self._settle(address, time.monotonic(), failed=False)  # no answer
                 raise
-            self._addresses.settle(address, time.monotonic(), failed=not ok)
+            self._settle(address, time.monotonic(), failed=not ok)
             if not ok:
                 audit.warning("login failed: client %r from %s (%s)", name, address,
                               "unknown or nologin client" if cfg is None
@@ -154,25 +163,55 @@ class Auth:
         """Count the attempt as a failure until it succeeds; refuse it (rate_limited,
         the same words for every name) when its address or its client+address is over
         the limit. The caller settles the address slot once the attempt is answered."""
-        now = time.monotonic()
-        if not self._addresses.reserve(session.address, now):
-            audit.warning("login rate limit hit from %s (client %r)", session.address,
-                          req.client)
-            raise WireError("rate_limited", "too many failed logins from this address: "
-                            "wait a minute", req.id)
+        address = session.address
+        while True:
+            now = time.monotonic()
+            verdict = self._addresses.reserve(address, now)
+            if verdict == "ok":
+                break
+            waiting = self._waiting.get(address, 0)
+            if verdict == "limited" or waiting >= MAX_WAITING:
+                audit.warning("login rate limit hit from %s (client %r)", address, req.client)
+                raise WireError("rate_limited", "too many failed logins from this address: "
+                                "wait a minute", req.id)
+            # Attempts in flight fill the limit: wait for one to be answered.
+            self._waiting[address] = waiting + 1
+            event = self._settled.setdefault(address, asyncio.Event())
+            try:
+                async with asyncio.timeout(SLOT_WAIT_SECONDS):
+                    await event.wait()
+            except TimeoutError:
+                pass
+            finally:
+                left = self._waiting[address] - 1
+                if left:
+                    self._waiting[address] = left
+                else:
+                    del self._waiting[address]
         try:
             verdict = await self.store.reserve_login(
                 req.client, session.address, pair_limit=PAIR_FAILURES,
                 client_limit=CLIENT_FAILURES, window=FAILURE_WINDOW)
         except BaseException:
-            self._addresses.settle(session.address, now, failed=False)
+            self._settle(session.address, now, failed=False)
             raise
         if verdict != "ok":
-            self._addresses.settle(session.address, now, failed=True)
+            self._settle(session.address, now, failed=True)
             audit.warning("login refused: client %r from %s (%s)", req.client,
                           session.address, "too many failures from this address"
                           if verdict == "pair" else "too many failures, unknown address")
             raise WireError("rate_limited", LIMITED, req.id)
+
+    async def _scrypt(self, fn: Callable, *args: str):  # noqa: ANN202
+        async with self._cpu:
+            return await asyncio.to_thread(fn, *args)
+
+    def _settle(self, address: str, now: float, failed: bool) -> None:
+        """An attempt of `address` was answered: count it, wake those waiting for a slot."""
+        self._addresses.settle(address, now, failed)
+        event = self._settled.pop(address, None)
+        if event is not None:
+            event.set()
 
     async def _welcome(self, session: LoginSession, req: Login, cfg: ClientCfg,
                        version: str, transferred: str | None) -> dict:

@@ -120,6 +120,9 @@ class HonestWatcher:
         self.missed = 0
         self._task: asyncio.Task | None = None
         self._n = 0
+        # Call ids of its own: an ended call's id is remembered (a late report of it is
+        # ignored), so two watchers on one line must not reuse each other's.
+        self._prefix = f"p{id(self):x}-"
 
     async def _one(self) -> None:
         self._n += 1
@@ -127,7 +130,7 @@ class HonestWatcher:
         want = "ringing" if state == "offering" else "idle"
         start = len(self.client.received)
         t0 = time.perf_counter()
-        await self.bridge.send({"device": "Line 299", "call": f"p{(self._n + 1) // 2}",
+        await self.bridge.send({"device": "Line 299", "call": f"{self._prefix}{(self._n + 1) // 2}",
                                 "state": state, "caller": "0"})
         try:
             await self.client.wait(lambda m: m.get("member") == "probe"
