@@ -267,3 +267,17 @@ def test_shown_once_keeps_the_furthest_progress_of_either_report():
     [shown] = f.engine.member("alice").calls
     assert shown.id == "201/x" and shown.state is CallState.CONNECTED
     assert f.lamp("alice") is Lamp.BUSY
+
+
+def test_an_untrusted_lamp_says_why_and_a_new_reason_reaches_every_lamp():
+    f = Feed(config())
+    f.device("201", call("c", CallState.CONNECTED))
+    f.engine.set_trusted(False, reason="store_disk_full")
+    assert f.engine.member("alice").reason == "store_disk_full"
+    assert f.engine.device_view("201").reason == "store_disk_full"
+    deltas = f.engine.set_trusted(False, reason="store_unreachable")  # Redis then went away
+    assert {d.key for d in deltas} >= {"alice", "201"}
+    assert f.engine.member("alice").reason == "store_unreachable"
+    assert f.engine.set_trusted(False, reason="store_unreachable") == []  # nothing new
+    f.engine.set_trusted(True)
+    assert f.lamp("alice") is Lamp.BUSY and f.engine.member("alice").reason is None

@@ -70,3 +70,36 @@ name = "%s"
     assert restart_needed(old, parse_config(base % (8765, 7001, "bob"))) == []
     assert restart_needed(old, parse_config(base % (8766, 7002, "alice"))) == [
         "[sources]", "server.listen"]
+
+
+def test_a_file_that_loses_every_device_or_client_is_refused():
+    from gateway.config_watch import reload_refusal
+
+    src = '[sources.tapi_bridge]\nlisten = "127.0.0.1:7001"\n'
+    full = parse_config(src + '[[devices]]\nid = "201"\n[[clients]]\nname = "alice"\n'
+                        'devices = ["201"]\n')
+    assert reload_refusal(full, parse_config("")) is not None  # emptied mid-save
+    assert "no devices" in reload_refusal(full, parse_config('[[clients]]\nname = "a"\n'))
+    assert "no clients" in reload_refusal(full, parse_config(src + '[[devices]]\nid = "2"\n'))
+    assert reload_refusal(full, parse_config(src + '[[devices]]\nid = "202"\n[[clients]]\n'
+                                             'name = "bob"\n')) is None
+    assert reload_refusal(parse_config(""), full) is None  # a first real file is fine
+
+
+def test_which_redis_answers_are_refused_writes():
+    from redis.exceptions import ConnectionError, ReadOnlyError, ResponseError
+
+    from gateway.store import write_refusal
+
+    assert write_refusal(ResponseError(
+        "MISCONF Errors writing to the AOF file: No space left on device")) == "store_disk_full"
+    assert write_refusal(ResponseError("MISCONF Redis is configured to save RDB snapshots, "
+                                       "but it's currently unable to persist to disk.")) \
+        == "store_cannot_persist"
+    assert write_refusal(ReadOnlyError("You can't write against a read only replica.",
+                                       status_code="READONLY")) == "store_read_only"
+    assert write_refusal(ResponseError("ERR Error running script: @user_script:4: MISCONF "
+                                       "Errors writing to the AOF file: No space left")) \
+        == "store_disk_full"
+    assert write_refusal(ConnectionError("Connection refused")) is None
+    assert write_refusal(ResponseError("WRONGTYPE Operation against a key")) is None
