@@ -38,6 +38,8 @@ __all__ = [
     "Store",
     "Change",
     "EmbeddedRedis",
+    "die_with_parent_preexec",
+    "redis_server_binary",
     "encode_device",
     "decode_device",
     "encode_client",
