@@ -281,6 +281,20 @@ class CallTable:
         """Restore calls stored earlier (their ids carry the prefix; keys are the suffix)."""
         self.calls = {c.id.split("/", 1)[1] if "/" in c.id else c.id: c for c in calls}
 
+    def shift(self, delta: float) -> bool:
+        """The wall clock was stepped by `delta` seconds (an NTP step, `date -s`): move
+        every time held here with it, so that an ended call is still remembered for two
+        minutes of real time (a forward step must not let a late report bring it back),
+        and call timers and journal durations stay true. True if live calls changed."""
+        if not delta:
+            return False
+        self.tombstones = {k: t + delta for k, t in self.tombstones.items()}
+        self._meta = {k: (start + delta, answered) for k, (start, answered) in self._meta.items()}
+        if not self.calls:
+            return False
+        self.calls = {k: replace(c, since=c.since + delta) for k, c in self.calls.items()}
+        return True
+
 
 class LineTracker:
     """Device states of one line source, from its reports.
@@ -385,3 +399,7 @@ class LineTracker:
             (d for t in self._tables.values() if (d := t.next_deadline()) is not None),
             default=None,
         )
+
+    def shift(self, delta: float) -> list[DeviceState]:
+        """:meth:`CallTable.shift` for every device; the states whose calls changed."""
+        return [self.state(d) for d, t in self._tables.items() if t.shift(delta)]

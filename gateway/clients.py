@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from .calls import CallReport, CallTable
+from .clock import ClockSteps
 from .config import Config
 from .journal import Journal
 from .model import ClientState, Presence
@@ -53,6 +54,7 @@ class Clients:
         self.sessions: dict[str, set[ClientSession]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._mine: dict[str, tuple[ClientState, int]] = {}  # last published by us, its seq
+        self._clock = ClockSteps()
         self._softphones: dict[str, CallTable] = {}
 
     def current(self, client: str) -> ClientState:
@@ -145,6 +147,12 @@ class Clients:
             table = self._softphones[client] = CallTable(f"sp:{client}")
             table.load(self.current(client).softphone)
         now = time.time()
+        step = self._clock.step(now, time.monotonic())
+        if step:  # the wall clock was stepped: softphone call times move with it
+            for name, other in list(self._softphones.items()):
+                if other.shift(step):
+                    calls = other.snapshot()
+                    await self._update(name, lambda s, calls=calls: replace(s, softphone=calls))
         table.expire(now)
         # Applied through the recorder: the report and what became of it are kept for
         # `blf-gateway explain` and the admin view.

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .ami.client import AmiSource
 from .calls import CallReport, LineTracker
+from .clock import ClockSteps
 from .config import Config, DeviceCfg, parse_hostport
 from .journal import Journal
 from .linesource import Lines, LineSource, Report
@@ -56,6 +57,7 @@ class LineSources:
         self.journal = journal
         self.store = store
         self._engine = engine
+        self._clock = ClockSteps()
         cfg = config()
         # A new connection knows nothing yet: every device starts unknown.
         self.trackers: dict[str, LineTracker] = {
@@ -98,7 +100,7 @@ class LineSources:
         tracker = self.trackers.get(source)
         if tracker is None:
             return
-        now = time.time()
+        now = self._now()
         if self.recorder is not None and self.recorder.enabled:
             states = self.recorder.reports(source, tracker, reports, now)
         elif len(reports) == 1:  # the common case: one bridge line
@@ -256,10 +258,24 @@ class LineSources:
                                     if tracker.state(d).status is not DeviceStatus.UNKNOWN
                                     or source != "tapi_bridge"])
 
+    def _now(self) -> float:
+        """The wall clock, read here for every report and timer; a step of it (not time
+        passing) moves the trackers' times with it (see gateway/clock.py)."""
+        now = time.time()
+        step = self._clock.step(now, time.monotonic())
+        if step:
+            log.warning("the wall clock was stepped by %+.1f s: call times and the memory of "
+                        "ended calls move with it", step)
+            for tracker in self.trackers.values():
+                changed = tracker.shift(step)
+                if changed:
+                    self.publisher.put(changed)
+        return now
+
     async def run_timers(self) -> None:
         """Deadlines of the trackers (ended-call memory), without a busy loop."""
         while True:
-            now = time.time()
+            now = self._now()
             deadlines = [d for t in self.trackers.values() if (d := t.next_deadline())]
             for t in self.trackers.values():
                 t.tick(now)

@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from conftest import RedisServer, WsClient, free_port
-from faultkit import LINES, PW, HonestWatcher, config, wait_lamps
+from faultkit import LINES, PW, HonestWatcher, config, lamp_of, wait_lamps
 from test_process_faults import BridgeProgram, _wait_port
 
 LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -68,6 +68,30 @@ async def test_clock_jumps_forward_and_back_without_a_stall(tmp_path):
         watcher = HonestWatcher(carol, BridgeRelay(prog))
         watcher.start()
 
+        # Before the step: a call on 203 ended, one on 202 is talking.
+        for msg in ({"device": "Line 203", "call": "old", "state": "offering", "caller": "05"},
+                    {"device": "Line 203", "call": "old", "state": "disconnected"},
+                    {"device": "Line 202", "call": "live", "state": "connected",
+                     "caller": "06"}):
+            await prog.send(msg)
+        await wait_lamps(carol, {"bob": "busy", "carol": "idle"}, 5)
+        live_since = [m for m in carol.received if m.get("member") == "bob"][-1][
+            "calls"][0]["since"]
+        offset.write_text("+1d\n")
+        await asyncio.sleep(5.5)  # the trackers' timer has run since the step
+        # A late report of the call that ended must not bring it back (it would stay red).
+        await prog.send({"device": "Line 203", "call": "old", "state": "connected"})
+        await asyncio.sleep(0.5)
+        assert lamp_of(carol, "carol") == "idle"
+        bob_now = [m for m in carol.received if m.get("member") == "bob"][-1]
+        # The talking call's timer did not jump: its start moved with the clock (and every
+        # watcher was told).
+        assert bob_now["calls"][0]["since"] == pytest.approx(live_since + 86400, abs=2)
+        await prog.send({"device": "Line 202", "call": "live", "state": "disconnected"})
+        await wait_lamps(carol, {"bob": "idle"}, 5)
+        offset.write_text("+0\n")
+        await asyncio.sleep(0.5)
+
         seen_since = {}
         for step, shift in (("forward", "+1d"), ("back", "-1h")):
             offset.write_text(shift + "\n")
@@ -104,10 +128,13 @@ async def test_clock_jumps_forward_and_back_without_a_stall(tmp_path):
         entries = []
         for _ in range(50):
             entries = (await bob.request({"type": "journal", "scope": "server"}))["entries"]
-            if len([e for e in entries if e["device"] == "202"]) == 2:
+            if len([e for e in entries if e["device"] == "202"]) == 3:
                 break
             await asyncio.sleep(0.05)
-        assert sorted(e["remote"] for e in entries if e["device"] == "202") == ["044", "047"]
+        on_202 = {e["remote"]: e for e in entries if e["device"] == "202"}
+        assert sorted(on_202) == ["044", "047", "06"]
+        # The call that talked across the step has its real duration in the journal.
+        assert 0 < on_202["06"]["end"] - on_202["06"]["start"] < 60
         print(f"\nFIGURE clock-jumps p99_ms={watcher.p99_ms():.1f} missed={watcher.missed}")
         await carol.close()
         await bob.close()

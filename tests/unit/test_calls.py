@@ -1,5 +1,7 @@
 """The transitions table and LineTracker: pure, no loop, time passed in."""
 
+import pytest
+
 from gateway.calls import TOMBSTONE_SECONDS, TRANSITIONS, CallReport, LineTracker, Phase, ServiceReport
 from gateway.model import CallState, DeviceStatus, Direction, Lamp
 from gateway.panels.lamps import device_lamp
@@ -143,3 +145,36 @@ def test_late_caller_id_fills_in():
 def test_unknown_device_reports_are_ignored():
     t = LineTracker(["201"])
     assert t.call(rep(Phase.RINGING, device="999"), 0.0) == []
+
+
+def test_a_clock_step_moves_the_memory_of_ended_calls_and_the_call_times():
+    from gateway.calls import TOMBSTONE_SECONDS
+
+    t = LineTracker(["201"])
+    t.service(ServiceReport("201", True), 1000.0)
+    t.call(CallReport("201", "old", Phase.RINGING, Direction.IN, "0301"), 1000.0)
+    t.call(CallReport("201", "old", Phase.ENDED), 1010.0)
+    t.call(CallReport("201", "live", Phase.CONNECTED, Direction.IN, "0302"), 1020.0)
+    t.take_ended()
+    day = 86400.0
+    changed = t.shift(day)  # the wall clock jumps a day forward
+    assert [s.calls[0].since for s in changed] == [1020.0 + day]  # the timer keeps counting
+    t.tick(1030.0 + day)
+    # Two minutes of real time have not passed: a late report of the ended call stays out.
+    assert t.call(CallReport("201", "old", Phase.CONNECTED), 1031.0 + day) == []
+    t.call(CallReport("201", "live", Phase.ENDED), 1040.0 + day)
+    (ended,) = t.take_ended()
+    assert ended.end - ended.start == 20.0  # its journal duration is the real one
+    t.tick(1010.0 + day + TOMBSTONE_SECONDS + 1)
+    assert t.call(CallReport("201", "old", Phase.RINGING, Direction.IN), 2000.0 + day)
+
+
+def test_clock_steps_are_told_from_time_passing():
+    from gateway.clock import ClockSteps
+
+    c = ClockSteps()
+    assert c.step(1000.0, 5.0) == 0.0
+    assert c.step(1010.0, 15.0) == 0.0  # ten seconds passed on both clocks
+    assert c.step(1010.3, 15.1) == 0.0  # slewing: a fraction of a second
+    assert c.step(87411.2, 16.0) == pytest.approx(86400.0)  # a day forward
+    assert c.step(83811.2, 16.0) == pytest.approx(-3600.0)  # an hour back
