@@ -153,6 +153,10 @@ class HonestWatcher:
         self._stopping = True
         if self._task is not None:
             await asyncio.wait_for(self._task, 5)
+        if self._n % 2:  # its last call still rings: hang it up, the line is left idle
+            await self.bridge.send({"device": "Line 299",
+                                    "call": f"{self._prefix}{(self._n + 1) // 2}",
+                                    "state": "idle"})
 
     def p99_ms(self) -> float:
         xs = sorted(self.latencies)
