@@ -144,8 +144,14 @@ async def test_unknown_names_get_the_same_answers_and_the_same_work(redis_url,
     redis.Redis.from_url(redis_url).delete("{blf}:fail:bob", "{blf}:fail:bob|127.0.0.1",
                                            "{blf}:fail:eve", "{blf}:fail:eve|127.0.0.1")
     for kw in ({"token": "x" * 43}, {"password": "wrong"}):
-        assert await _work(redis_url, connect, gw, client="bob", **kw) == \
-            await _work(redis_url, connect, gw, client="eve", **kw)
+        # The fewest of each command over three tries: the gateway's own background work
+        # (heartbeat, change log) may fall into one window, not into all three.
+        async def least(client: str) -> dict[str, int]:
+            tries = [await _work(redis_url, connect, gw, client=client, **kw)
+                     for _ in range(3)]
+            return {k: n for k in tries[0] if (n := min(t.get(k, 0) for t in tries))}
+
+        assert await least("bob") == await least("eve")
 
 
 async def test_a_password_change_ends_older_sessions_on_every_process(redis_url,
