@@ -172,6 +172,37 @@ class Verdict:
         return self.outcome == "accepted"
 
 
+def _learn_remote(call: Call, report: CallReport) -> Call:
+    """What a later report says about the far party, applied to a known call.
+
+    The call keeps its first direction (an incoming call stays incoming), but a number a
+    later report brings is a new fact, and it belongs to the direction of *that* report: a
+    number reported as dialled on an incoming call (a transfer target, a consultation call,
+    a softphone reporting the call `out`) is outbound information, marked `remote_out` so
+    that a watcher allowed to see inbound numbers only does not see it (nor its name).
+    """
+    if report.withheld:
+        # The caller withheld the number: whatever we had is no longer shown.
+        return replace(call, remote=None, remote_name=None, remote_out=False)
+    # Only an incoming call can carry outbound information of its own: on an outgoing call
+    # every number is hidden from inbound-only watchers already.
+    dialled = call.direction is Direction.IN and report.direction is Direction.OUT
+    if report.remote is not None and report.remote != call.remote:
+        # A different party (transfer, forwarding, connected-line update): its name is the
+        # report's, never the previous party's, and its visibility is the report's direction.
+        return replace(call, remote=report.remote, remote_name=report.remote_name,
+                       remote_out=dialled)
+    if report.remote_name is not None and report.remote_name != call.remote_name:
+        call = replace(call, remote_name=report.remote_name)
+    elif report.remote is None and report.remote_name is None:
+        return call  # nothing told about the far party
+    if dialled and call.remote is not None and not call.remote_out:
+        # The same number (or a new name for it) now also reported as dialled: it is
+        # outbound information too, and the stricter rule applies from now on.
+        call = replace(call, remote_out=True)
+    return call
+
+
 class CallTable:
     """The calls of one owner (a device, or a client's softphone), keyed by the source's id.
 
@@ -221,13 +252,7 @@ class CallTable:
             call = current
             if call.state is not state:
                 call = replace(call, state=state, since=now)
-            if report.withheld:
-                call = replace(call, remote=None, remote_name=None)
-            else:
-                if report.remote is not None and report.remote != call.remote:
-                    call = replace(call, remote=report.remote)
-                if report.remote_name is not None and report.remote_name != call.remote_name:
-                    call = replace(call, remote_name=report.remote_name)
+            call = _learn_remote(call, report)
             if report.link is not None and call.link is None:
                 call = replace(call, link=report.link)
             if report.replaces is not None and report.replaces != call.replaces:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from .calls import EndedCall
 from .config import Config
 from .panels.engine import Engine
-from .panels.rights import Rights, combined_rights, panel_rights
+from .panels.rights import Rights, combined_rights, may_see_number, panel_rights
 from .spool import Spool, SpoolItem
 from .store import RedisError, Store
 
@@ -38,7 +38,7 @@ MAX_PENDING = 100_000  # entries held in memory when neither Redis nor the spool
 
 def entry_of(ended: EndedCall, device: str | None, client: str | None) -> dict:
     c = ended.call
-    return {
+    out = {
         "call": c.id,
         "device": device,
         "client": client,
@@ -49,12 +49,17 @@ def entry_of(ended: EndedCall, device: str | None, client: str | None) -> dict:
         "end": round(ended.end, 3),
         "answered": ended.answered,
     }
+    if c.remote_out:
+        # Kept with the entry (never sent): the number is outbound information.
+        out["remote_out"] = True
+    return out
 
 
 def render_entry(entry_id: str, entry: dict, rights: Rights) -> dict:
-    visible = rights.numbers == "all" or (rights.numbers == "inbound"
-                                          and entry["direction"] == "in")
-    return {"id": entry_id, **entry,
+    """An entry as a reader with `rights` may see it (the same rule as the lamps)."""
+    shown = {k: v for k, v in entry.items() if k != "remote_out"}
+    visible = may_see_number(entry["direction"], bool(entry.get("remote_out")), rights)
+    return {"id": entry_id, **shown,
             "remote": entry["remote"] if visible else None,
             "remote_name": entry["remote_name"] if visible else None}
 

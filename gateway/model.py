@@ -80,6 +80,10 @@ class Call:
     RFC 3891 Replaces header that takes this call over at the watched phone
     (``call-id;to-tag=..;from-tag=..``), where a SIP source knows its dialog; it only ever
     leaves the gateway in a pickup action for a picker with the pickup right.
+
+    `remote_out` says the remote number was learned as outbound information (dialled, or the
+    target of a transfer) on a call that keeps its first direction `in`: a watcher with
+    `numbers = "inbound"` may not see it although the call is incoming.
     """
 
     id: str
@@ -90,6 +94,7 @@ class Call:
     remote_name: str | None = None
     link: str | None = None
     replaces: str | None = None
+    remote_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)

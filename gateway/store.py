@@ -130,19 +130,26 @@ return {seq, 1}
 
 # -- codecs: compact JSON, the same bytes for the same state (the no-op check relies on it) --
 
+def _enc_call(c: Call) -> list:
+    # Optional items only where they are set, so calls without them keep their exact bytes:
+    # 8th `replaces` (where a SIP dialog gave one; null before a 9th), 9th `remote_out`.
+    out = [c.id, c.direction.value, c.state.value, c.since, c.remote, c.remote_name, c.link]
+    if c.replaces is not None or c.remote_out:
+        out.append(c.replaces)
+    if c.remote_out:
+        out.append(1)
+    return out
+
+
 def _enc_calls(calls: Iterable[Call]) -> list:
-    # `replaces` only where a SIP dialog gave one: the other calls keep their exact bytes.
-    return [
-        [c.id, c.direction.value, c.state.value, c.since, c.remote, c.remote_name, c.link]
-        + ([c.replaces] if c.replaces is not None else [])
-        for c in calls
-    ]
+    return [_enc_call(c) for c in calls]
 
 
 def _dec_calls(items: list) -> tuple[Call, ...]:
     return tuple(
         Call(id=i, direction=Direction(d), state=CallState(s), since=t, remote=r,
-             remote_name=n, link=lk, replaces=rest[0] if rest else None)
+             remote_name=n, link=lk, replaces=rest[0] if rest else None,
+             remote_out=bool(len(rest) > 1 and rest[1]))
         for i, d, s, t, r, n, lk, *rest in items
     )
 

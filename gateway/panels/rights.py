@@ -23,6 +23,7 @@ __all__ = [
     "visible_panels",
     "watchable_devices",
     "render_call",
+    "may_see_number",
     "render_member",
     "render_device",
     "rights_json",
@@ -101,10 +102,20 @@ def watchable_devices(cfg: ClientCfg) -> list[str]:
     return list(dict.fromkeys([*cfg.devices, *(m.device for m in cfg.monitor)]))
 
 
-def _may_see_number(call: Call, rights: Rights) -> bool:
+def may_see_number(direction: str | Direction, remote_out: bool, rights: Rights) -> bool:
+    """Whether an audience may see the far party's number (and name) of a call.
+
+    `numbers = "inbound"` shows numbers of incoming calls only, and of those only what was
+    learned as inbound information: a number dialled or transferred to during an incoming
+    call (`remote_out`) is outbound information. The journals use the same rule."""
     if rights.numbers == "all":
         return True
-    return rights.numbers == "inbound" and call.direction is Direction.IN
+    return (rights.numbers == "inbound" and Direction(direction) is Direction.IN
+            and not remote_out)
+
+
+def _may_see_number(call: Call, rights: Rights) -> bool:
+    return may_see_number(call.direction, call.remote_out, rights)
 
 
 def render_call(call: Call, rights: Rights) -> dict:

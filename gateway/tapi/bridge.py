@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..calls import CallReport, Phase, ServiceReport
 from ..linesource import Lines, SourceEvents
 from ..model import Direction
-from ..numbers import digits
+from ..numbers import digits, own_match
 from .access import AUTH_TIMEOUT, MAX_UNAUTHENTICATED, BridgeAccess, RefusalLog
 
 __all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer",
@@ -127,20 +127,25 @@ def parse_line(
         raise BridgeLineError(f"state {msg.state!r} is not a LINECALLSTATE name")
     phase, direction = TAPI_PHASES[state]
     device_id, own_number = target
-    if direction is None and (msg.caller or msg.called):
-        # A call first seen connected or held (a re-sync): our own number tells which side
-        # we are on.
-        own = digits(own_number)
-        if own and digits(msg.called) == own:
-            direction = Direction.IN
-        elif own and digits(msg.caller) == own:
-            direction = Direction.OUT
+    own = digits(own_number)
+    caller_own, called_own = own_match(msg.caller, own), own_match(msg.called, own)
+    if direction is None and caller_own != called_own:
+        # A state that does not say the direction (connected, held: a re-sync, an answer,
+        # a transfer): the side our own number is on does. Called is us: incoming; caller
+        # is us (in any form, see gateway.numbers.own_match): outgoing.
+        direction = Direction.IN if called_own > caller_own else Direction.OUT
     if direction is Direction.OUT:
         remote, remote_name = msg.called, msg.called_name
     elif direction is Direction.IN:
         remote, remote_name = msg.caller, msg.caller_name
-    else:
+    elif not caller_own:
         remote, remote_name = msg.caller, msg.caller_name
+    else:
+        # Both numbers look like ours: nothing trustworthy about the far party.
+        remote, remote_name = None, None
+    if own_match(remote, own) == 2:
+        # The line's own extension is never the far party (a garbled or half-filled line).
+        remote, remote_name = None, None
     return CallReport(
         device=device_id,
         call=str(msg.call),

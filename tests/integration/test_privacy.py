@@ -1,0 +1,178 @@
+"""Privacy and truth of calls, end to end: a real gateway, real Redis, a real TCP bridge and
+real WebSocket watchers. Every test looks at the raw frames a watcher received: a number it
+may not see must not be in any of them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from conftest import eventually
+from test_gateway_e2e import HASH, PW, login
+
+CONFIG = """
+[server]
+listen = "127.0.0.1:0"
+login_attempts_per_minute = 1000
+{server_extra}
+
+[redis]
+url = "{redis}"
+
+[sources.tapi_bridge]
+listen = "127.0.0.1:0"
+
+[[devices]]
+id = "201"
+number = "201"
+line = "Line 201"
+journal = true
+[[devices]]
+id = "202"
+number = "202"
+line = "Line 202"
+journal = true
+
+[[clients]]
+name = "alice"
+devices = ["201"]
+journal = "w"
+password_hash = "{hash}"
+[[clients]]
+name = "bob"
+devices = ["202"]
+password_hash = "{hash}"
+[[clients]]
+name = "inb"
+journal = "r"
+password_hash = "{hash}"
+[[clients]]
+name = "full"
+journal = "r"
+password_hash = "{hash}"
+[[clients]]
+name = "lamp"
+journal = "r"
+password_hash = "{hash}"
+
+[[groups]]
+name = "inbound"
+members = ["alice", "bob", "inb"]
+rights = {{ numbers = "inbound" }}
+[[groups]]
+name = "all"
+members = ["alice", "bob", "full"]
+rights = {{ numbers = "all" }}
+[[groups]]
+name = "lamps"
+members = ["alice", "bob", "lamp"]
+rights = {{ calls = false, numbers = "all" }}
+"""
+
+
+def config(redis_url: str, server_extra: str = "") -> str:
+    return CONFIG.format(redis=redis_url, hash=HASH, server_extra=server_extra)
+
+
+async def in_service(b) -> None:
+    await b.send({"device": "Line 201", "devstate": "inservice"},
+                 {"device": "Line 202", "devstate": "inservice"})
+
+
+async def watchers(connect, gw):
+    inb = await login(connect, gw, "inb")
+    full = await login(connect, gw, "full")
+    assert (await inb.request({"type": "subscribe", "panel": "inbound"}))["type"] == "snapshot"
+    assert (await full.request({"type": "subscribe", "panel": "all"}))["type"] == "snapshot"
+    return inb, full
+
+
+def member_calls(c, member: str) -> list[dict]:
+    return [call for m in c.lamps(member=member) for call in m["calls"]]
+
+
+async def test_a_transfer_target_on_an_inbound_call_is_not_shown_to_inbound_watchers(
+        redis_url, start_gateway, connect, bridge):
+    gw = await start_gateway(config(redis_url))
+    b = await bridge(gw)
+    await in_service(b)
+    inb, full = await watchers(connect, gw)
+    t0 = time.time()
+    await b.send({"device": "Line 201", "call": "1", "state": "offering",
+                  "caller": "0301111", "called": "201"},
+                 {"device": "Line 201", "call": "1", "state": "connected",
+                  "caller": "0301111", "called": "201"})
+    await inb.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "busy")
+    # The call is transferred: the line now reports the number it was transferred to.
+    await b.send({"device": "Line 201", "call": "1", "state": "connected",
+                  "caller": "201", "called": "0409999"})
+    seen = await full.wait(lambda m: m.get("member") == "alice" and m.get("calls")
+                           and m["calls"][0]["remote"] == "0409999")
+    assert seen["calls"][0]["direction"] == "in"  # the call keeps its first direction
+    await b.send({"device": "Line 201", "call": "1", "state": "disconnected"})
+    await inb.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "idle")
+    # The caller's number (inbound information) was shown to the inbound watcher ...
+    assert "0301111" in [c["remote"] for c in member_calls(inb, "alice")]
+    # ... the transfer target (dialled: outbound information) never.
+    assert not any("0409999" in f for f in inb.raw)
+
+    await eventually(lambda: gw.journal.written >= 1)
+    r = await inb.request({"type": "journal", "scope": "server", "since": t0 - 1})
+    [entry] = r["entries"]
+    assert entry["direction"] == "in" and entry["remote"] is None
+    assert not any("0409999" in f for f in inb.raw)
+    r = await full.request({"type": "journal", "scope": "server", "since": t0 - 1})
+    assert [e["remote"] for e in r["entries"]] == ["0409999"]
+
+
+async def test_a_softphone_call_reported_in_then_out_with_a_new_number_hides_it(
+        redis_url, start_gateway, connect, bridge):
+    gw = await start_gateway(config(redis_url))
+    b = await bridge(gw)
+    await in_service(b)
+    inb, full = await watchers(connect, gw)
+    alice = await login(connect, gw, "alice")
+    t0 = time.time()
+    for state, direction, remote in [("ringing", "in", "0302222"),
+                                     ("connected", "in", None),
+                                     ("connected", "out", "0408888")]:
+        r = await alice.request({"type": "softphone", "call": "s1", "state": state,
+                                 "direction": direction, "remote": remote})
+        assert r["type"] == "ok", r
+    await full.wait(lambda m: m.get("member") == "alice" and m.get("calls")
+                    and m["calls"][0]["remote"] == "0408888")
+    await alice.request({"type": "softphone", "call": "s1", "state": "ended", "direction": "out"})
+    await inb.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "idle")
+    assert "0302222" in [c["remote"] for c in member_calls(inb, "alice")]
+    assert not any("0408888" in f for f in inb.raw)
+    await eventually(lambda: gw.journal.written >= 1)
+    r = await inb.request({"type": "journal", "scope": "server", "since": t0 - 1})
+    assert [(e["client"], e["remote"]) for e in r["entries"]] == [("alice", None)]
+    assert not any("0408888" in f for f in inb.raw)
+
+
+async def test_own_number_in_long_form_as_caller_means_outgoing(redis_url, start_gateway,
+                                                                 connect, bridge):
+    gw = await start_gateway(config(redis_url))
+    b = await bridge(gw)
+    await in_service(b)
+    inb, full = await watchers(connect, gw)
+    # A call first seen connected (the bridge re-synced): the caller is line 202 itself,
+    # written as an international number.
+    await b.send({"device": "Line 202", "call": "9", "state": "connected",
+                  "caller": "+4930555202", "called": "0301234"})
+    lamp = await full.wait(lambda m: m.get("member") == "bob" and m.get("lamp") == "busy")
+    [call] = lamp["calls"]
+    assert call["direction"] == "out" and call["remote"] == "0301234"
+    # An outgoing call set up, then answered: the answer must not make our own number the
+    # remote party.
+    await b.send({"device": "Line 201", "call": "10", "state": "dialing",
+                  "caller": "+49 30 555-201", "called": "0307777"},
+                 {"device": "Line 201", "call": "10", "state": "connected",
+                  "caller": "+49 30 555-201", "called": "0307777"})
+    lamp = await full.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "busy")
+    [call] = lamp["calls"]
+    assert call["direction"] == "out" and call["remote"] == "0307777"
+    assert not any("555202" in f or "555-201" in f for f in full.raw)
+    assert not any("0301234" in f or "0307777" in f for f in inb.raw)
