@@ -464,8 +464,14 @@ class Store:
 
     async def ack_offline(self, client: str, upto: str) -> int:
         """Remove offline entries up to and including `upto`; returns how many."""
-        ms, _, seq = upto.partition("-")
-        threshold = f"{ms}-{int(seq or 0) + 1}"
+        ms, seq = (int(p or 0) for p in upto.partition("-")[::2])
+        top = 2**64 - 1  # each part of a stream id is an unsigned 64-bit number
+        if seq < top:
+            threshold = f"{ms}-{seq + 1}"
+        elif ms < top:
+            threshold = f"{ms + 1}-0"
+        else:
+            return await self.redis.xtrim(K_OFFLINE + client, maxlen=0)  # the last id there is
         return await self.redis.xtrim(K_OFFLINE + client, minid=threshold)
 
     # -- failed logins (shared by every process) ------------------------------------------

@@ -33,7 +33,9 @@ WRITE_HIGH_WATER = 64 * 1024
 
 def dumps(obj: Any) -> str:
     """Compact JSON, non-ASCII kept: the text of every frame."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: the gateway never sends NaN or Infinity (not JSON); what comes in is
+    # checked at the edges (gateway.strictjson), so this only stops a bug at the door.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class Outbox:

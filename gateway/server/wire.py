@@ -9,13 +9,14 @@ and are re-exported here.
 
 from __future__ import annotations
 
-import json
+import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from ..errors import ERROR_CODES, WireError, error
 from ..model import PRESENCE_STATUSES
+from ..strictjson import StrictJSONError, has_lone_surrogate, lenient_loads, problem
 
 __all__ = [
     "ERROR_CODES",
@@ -35,9 +36,21 @@ __all__ = [
     "Explain",
     "AdminReload",
     "Request",
+    "stream_id",
 ]
 
-MsgId = Union[Annotated[str, Field(max_length=128)], int, float, None]
+# Limits on what a client may send (documented in docs/protocol.md). A request `id` is echoed
+# in the reply, so it must be something every JSON reader can take back: a string of at most
+# 128 characters, an integer of at most 63 bits, or a finite number.
+ID_MAX_CHARS = 128
+ID_INT_LIMIT = 2**63
+SEQ_MAX = 2**63 - 1  # a `since` seq beyond this is not one of ours
+TIME_MAX = 253402300799.0  # 9999-12-31: a `since` time beyond this is not a time
+STREAM_ID_PART_MAX = 2**64 - 1  # a journal entry id is two unsigned 64-bit numbers
+
+MsgId = Union[Annotated[str, Field(max_length=ID_MAX_CHARS)],
+              Annotated[int, Field(gt=-ID_INT_LIMIT, lt=ID_INT_LIMIT)],
+              Annotated[float, Field(allow_inf_nan=False)], None]
 Short = Annotated[str, Field(min_length=1, max_length=128)]
 Text = Annotated[str, Field(max_length=512)]
 
@@ -62,7 +75,7 @@ class Subscribe(_Req):
     type: Literal["subscribe"]
     panel: Short | None = None
     device: Short | None = None
-    since: Annotated[int, Field(ge=0)] | None = None
+    since: Annotated[int, Field(ge=0, le=SEQ_MAX)] | None = None
 
 
 class Unsubscribe(_Req):
@@ -91,18 +104,36 @@ class Pickup(_Req):
     panel: Short | None = None
     member: Short | None = None
     device: Short | None = None
-    op: Annotated[str, Field(max_length=128)] | int | None = None
+    op: Annotated[str, Field(max_length=128)] | Annotated[
+        int, Field(gt=-ID_INT_LIMIT, lt=ID_INT_LIMIT)] | None = None
 
 
 class Journal(_Req):
     type: Literal["journal"]
     scope: Literal["offline", "server"] = "offline"
-    since: float | int | None = None
+    since: Annotated[float, Field(ge=0, le=TIME_MAX, allow_inf_nan=False)] | None = None
+
+
+def stream_id(value: str | int) -> str:
+    """A journal entry id as Redis writes it ("MS-SEQ", or "MS"), each part an unsigned
+    64-bit number; anything else is not an id (checked before it reaches Redis)."""
+    text = str(value)
+    ms, dash, seq = text.partition("-")
+    parts = [ms, seq] if dash else [ms]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 20 and int(p) <= STREAM_ID_PART_MAX
+               for p in parts):
+        raise ValueError("must be a journal entry id, as in a `journal` reply")
+    return text
 
 
 class JournalAck(_Req):
     type: Literal["journal_ack"]
-    upto: Short | int
+    upto: Short | Annotated[int, Field(ge=0)]
+
+    @field_validator("upto", mode="after")
+    @classmethod
+    def _upto(cls, v: str | int) -> str:
+        return stream_id(v)
 
 
 class PresenceSet(_Req):
@@ -155,21 +186,39 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _valid_id(msg_id: Any) -> bool:
+    if msg_id is None:
+        return True
+    if isinstance(msg_id, bool):
+        return False
+    if isinstance(msg_id, str):
+        return len(msg_id) <= ID_MAX_CHARS and not has_lone_surrogate(msg_id)
+    if isinstance(msg_id, int):
+        return -ID_INT_LIMIT < msg_id < ID_INT_LIMIT
+    if isinstance(msg_id, float):
+        return math.isfinite(msg_id)
+    return False
+
+
 def parse_request(text: str | bytes) -> Any:
     """One frame -> a request model, or WireError("bad_request", ...)."""
     if isinstance(text, bytes):
         raise WireError("bad_request", "binary frames are not accepted: send JSON text")
     try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError):
-        raise WireError("bad_request", "not valid JSON") from None
+        raw = lenient_loads(text)
+    except StrictJSONError as exc:
+        raise WireError("bad_request", str(exc)) from None
     if not isinstance(raw, dict):
         raise WireError("bad_request", "a message must be a JSON object")
     msg_id = raw.get("id")
-    if not isinstance(msg_id, (str, int, float)) or isinstance(msg_id, bool):
-        msg_id = None
-    elif isinstance(msg_id, str) and len(msg_id) > 128:
-        msg_id = None
+    if not _valid_id(msg_id):
+        # Nothing of a bad id is echoed: the reply must be valid JSON that any reader takes.
+        raise WireError("bad_request", "id: must be a string of at most "
+                        f"{ID_MAX_CHARS} characters, an integer of at most 63 bits or a "
+                        "finite number")
+    reason = problem(raw)
+    if reason is not None:
+        raise WireError("bad_request", reason, msg_id)
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise WireError("bad_request", "missing 'type'", msg_id)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import secrets
 import ssl as ssl_module
@@ -30,6 +29,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .. import strictjson
 from ..calls import CallReport, Phase, ServiceReport
 from ..linesource import Lines, SourceEvents
 from ..model import Direction
@@ -65,25 +65,31 @@ TAPI_PHASES: dict[str, tuple[Phase, Direction | None]] = {
     "idle": (Phase.ENDED, None),
 }
 
-Num = Annotated[str, Field(max_length=64)]
-Label = Annotated[str, Field(max_length=128)]
+# Limits of a bridge line (docs/configuration.md): types are strict (no `true` for a call id, no
+# "yes" for `blocked`, no number-strings read as numbers), every string is bounded.
+CALL_ID_MAX_CHARS = 128  # a string call id
+CALL_ID_INT_MAX = 2**64 - 1  # a numeric call id: TAPI's are 32-bit, a 64-bit one is kept too
+Line = Annotated[str, Field(strict=True, min_length=1, max_length=128)]
+Num = Annotated[str, Field(strict=True, max_length=64)]
+Label = Annotated[str, Field(strict=True, max_length=128)]
 
 
 class _CallLine(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    device: Annotated[str, Field(min_length=1, max_length=128)]
-    call: Annotated[str, Field(min_length=1, max_length=128)] | int
-    state: Annotated[str, Field(max_length=32)]
+    device: Line
+    call: Annotated[str, Field(strict=True, min_length=1, max_length=CALL_ID_MAX_CHARS)] | \
+        Annotated[int, Field(strict=True, ge=0, le=CALL_ID_INT_MAX)]
+    state: Annotated[str, Field(strict=True, max_length=32)]
     caller: Num | None = None
     called: Num | None = None
     caller_name: Label | None = None
     called_name: Label | None = None
-    blocked: bool | None = None
+    blocked: Annotated[bool, Field(strict=True)] | None = None
 
 
 class _DevLine(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    device: Annotated[str, Field(min_length=1, max_length=128)]
+    device: Line
     devstate: Literal["inservice", "outofservice"]
 
 
@@ -100,9 +106,9 @@ def parse_line(
     BridgeLineError for anything malformed or for a line no device is configured for.
     """
     try:
-        raw = json.loads(line)
-    except (ValueError, RecursionError):
-        raise BridgeLineError("not valid JSON") from None
+        raw = strictjson.loads(line)
+    except strictjson.StrictJSONError as exc:
+        raise BridgeLineError(str(exc)) from None
     if not isinstance(raw, dict):
         raise BridgeLineError("not a JSON object")
     try:
@@ -115,8 +121,8 @@ def parse_line(
         msg = _CallLine.model_validate(raw)
     except ValidationError as exc:
         e = exc.errors()[0]
-        where = ".".join(str(p) for p in e["loc"]) or "line"
-        raise BridgeLineError(f"{where}: {e['msg']}") from None
+        where = str(e["loc"][0]) if e["loc"] else "line"
+        raise BridgeLineError(f"{where[:40]}: {e['msg']}") from None
     target = devices.get(msg.device)
     if target is None:
         raise BridgeLineError(f"no device is configured for line {msg.device!r}")
