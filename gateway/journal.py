@@ -25,11 +25,19 @@ from collections.abc import Callable
 from .calls import EndedCall
 from .config import Config
 from .panels.engine import Engine
-from .panels.rights import Rights, combined_rights, may_see_number, panel_rights
+from .panels.rights import (
+    FULL_RIGHTS,
+    Rights,
+    combined_rights,
+    may_see_number,
+    most_permissive,
+    panel_rights,
+)
+from .ratelimit import KeyedBuckets
 from .spool import Spool, SpoolItem
 from .store import RedisError, Store
 
-__all__ = ["Journal", "entry_of", "render_entry"]
+__all__ = ["Journal", "EntryFilter", "entry_of", "render_entry", "READ_LIMIT", "SCAN_BUDGET"]
 
 log = logging.getLogger("gateway.journal")
 
@@ -85,6 +93,7 @@ class Journal:
         self.written = 0
         self.spooled = 0  # entries kept in the spool since the start
         self.dropped = 0  # entries lost: no Redis, no spool, memory bound reached
+        self._read_buckets = KeyedBuckets(READS_PER_SECOND, READ_BURST, max_keys=10_000)
 
     # -- writing ------------------------------------------------------------------------
 
@@ -214,21 +223,10 @@ class Journal:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _rights(self, reader: str, entry: dict, temp: tuple[str, ...]) -> Rights | None:
-        cfg = self._config()
-        if entry.get("device"):
-            if entry["device"] not in cfg.device_by_id:
-                return None
-            return combined_rights(cfg, reader, entry["device"], temp)
-        client = entry.get("client")
-        if client == reader:
-            return Rights(numbers="all")
-        shared = [panel_rights(g, reader) for g in cfg.groups
-                  if reader in g.members and client in g.members]
-        if not shared:
-            return None
-        order = {"none": 0, "inbound": 1, "all": 2}
-        return Rights(numbers=max((r.numbers for r in shared), key=order.__getitem__))
+    def may_read_server(self, reader: str, now: float) -> bool:
+        """Server-journal reads are the most expensive request there is: each client (all
+        its connections together) gets READS_PER_SECOND, READ_BURST at once."""
+        return self._read_buckets.take(reader, now)
 
     async def read(self, reader: str, scope: str, since: float | None,
                    temp: tuple[str, ...] = ()) -> list[dict]:
@@ -237,10 +235,67 @@ class Journal:
             start = "-"
             entries = await store.read_journal(reader, start)
             return [render_entry(i, e, Rights(numbers="all")) for i, e in entries]
-        start = f"{int(since * 1000)}-0" if since else "-"
+        # The newest visible entries (after `since` when given), read newest first in pages
+        # until READ_LIMIT are found or SCAN_BUDGET entries were looked at: a read costs the
+        # same whatever the journal holds.
+        lowest = f"{int(since * 1000)}-0" if since else "-"
+        highest = "+"
+        out: list[dict] = []
+        visible = EntryFilter(self._config(), reader, temp)
+        scanned = 0
+        while scanned < SCAN_BUDGET and len(out) < READ_LIMIT:
+            page = await store.read_journal_newest(None, highest, lowest,
+                                                   count=min(PAGE, SCAN_BUDGET - scanned))
+            scanned += len(page)
+            out.extend(visible.render(page))
+            if len(page) < PAGE:
+                break
+            highest = "(" + page[-1][0]  # exclusive: below the oldest entry of this page
+        del out[READ_LIMIT:]
+        out.reverse()  # oldest first
+        return out
+
+
+READ_LIMIT = 1000  # entries in one `journal` reply
+SCAN_BUDGET = 5000  # entries one read looks at, at most
+PAGE = 1000
+READS_PER_SECOND = 1.0  # server-journal reads per client, sustained
+READ_BURST = 5.0
+
+
+class EntryFilter:
+    """Which server-journal entries a reader may see, and how (pure; the rights of each
+    device or client are worked out once per read, not once per entry)."""
+
+    def __init__(self, config: Config, reader: str, temp: tuple[str, ...] = ()) -> None:
+        self.config, self.reader, self.temp = config, reader, temp
+        self._memo: dict[tuple[str | None, str | None], Rights | None] = {}
+
+    def rights(self, entry: dict) -> Rights | None:
+        """The reader's rights on one entry, or None: not theirs to see. A right that shows
+        the lamp only (a group's `calls = false`) does not show journal entries either."""
+        key = (entry.get("device"), entry.get("client"))
+        if key not in self._memo:
+            self._memo[key] = self._rights(*key)
+        return self._memo[key]
+
+    def _rights(self, device: str | None, client: str | None) -> Rights | None:
+        cfg = self.config
+        if device:
+            if device not in cfg.device_by_id:
+                return None
+            rights = combined_rights(cfg, self.reader, device, self.temp)
+        elif client == self.reader:
+            return FULL_RIGHTS  # its own softphone's calls
+        else:
+            rights = most_permissive([panel_rights(g, self.reader) for g in cfg.groups
+                                      if self.reader in g.members and client in g.members])
+        return rights if rights is not None and rights.calls else None
+
+    def render(self, entries: list[tuple[str, dict]]) -> list[dict]:
         out = []
-        for i, e in await store.read_journal(None, start, count=5000):
-            rights = self._rights(reader, e, temp)
+        for entry_id, entry in entries:
+            rights = self.rights(entry)
             if rights is not None:
-                out.append(render_entry(i, e, rights))
-        return out[-1000:]
+                out.append(render_entry(entry_id, entry, rights))
+        return out

@@ -459,6 +459,15 @@ class Store:
         return [(i, json.loads(f["e"])) for i, f in
                 await self.redis.xrange(key, min=start, count=count)]
 
+    async def read_journal_newest(self, client: str | None, highest: str = "+",
+                                  lowest: str = "-", count: int = 1000
+                                  ) -> list[tuple[str, dict]]:
+        """Like read_journal, newest first: at most `count` entries from `highest` down to
+        `lowest` (ids, inclusive; "(ID" excludes one)."""
+        key = K_JOURNAL if client is None else K_OFFLINE + client
+        return [(i, json.loads(f["e"])) for i, f in
+                await self.redis.xrevrange(key, max=highest, min=lowest, count=count)]
+
     async def offline_count(self, client: str) -> int:
         return await self.redis.xlen(K_OFFLINE + client)
 

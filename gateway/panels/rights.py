@@ -20,6 +20,7 @@ __all__ = [
     "panel_rights",
     "device_rights",
     "combined_rights",
+    "most_permissive",
     "visible_panels",
     "watchable_devices",
     "render_call",
@@ -88,11 +89,20 @@ def combined_rights(config: Config, watcher: str, device: str,
     for g in config.groups:
         if watcher in g.members and owners & set(g.members):
             found.append(panel_rights(g, watcher))
+    return most_permissive(found)
+
+
+def most_permissive(found: list[Rights]) -> Rights | None:
+    """Several rights on one thing, combined: each flag if any right gives it, the widest
+    `numbers` of the rights that show calls at all. A right with `calls = false` shows the
+    lamp only, so its `numbers` cannot add to another right's calls: `calls = false,
+    numbers = "all"` plus `numbers = "none"` shows calls without numbers. None: no right."""
     if not found:
         return None
+    with_calls = [r.numbers for r in found if r.calls]
     return Rights(
-        calls=any(r.calls for r in found),
-        numbers=max((r.numbers for r in found), key=_NUMBERS_ORDER.__getitem__),
+        calls=bool(with_calls),
+        numbers=max(with_calls, key=_NUMBERS_ORDER.__getitem__, default="none"),
         pickup=any(r.pickup for r in found),
         presence=any(r.presence for r in found),
     )

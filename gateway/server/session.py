@@ -329,6 +329,10 @@ class Session:
         me = self.svc.config().client_by_name[self.client]  # type: ignore[index]
         if req.scope == "server" and "r" not in me.journal:
             raise WireError("forbidden", "you have no right to read the server journal", req.id)
+        if req.scope == "server" and not self.svc.journal.may_read_server(me.name,
+                                                                          time.monotonic()):
+            raise WireError("rate_limited", "server journal: at most one read a second "
+                            "(a few at once): try again in a moment", req.id)
         entries = await self.svc.journal.read(me.name, req.scope, req.since,
                                              self.temp_devices())
         self.send({"type": "journal", "id": req.id, "scope": req.scope, "entries": entries})

@@ -55,6 +55,10 @@ password_hash = "{hash}"
 name = "lamp"
 journal = "r"
 password_hash = "{hash}"
+[[clients]]
+name = "mix"
+journal = "r"
+password_hash = "{hash}"
 
 [[groups]]
 name = "inbound"
@@ -66,8 +70,12 @@ members = ["alice", "bob", "full"]
 rights = {{ numbers = "all" }}
 [[groups]]
 name = "lamps"
-members = ["alice", "bob", "lamp"]
+members = ["alice", "bob", "lamp", "mix"]
 rights = {{ calls = false, numbers = "all" }}
+[[groups]]
+name = "plain"
+members = ["alice", "bob", "mix"]
+rights = {{ numbers = "none" }}
 """
 
 
@@ -176,3 +184,52 @@ async def test_own_number_in_long_form_as_caller_means_outgoing(redis_url, start
     assert call["direction"] == "out" and call["remote"] == "0307777"
     assert not any("555202" in f or "555-201" in f for f in full.raw)
     assert not any("0301234" in f or "0307777" in f for f in inb.raw)
+
+
+async def test_server_journal_honours_calls_false_and_no_combining_of_rights(
+        redis_url, start_gateway, connect, bridge):
+    gw = await start_gateway(config(redis_url))
+    b = await bridge(gw)
+    await in_service(b)
+    t0 = time.time()
+    await b.send({"device": "Line 201", "call": "1", "state": "offering", "caller": "0301111"},
+                 {"device": "Line 201", "call": "1", "state": "idle"})
+    await eventually(lambda: gw.journal.written >= 1)
+    # `lamp` is in group "lamps" only: calls = false there, so the lamp and nothing else.
+    lamp = await login(connect, gw, "lamp")
+    r = await lamp.request({"type": "journal", "scope": "server", "since": t0 - 1})
+    assert r["type"] == "journal" and r["entries"] == []
+    r = await lamp.request({"type": "journal", "scope": "server"})
+    assert r["entries"] == []
+    assert not any("0301111" in f for f in lamp.raw)
+    # `mix` sees calls without numbers (group "plain") and numbers without calls (group
+    # "lamps"): the two never add up to calls with numbers.
+    mix = await login(connect, gw, "mix")
+    r = await mix.request({"type": "journal", "scope": "server"})
+    assert [e["remote"] for e in r["entries"]] == [None]
+    assert not any("0301111" in f for f in mix.raw)
+    full = await login(connect, gw, "full")
+    r = await full.request({"type": "journal", "scope": "server"})
+    assert [e["remote"] for e in r["entries"]] == ["0301111"]
+
+
+async def test_server_journal_without_since_returns_the_newest_entries(
+        redis_url, start_gateway, connect, bridge):
+    gw = await start_gateway(config(redis_url))
+    b = await bridge(gw)
+    await in_service(b)
+    n = 5200
+    lines = []
+    for i in range(n):
+        lines.append({"device": "Line 201", "call": i, "state": "offering", "caller": f"0{i}"})
+        lines.append({"device": "Line 201", "call": i, "state": "idle"})
+    await b.send(*lines)
+    await eventually(lambda: gw.journal.written >= n, timeout=30)
+    full = await login(connect, gw, "full")
+    r = await full.request({"type": "journal", "scope": "server"}, timeout=10)
+    entries = r["entries"]
+    assert len(entries) == 1000
+    assert entries[-1]["remote"] == f"0{n - 1}"  # the newest, oldest first
+    assert entries[0]["remote"] == f"0{n - 1000}"
+    ids = [e["id"] for e in entries]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))

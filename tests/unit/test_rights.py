@@ -43,3 +43,26 @@ def test_most_permissive_right_wins_on_one_device():
     assert r.calls is True  # group b says no, group a and the monitor say yes
     assert combined_rights(CFG, "owner", "1").numbers == "all"  # own device
     assert combined_rights(CFG, "w", "2") is None  # nobody's device, no monitor right
+
+
+def test_numbers_of_a_lamp_only_right_never_add_to_another_rights_calls():
+    cfg = parse_config("""
+[sources.tapi_bridge]
+[[devices]]
+id = "1"
+[[clients]]
+name = "owner"
+devices = ["1"]
+[[clients]]
+name = "w"
+[[groups]]
+name = "lamps"
+members = ["owner", "w"]
+rights = { calls = false, numbers = "all" }
+[[groups]]
+name = "plain"
+members = ["owner", "w"]
+rights = { numbers = "none" }
+""")
+    r = combined_rights(cfg, "w", "1")
+    assert r.calls is True and r.numbers == "none"
