@@ -1,0 +1,247 @@
+"""Fuzzing of every parser at the edge (hypothesis; a few seconds each in CI).
+
+What a hostile or broken peer can send: WebSocket frames, TAPI bridge lines, AMI bytes,
+PIDF bodies. For each parser the promise is the same: it returns a value of the documented
+kind or refuses with its documented error, never anything else; and whatever it returns can
+be kept in Redis and sent on as valid JSON (finite numbers, strings that encode as UTF-8).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.calls import CallReport, ServiceReport
+from gateway.server.hub import dumps
+from gateway.server.wire import WireError, error, parse_request
+from gateway.sip.presence import PidfError, PresenceInfo, parse_pidf
+from gateway.ami.protocol import AmiMessage, AmiParser, AmiProtocolError
+from gateway.ami.translate import AmiTranslator
+from gateway.tapi.bridge import BridgeLineError, parse_line
+
+FUZZ = settings(max_examples=300, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+# Values a hostile peer puts in a field: every JSON type, odd numbers, odd strings.
+odd_strings = st.sampled_from(["", "\ud800", "a\udfffb", "x" * 200, "9" * 130, "\x00", "é",
+                               "💥", "NaN", "-1", "1e999", "true"])
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(-2**70, 2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40), odd_strings)
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                           max_leaves=12)
+# The values that broke things before, drawn often rather than by luck.
+hostile = st.sampled_from([math.nan, math.inf, -math.inf, 10**30, 2**64, -1, "\ud800",
+                           "a\udfffb", True, False, [], {}, "x" * 200, "7" * 4000, 1.5])
+field_values = st.one_of(hostile, json_values)
+
+
+def raw_json(value) -> str:
+    """What Python would write, NaN/Infinity and lone-surrogate escapes included."""
+    return json.dumps(value, allow_nan=True, ensure_ascii=True)
+
+
+def assert_sendable(obj) -> None:
+    """What a strict JSON reader at the other end would accept."""
+    text = json.dumps(obj, allow_nan=False, ensure_ascii=False)  # raises on NaN/Infinity
+    text.encode("utf-8")  # raises on a lone surrogate
+    assert dumps(obj) == json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- WebSocket requests ------------------------------------------------------------------
+
+WIRE_TYPES = ["login", "subscribe", "unsubscribe", "select_device", "softphone", "pickup",
+              "journal", "journal_ack", "presence", "nope"]
+WIRE_FIELDS = ["id", "client", "password", "token", "computer", "batch", "panel", "device",
+               "since", "call", "state", "direction", "remote", "remote_name", "link", "member",
+               "op", "scope", "upto", "status", "info", "locked"]
+
+
+@st.composite
+def wire_messages(draw) -> str:
+    msg = {k: draw(field_values) for k in draw(st.lists(st.sampled_from(WIRE_FIELDS),
+                                                         unique=True, max_size=6))}
+    if draw(st.booleans()):
+        msg["type"] = draw(st.sampled_from(WIRE_TYPES))
+    return raw_json(msg)
+
+
+def check_request(text: str) -> None:
+    try:
+        req = parse_request(text)
+    except WireError as exc:
+        assert exc.code == "bad_request"
+        assert_sendable(error(exc.code, exc.message, exc.id))
+        return
+    # An accepted request: everything in it can be stored and echoed.
+    assert_sendable({"type": "ok", "id": req.id, "req": req.model_dump(mode="json")})
+    for value in req.model_dump().values():
+        if isinstance(value, float):
+            assert math.isfinite(value)
+
+
+@FUZZ
+@given(wire_messages())
+def test_wire_requests_with_hostile_fields(text):
+    check_request(text)
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200),
+                 json_values.map(raw_json)))
+def test_wire_frames_of_anything(frame):
+    try:
+        check_request(frame)
+    except WireError as exc:  # binary frames
+        assert exc.code == "bad_request"
+
+
+# -- TAPI bridge lines -------------------------------------------------------------------
+
+LINES = {"Line 201": ("201", "201"), "202": ("202", "+49 30 555-202")}
+BRIDGE_FIELDS = ["device", "call", "state", "caller", "called", "caller_name", "called_name",
+                 "blocked", "devstate"]
+BRIDGE_STATES = ["idle", "offering", "accepted", "dialtone", "dialing", "ringback", "busy",
+                 "connected", "proceeding", "onhold", "conferenced", "onholdpendconf",
+                 "onholdpendtransfer", "disconnected", "specialinfo", "unknown", "OFFERING"]
+
+
+@st.composite
+def bridge_lines(draw) -> str:
+    msg = {k: draw(field_values) for k in draw(st.lists(st.sampled_from(BRIDGE_FIELDS),
+                                                         unique=True, max_size=8))}
+    # Mostly well-formed skeletons, so that the deeper checks are reached too.
+    if draw(st.booleans()):
+        msg["device"] = draw(st.sampled_from(list(LINES) + ["Line 999"]))
+        msg["state"] = draw(st.sampled_from(BRIDGE_STATES))
+        msg.setdefault("call", draw(st.one_of(st.text(max_size=5), st.integers(-5, 2**65),
+                                              hostile)))
+    return raw_json(msg)
+
+
+def check_line(line: str | bytes) -> None:
+    try:
+        report = parse_line(line, LINES, "tapi#1")
+    except BridgeLineError as exc:
+        assert str(exc)
+        assert len(str(exc)) < 300  # a reason, not an echo of the line
+        return
+    if report is None:
+        return
+    assert isinstance(report, (CallReport, ServiceReport))
+    raw = json.loads(line)
+    if isinstance(report, CallReport):
+        # Only the documented call ids get through: a string of 1-128 characters or an
+        # integer from 0 to 2^64-1 (never true, 1.5, or 4,000 digits).
+        call = raw["call"]
+        assert (isinstance(call, str) and 1 <= len(call) <= 128) or (
+            type(call) is int and 0 <= call <= 2**64 - 1), call
+        assert raw.get("blocked") is None or isinstance(raw["blocked"], bool)
+    assert report.device in ("201", "202")
+    if isinstance(report, CallReport):
+        assert 1 <= len(report.call) <= 128
+        for text in (report.call, report.remote, report.remote_name):
+            if text is not None:
+                text.encode("utf-8")
+        assert report.remote is None or len(report.remote) <= 64
+
+
+@FUZZ
+@given(bridge_lines())
+def test_bridge_lines_with_hostile_fields(line):
+    check_line(line)
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300)))
+def test_bridge_lines_of_anything(line):
+    check_line(line)
+
+
+# -- AMI ---------------------------------------------------------------------------------
+
+AMI_EVENTS = ["Newchannel", "Newstate", "NewConnectedLine", "Hangup", "DialBegin", "DialEnd",
+              "Hold", "Unhold", "Rename", "DeviceStateChange", "ExtensionStatus",
+              "CoreShowChannel", "CoreShowChannelsComplete", "Bogus"]
+AMI_KEYS = ["Channel", "Uniqueid", "Linkedid", "ChannelState", "ChannelStateDesc",
+            "CallerIDNum", "CallerIDName", "ConnectedLineNum", "ConnectedLineName", "Exten",
+            "Context", "DestChannel", "DestUniqueid", "DestLinkedid", "Device", "State",
+            "Status", "Newname", "DialStatus", "Hint"]
+ami_values = st.one_of(st.sampled_from(["PJSIP/201-0001", "PJSIP/202-0002", "SIP/201-1",
+                                        "1", "2", "4", "6", "Up", "Ringing", "201", "202",
+                                        "INUSE", "NOT_INUSE", "RINGING", "ONHOLD", "", "a1",
+                                        "a2", "<unknown>"]),
+                       st.text(max_size=12).filter(lambda s: "\n" not in s and "\r" not in s))
+
+
+@st.composite
+def ami_streams(draw) -> bytes:
+    out = bytearray(b"Asterisk Call Manager/5.0.1\r\n")
+    for _ in range(draw(st.integers(0, 12))):
+        if draw(st.integers(0, 9)) == 0:
+            out += draw(st.binary(max_size=60))  # garbage between messages
+            continue
+        out += f"Event: {draw(st.sampled_from(AMI_EVENTS))}\r\n".encode()
+        for key in draw(st.lists(st.sampled_from(AMI_KEYS), max_size=8)):
+            out += f"{key}: {draw(ami_values)}\r\n".encode("utf-8", "surrogatepass")
+        out += b"\r\n"
+    return bytes(out)
+
+
+@FUZZ
+@given(ami_streams(), st.lists(st.integers(1, 64), max_size=20))
+def test_ami_parser_and_translator_take_any_stream(stream, cuts):
+    parser = AmiParser(max_line=256, max_message=2048)
+    translator = AmiTranslator({"PJSIP/201": "201", "202": "202"})
+    pos = 0
+    chunks = []
+    for cut in cuts:  # the transport splits the stream anywhere
+        chunks.append(stream[pos:pos + cut])
+        pos += cut
+    chunks.append(stream[pos:])
+    for chunk in chunks:
+        for item in parser.feed(chunk):
+            assert isinstance(item, (AmiMessage, AmiProtocolError))
+            if isinstance(item, AmiMessage):
+                for report in translator.feed(item):
+                    assert report.device in ("201", "202")
+        assert len(parser._buf) <= parser.max_line + 1  # never more than one line buffered
+
+
+# -- PIDF (SIP presence bodies) ----------------------------------------------------------
+
+PIDF_PARTS = [
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    '<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:201@pbx">',
+    '<tuple id="t"><status><basic>open</basic></status></tuple>',
+    '<tuple id="t"><status><basic>closed</basic></status><note>On the phone</note></tuple>',
+    '<dm:person xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" '
+    'xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"><rpid:activities><rpid:on-the-phone/>'
+    '</rpid:activities></dm:person>',
+    "<note>Ready</note>",
+    '<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>',
+    "&lol2;",
+    '<!ENTITY xxe SYSTEM "file:///etc/passwd">',
+    "</presence>",
+    "<",
+    "&#xD800;",
+    "\x00",
+]
+
+
+@FUZZ
+@given(st.one_of(st.lists(st.sampled_from(PIDF_PARTS), max_size=10).map("".join),
+                 st.binary(max_size=300), st.text(max_size=300)))
+def test_pidf_parser_refuses_or_parses(body):
+    try:
+        info = parse_pidf(body)
+    except PidfError as exc:
+        assert str(exc)
+        return
+    assert isinstance(info, PresenceInfo)
+    assert len(info.note) <= 256
+    info.note.encode("utf-8")
