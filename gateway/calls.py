@@ -25,6 +25,9 @@ __all__ = [
     "TOMBSTONE_SECONDS",
     "REFUSED",
     "Verdict",
+    "MAX_LINE_CALLS",
+    "MAX_SOFTPHONE_CALLS",
+    "MAX_TOMBSTONES",
 ]
 
 
@@ -100,6 +103,16 @@ REFUSED: dict[tuple[Phase | None, Phase], str] = {
 # DISCONNECTED, a reordered CONNECTED) cannot bring it back.
 TOMBSTONE_SECONDS = 120.0
 
+# Bounds, so that no source or softphone can make one owner's state (and every frame that
+# carries it) grow without end. A phone line has a handful of calls at once (call waiting,
+# a conference, a few on hold); a queue line a few dozen. A new call beyond the bound is
+# refused (the adapter logs it or answers an error); calls already there go on as usual.
+MAX_LINE_CALLS = 64
+MAX_SOFTPHONE_CALLS = 16
+# Ended ids remembered per owner; beyond, the oldest are forgotten first (a late report for
+# one of those could then only come back after a flood of thousands of calls).
+MAX_TOMBSTONES = 1024
+
 _PHASE_STATE = {
     Phase.RINGING: CallState.RINGING,
     Phase.DIALING: CallState.DIALING,
@@ -159,7 +172,8 @@ class Verdict:
 
     `outcome`: "accepted" (the transitions table allows it; it may still bring nothing new),
     "out_of_order" (not in the table: changes nothing), "tombstoned" (a late word about a
-    call that ended: changes nothing) or "unknown_device" (no such device here).
+    call that ended: changes nothing), "over_limit" (a new call beyond MAX_LINE_CALLS or
+    MAX_SOFTPHONE_CALLS: changes nothing) or "unknown_device" (no such device here).
     `reason`: the words of the table (or of REFUSED) for it. `phase_from`: the call's phase
     before (None: the call was not known)."""
 
@@ -209,14 +223,21 @@ class CallTable:
     Ended calls are collected in `ended` (with their start and whether they were answered)
     until the owner of the table takes them for the journals."""
 
-    __slots__ = ("prefix", "calls", "tombstones", "_meta", "ended")
+    __slots__ = ("prefix", "max_calls", "calls", "tombstones", "_meta", "ended")
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, max_calls: int = MAX_LINE_CALLS) -> None:
         self.prefix = prefix
+        self.max_calls = max_calls
         self.calls: dict[str, Call] = {}
         self.tombstones: dict[str, float] = {}
         self._meta: dict[str, tuple[float, bool]] = {}  # key -> (start, answered)
         self.ended: list[EndedCall] = []
+
+    def refuses(self, report: CallReport) -> bool:
+        """Whether `report` would start a call beyond `max_calls` (it is then ignored)."""
+        return (len(self.calls) >= self.max_calls and report.call not in self.calls
+                and report.call not in self.tombstones
+                and report.phase in TRANSITIONS[None])
 
     def apply(self, report: CallReport, now: float) -> bool:
         """Apply one report; return True if the calls changed."""
@@ -224,6 +245,8 @@ class CallTable:
         current = self.calls.get(key)
         if current is None and key in self.tombstones:
             return False  # a late word about a call that already ended
+        if current is None and len(self.calls) >= self.max_calls:
+            return False  # one call too many: see refuses()
         phase_from = _STATE_PHASE[current.state] if current else None
         if report.phase not in TRANSITIONS[phase_from]:
             return False
@@ -232,6 +255,8 @@ class CallTable:
             start, answered = self._meta.pop(key, (ended.since, False))
             self.ended.append(EndedCall(self.prefix, ended, start, now, answered))
             self.tombstones[key] = now + TOMBSTONE_SECONDS
+            if len(self.tombstones) > MAX_TOMBSTONES:
+                del self.tombstones[next(iter(self.tombstones))]  # the oldest
             return True
         state = _PHASE_STATE[report.phase]
         if current is None:
@@ -272,6 +297,9 @@ class CallTable:
         if current is None and key in self.tombstones:
             return Verdict("tombstoned", f"call {key} already ended; a late report about it "
                            "cannot bring it back")
+        if self.refuses(report):
+            return Verdict("over_limit", f"{len(self.calls)} calls already, the most kept for "
+                           "one line or softphone: a new call is ignored")
         phase_from = _STATE_PHASE[current.state] if current else None
         reason = TRANSITIONS[phase_from].get(report.phase)
         if reason is not None:
@@ -333,6 +361,7 @@ class LineTracker:
         self._tables: dict[str, CallTable] = {}
         self._status: dict[str, DeviceStatus] = {}
         self._owner: dict[str, str] = {}  # device -> connection that last reported it
+        self._refused: list[CallReport] = []  # new calls beyond MAX_LINE_CALLS, to be logged
         for d in devices:
             self.add_device(d)
 
@@ -358,6 +387,10 @@ class LineTracker:
         if table is None:
             return []
         self._owner[report.device] = report.conn
+        if table.refuses(report):
+            if len(self._refused) < MAX_TOMBSTONES:  # bounded until the adapter takes them
+                self._refused.append(report)
+            return []
         changed = table.apply(report, now)
         if self._status[report.device] is not DeviceStatus.ONLINE:
             # A source that reports a call on a line tells us the line works.
@@ -410,6 +443,11 @@ class LineTracker:
     def tick(self, now: float) -> None:
         for table in self._tables.values():
             table.expire(now)
+
+    def take_refused(self) -> list[CallReport]:
+        """New calls refused since the last call (their device had MAX_LINE_CALLS), to log."""
+        out, self._refused = self._refused, []
+        return out
 
     def take_ended(self) -> list[EndedCall]:
         """Calls that ended since the last call, for the journals."""

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-from .calls import CallReport, CallTable
+from .calls import MAX_SOFTPHONE_CALLS, CallReport, CallTable
 from .clock import ClockSteps
 from .config import Config
+from .errors import WireError
 from .journal import Journal
 from .model import ClientState, Presence
 from .panels.engine import Engine
@@ -144,7 +145,7 @@ class Clients:
         """A call report of the client's softphone (`report.device` is the client)."""
         table = self._softphones.get(client)
         if table is None:
-            table = self._softphones[client] = CallTable(f"sp:{client}")
+            table = self._softphones[client] = CallTable(f"sp:{client}", MAX_SOFTPHONE_CALLS)
             table.load(self.current(client).softphone)
         now = time.time()
         step = self._clock.step(now, time.monotonic())
@@ -154,6 +155,9 @@ class Clients:
                     calls = other.snapshot()
                     await self._update(name, lambda s, calls=calls: replace(s, softphone=calls))
         table.expire(now)
+        if table.refuses(report):
+            raise WireError("forbidden", f"your softphone has {len(table.calls)} calls, the "
+                            "most the gateway keeps for one: end one first")
         # Applied through the recorder: the report and what became of it are kept for
         # `blf-gateway explain` and the admin view.
         sessions = self.sessions.get(client) or ()

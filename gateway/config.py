@@ -105,12 +105,25 @@ class ServerCfg(_Model):
     max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     messages_per_second: float = Field(20.0, gt=0)  # per connection, sustained
     message_burst: int = Field(60, ge=1)
+    # Per logged-in client, over all its connections in this process: opening more sockets
+    # does not buy more. Changes (softphone reports, presence, selected device) are what
+    # every watcher of the client receives, so they have a budget of their own.
+    client_messages_per_second: float = Field(40.0, gt=0)
+    client_message_burst: int = Field(120, ge=1)
+    client_changes_per_second: float = Field(5.0, gt=0)
+    client_change_burst: int = Field(30, ge=1)
     max_subscriptions: int = Field(500, ge=1)  # per connection
     login_attempts_per_minute: int = Field(20, ge=1)  # failed logins per remote address
     # Reverse proxies / load balancers whose X-Forwarded-For is believed (IPs or networks).
     trusted_proxies: list[str] = Field(default_factory=list, max_length=1000)
     token_idle_seconds: int = Field(8 * 3600, ge=60)
     queue_limit: int = Field(10000, ge=100)  # pending messages per client before cut-off
+    # A connection that has not logged in after this long is closed (a login takes one
+    # round trip; the web panel connects when its login form is sent).
+    login_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    # WebSocket connections from one address at a time: generous, so that 200 switchboards
+    # behind one NAT (a few tabs each) get in, while one host cannot hold thousands.
+    max_connections_per_address: int = Field(1000, ge=1)
 
     _v_listen = field_validator("listen")(_check_hostport)
 

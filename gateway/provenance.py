@@ -430,6 +430,7 @@ _OUTCOME_WORDS = {
     "accepted": "accepted",
     "out_of_order": "ignored, out of order",
     "tombstoned": "ignored, the call had ended",
+    "over_limit": "ignored, too many calls at once",
     "unknown_device": "ignored, unknown device",
 }
 

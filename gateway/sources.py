@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .ami.client import AmiSource
-from .calls import CallReport, LineTracker
+from .calls import MAX_LINE_CALLS, CallReport, LineTracker
 from .clock import ClockSteps
 from .config import Config, DeviceCfg, parse_hostport
 from .journal import Journal
@@ -65,6 +66,7 @@ class LineSources:
             for name in SOURCE_NAMES if getattr(cfg.sources, name) is not None}
         self.running: dict[str, LineSource] = {}
         self.bridge_tls: TlsFiles | None = None  # the bridge port's certificate, if any
+        self.calls_refused: Counter[str] = Counter()  # new calls over MAX_LINE_CALLS, by source
         self._lines_of: tuple[Config, dict[str, dict[str, tuple[str, str]]]] | None = None
 
     @property
@@ -118,6 +120,11 @@ class LineSources:
             ended = tracker.take_ended()
             if ended:
                 self.journal.record(ended)
+        for refused in tracker.take_refused():
+            self.calls_refused[source] += 1
+            log.warning("%s %s: device %s has %d calls, the most kept for a line: new call "
+                        "%.40r ignored", _LABEL[source], refused.conn, refused.device,
+                        MAX_LINE_CALLS, refused.call, extra={"source": refused.conn})
 
     def connection_lost(self, source: str, conn: str | None) -> None:
         tracker = self.trackers.get(source)

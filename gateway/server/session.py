@@ -33,6 +33,7 @@ from ..panels.rights import (
     watchable_devices,
 )
 from ..pickup import Pickups
+from ..ratelimit import KeyedBuckets, TokenBucket
 from ..store import Store
 from .guard import client_address, parse_networks
 from .hub import WRITE_HIGH_WATER, Hub, Outbox, Topic, dumps
@@ -87,6 +88,13 @@ class SessionFactory:
         self.store = store
         self.metrics = metrics
         self._proxies: tuple[tuple[str, ...], tuple] = ((), ())
+        self._per_address: dict[str, int] = {}  # open connections per remote address
+        cfg = config().server
+        # Shared by every connection of one client (see ServerCfg).
+        self.client_messages = KeyedBuckets(cfg.client_messages_per_second,
+                                            cfg.client_message_burst)
+        self.client_changes = KeyedBuckets(cfg.client_changes_per_second,
+                                           cfg.client_change_burst)
 
     def trusted_proxies(self) -> tuple:
         """`[server] trusted_proxies` as networks (parsed once per configuration)."""
@@ -100,7 +108,23 @@ class SessionFactory:
 
     async def serve(self, ws: ServerConnection) -> None:
         self.metrics["connections"] += 1
-        await self(ws).run()
+        address = ws.remote_address[0] if ws.remote_address else "?"
+        held = self._per_address.get(address, 0)
+        limit = self.config().server.max_connections_per_address
+        if held >= limit:
+            self.metrics["connections_refused"] += 1
+            log.warning("connection from %s refused: it holds %d connections already "
+                        "(server.max_connections_per_address)", address, held,
+                        extra={"source": address})
+            await ws.close(1013, "too many connections from your address: try again later")
+            return
+        self._per_address[address] = held + 1
+        try:
+            await self(ws).run()
+        finally:
+            left = self._per_address.pop(address, 1) - 1
+            if left > 0:
+                self._per_address[address] = left
 
     def revalidate(self, reshaped: set[str]) -> None:
         """After a configuration reload: every logged-in session re-checks its subscriptions
@@ -111,21 +135,8 @@ class SessionFactory:
                     session.revalidate(reshaped)
 
 
-class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up; `now` passed in."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+# Requests that change what every watcher of the client sees: their own budget per client.
+_CHANGES = (Softphone, PresenceSet, SelectDevice)
 
 
 class Session:
@@ -148,6 +159,7 @@ class Session:
         self.address = client_address(peer, forwarded, svc.trusted_proxies())
         self.closed = False
         self.password_version: str | None = None  # of the password it logged in with
+        self._closing: asyncio.Task | None = None  # the close after a login timeout
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -181,12 +193,15 @@ class Session:
             self.outbox.pending.clear()
 
     async def run(self) -> None:
+        deadline = asyncio.get_running_loop().call_later(
+            self.svc.config().server.login_timeout_seconds, self._login_timed_out)
         try:
             async for frame in self.ws:
                 await self.handle(frame)
         except ConnectionClosed:
             pass
         finally:
+            deadline.cancel()
             self.closed = True
             if self._writer is not None:
                 self._writer.cancel()
@@ -200,8 +215,17 @@ class Session:
         """Close the connection with a WebSocket close code and reason."""
         await self.ws.close(code, reason)
 
+    def _login_timed_out(self) -> None:
+        """A connection that never logged in holds memory and a slot: close it."""
+        if self.client is None and not self.closed:
+            self.svc.metrics["login_timeouts"] += 1
+            self._closing = asyncio.create_task(
+                self.ws.close(1008, "no login in time: log in right after connecting"))
+
     async def handle(self, frame: str | bytes) -> None:
-        if not self.bucket.take(time.monotonic()):
+        now = time.monotonic()
+        if not self.bucket.take(now) or (
+                self.client is not None and not self.svc.client_messages.take(self.client, now)):
             self.svc.metrics["rate_limited"] += 1
             self.send(error("rate_limited", "too many messages: slow down"))
             return
@@ -214,6 +238,10 @@ class Session:
             msg_id = req.id
             if self.client is None and not isinstance(req, Login):
                 raise WireError("unauthenticated", "log in first")
+            if isinstance(req, _CHANGES) and not self.svc.client_changes.take(self.client, now):
+                self.svc.metrics["rate_limited"] += 1
+                raise WireError("rate_limited", "too many changes (softphone, presence, "
+                                "device) from your client: slow down", req.id)
             handler = self._handlers[type(req)]
             await handler(self, req)
         except WireError as exc:

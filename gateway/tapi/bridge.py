@@ -351,7 +351,8 @@ class TapiBridgeServer:
             report = parse_line(line, self._lines, conn)
         except BridgeLineError as exc:
             self.lines_bad += 1
-            log.warning("TAPI bridge %s: line skipped: %s: %.200r", conn, exc, line)
+            log.warning("TAPI bridge %s: line skipped: %s: %.200r", conn, exc, line,
+                        extra={"source": conn})
             return
         if report is not None:
             self._device_conn[report.device] = conn
