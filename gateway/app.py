@@ -24,6 +24,7 @@ from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from . import logrepeat
 from .clients import Clients
 from .cluster import Cluster
 from .config import Config, parse_hostport
@@ -170,6 +171,8 @@ class Gateway:
 
     async def _start(self, stack: AsyncExitStack) -> None:
         """Start the parts in order; each registers its shutdown (run in reverse)."""
+        # Repeated warnings a peer can cause: a few lines per kind and source a minute.
+        self.repeats = stack.enter_context(logrepeat.installed())
         if self.embedded is not None:
             # Started on the loop's thread: the server ends with the process that runs it.
             await self.embedded.start_async()
@@ -192,7 +195,8 @@ class Gateway:
         runners = [self._renew_certificates(),
                    self.publisher.run(), self.follower.run(), self.sources.run_timers(),
                    self.journal.run(), self.cluster.run(), self.presence_import.run(),
-                   self.recorder.run(), self.auth.watch_passwords()]
+                   self.recorder.run(), self.auth.watch_passwords(),
+                   self.repeats.run()]
         if self.config_watcher is not None:
             runners.append(self.config_watcher.run())
         tasks = [asyncio.create_task(r) for r in runners]

@@ -113,7 +113,8 @@ class Auth:
                     return await self._welcome(session, req, cfg, version, None)
                 await self._reserve(session, req)
                 self._settle(address, time.monotonic(), failed=True)
-                audit.warning("login failed: client %r from %s (bad token)", name, address)
+                audit.warning("login failed: client %r from %s (bad token)", name, address,
+                              extra={"source": address})
                 raise WireError("auth_failed", FAILED, req.id)
             await self._reserve(session, req)
             ok = False
@@ -150,7 +151,7 @@ class Auth:
                 audit.warning("login failed: client %r from %s (%s)", name, address,
                               "unknown or nologin client" if cfg is None
                               else "bad password" if req.password is not None
-                              else "no password")
+                              else "no password", extra={"source": address})
                 raise WireError("auth_failed", FAILED, req.id)
             await store.release_login(name, address, remember=KNOWN_ADDRESS_SECONDS)
             assert cfg is not None
@@ -171,7 +172,8 @@ class Auth:
                 break
             waiting = self._waiting.get(address, 0)
             if verdict == "limited" or waiting >= MAX_WAITING:
-                audit.warning("login rate limit hit from %s (client %r)", address, req.client)
+                audit.warning("login rate limit hit from %s (client %r)", address, req.client,
+                              extra={"source": address})
                 raise WireError("rate_limited", "too many failed logins from this address: "
                                 "wait a minute", req.id)
             # Attempts in flight fill the limit: wait for one to be answered.
@@ -199,7 +201,8 @@ class Auth:
             self._settle(session.address, now, failed=True)
             audit.warning("login refused: client %r from %s (%s)", req.client,
                           session.address, "too many failures from this address"
-                          if verdict == "pair" else "too many failures, unknown address")
+                          if verdict == "pair" else "too many failures, unknown address",
+                          extra={"source": session.address})
             raise WireError("rate_limited", LIMITED, req.id)
 
     async def _scrypt(self, fn: Callable, *args: str):  # noqa: ANN202

@@ -182,7 +182,8 @@ class Session:
             while self.outbox.pending:
                 if self.outbox.overflowed:
                     log.warning("client %s at %s is too slow (%d frames pending): closing",
-                                self.client, self.address, len(self.outbox.pending))
+                                self.client, self.address, len(self.outbox.pending),
+                                extra={"source": self.address})
                     self.outbox.pending.clear()
                     await self.ws.close(1008, "too slow: reconnect and resume with since")
                     return

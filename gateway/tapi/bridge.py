@@ -294,7 +294,8 @@ class TapiBridgeServer:
             self._handlers.add(task)
         self.connections += 1
         self._conns[conn] = _Conn(conn, writer)
-        log.info("TAPI bridge %s connected from %s", conn, peer)
+        host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+        log.info("TAPI bridge %s connected from %s", conn, peer, extra={"source": host})
         n = 0
         try:
             while True:
@@ -308,7 +309,7 @@ class TapiBridgeServer:
                 except asyncio.LimitOverrunError:
                     self.lines_bad += 1
                     log.warning("TAPI bridge %s: line longer than %d bytes skipped",
-                                conn, self.max_line_bytes)
+                                conn, self.max_line_bytes, extra={"source": conn})
                     await self._discard_line(reader)
                     continue
                 self.feed(raw, conn)
@@ -318,7 +319,8 @@ class TapiBridgeServer:
                     # thousands (a PBX reload) must not hold up everybody else.
                     await asyncio.sleep(0)
         except (ConnectionError, OSError) as exc:
-            log.warning("TAPI bridge %s connection error: %s", conn, exc)
+            log.warning("TAPI bridge %s connection error: %s", conn, exc,
+                        extra={"source": host})
         except asyncio.CancelledError:
             pass  # the gateway is stopping
         finally:
@@ -327,7 +329,7 @@ class TapiBridgeServer:
             self._forget(conn)
             writer.close()
             log.warning("TAPI bridge %s disconnected: its devices are unknown until re-sent",
-                        conn)
+                        conn, extra={"source": host})
             self.handler.connection_lost(self.name, conn)
 
     @staticmethod
