@@ -60,7 +60,7 @@ def test_defaults():
 def test_frames_that_are_not_requests():
     assert bad(b'{"type": "journal"}') == "binary frames are not accepted: send JSON text"
     assert bad("{not json") == "not valid JSON"
-    assert bad("[" * 100000) == "not valid JSON"
+    assert bad("[" * 100000).startswith("not valid JSON")
     assert bad("[1]") == "a message must be a JSON object"
     assert bad({"id": 3}, id=3) == "missing 'type'"
     assert bad({"id": "x", "type": "dance" * 20}, id="x").startswith("unknown type 'dancedance")
