@@ -2,8 +2,9 @@
 
 A hostile or broken peer can make the same warning happen thousands of times a second (a
 brute force against logins, a bridge sending garbage): each one a line would fill the disk
-and bury everything else. :class:`Repeats` (pure: `now` passed in) decides: the first event
-of a kind from a source is logged at once; the rest within `interval` seconds are counted;
+and bury everything else. :class:`Repeats` (pure: `now` passed in) decides: the first events
+of a kind from a source are logged at once (`burst`, 3: a reconnect still shows in full);
+the rest within `interval` seconds are counted;
 when the interval is over, one summary line says how many there were and what the last one
 said. :class:`RepeatFilter` applies it to the gateway's loggers; :func:`installed` puts it
 in place for as long as a gateway runs.
@@ -26,9 +27,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["Repeats", "Summary", "RepeatFilter", "installed", "INTERVAL", "LOGGERS"]
+__all__ = ["Repeats", "Summary", "RepeatFilter", "installed", "should_log", "INTERVAL",
+           "LOGGERS"]
 
 INTERVAL = 60.0
+BURST = 3
 MAX_KINDS = 1000
 LOGGERS = ("gateway", "gateway.audit", "gateway.tapi", "gateway.session", "gateway.hub",
            "gateway.ami", "gateway.sip", "gateway.journal", "gateway.store", "gateway.pickup")
@@ -49,18 +52,21 @@ class Summary:
 
 
 class _Window:
-    __slots__ = ("start", "end", "count", "last", "level")
+    __slots__ = ("start", "end", "passed", "count", "last", "level")
 
     def __init__(self, start: float, end: float) -> None:
-        self.start, self.end, self.count, self.last, self.level = start, end, 0, "", 0
+        self.start, self.end, self.passed, self.count = start, end, 1, 0
+        self.last, self.level = "", 0
 
 
 class Repeats:
     """Which repeated events pass (pure; see the module docstring)."""
 
-    def __init__(self, interval: float = INTERVAL, max_kinds: int = MAX_KINDS) -> None:
+    def __init__(self, interval: float = INTERVAL, max_kinds: int = MAX_KINDS,
+                 burst: int = BURST) -> None:
         self.interval = interval
         self.max_kinds = max_kinds
+        self.burst = burst
         self._windows: dict[Key, _Window] = {}
 
     def admit(self, key: Key, now: float, text: str = "",
@@ -76,6 +82,9 @@ class Repeats:
             win = None
         if win is None:
             self._windows[key] = _Window(now, now + self.interval)
+            return True, summary
+        if win.passed < self.burst:
+            win.passed += 1
             return True, summary
         win.count += 1
         win.last, win.level = text, max(win.level, level)
@@ -108,9 +117,9 @@ class RepeatFilter(logging.Filter):
     """A logging filter that applies :class:`Repeats` (the clock read here)."""
 
     def __init__(self, interval: float = INTERVAL, max_kinds: int = MAX_KINDS,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, burst: int = BURST) -> None:
         super().__init__()
-        self.repeats = Repeats(interval, max_kinds)
+        self.repeats = Repeats(interval, max_kinds, burst)
         self.clock = clock
         self._lock = threading.Lock()  # logging may be called from the SIP thread
         self.suppressed = 0
@@ -128,6 +137,19 @@ class RepeatFilter(logging.Filter):
         if summary is not None:
             _emit(summary)
         return admit
+
+    def gate(self, name: str, template: str, source: str) -> bool:
+        """For a hot path, before it builds a log record at all: False (and the event
+        counted) when a line of this kind from this source would be held back anyway."""
+        key = (name, template, str(source)[:100])
+        with self._lock:
+            win = self.repeats._windows.get(key)
+            if win is None or win.passed < self.repeats.burst or self.clock() >= win.end:
+                return True  # the filter decides, with the record
+            win.count += 1
+            win.last = win.last or template  # what kind of line, if none was kept
+            self.suppressed += 1
+        return False
 
     def flush(self) -> int:
         """Log the summaries that are due; returns how many."""
@@ -172,6 +194,15 @@ def _emit(summary: Summary) -> None:
         f" from {source}" if source not in (None, "*") else
         (" from other sources" if source == "*" else ""), seconds, summary.last,
         extra={"repeat_summary": True})
+
+
+def should_log(logger: logging.Logger, template: str, source: str) -> bool:
+    """Whether a line (of `template`, from `source`) is worth building: a hot path asks
+    first, so that a flood of held-back lines costs a dict lookup each, not a log record."""
+    for f in logger.filters:
+        if isinstance(f, RepeatFilter) and not f.gate(logger.name, template, source):
+            return False
+    return True
 
 
 @contextmanager

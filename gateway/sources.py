@@ -25,6 +25,7 @@ from .clock import ClockSteps
 from .config import Config, DeviceCfg, parse_hostport
 from .journal import Journal
 from .linesource import Lines, LineSource, Report
+from .logrepeat import should_log
 from .model import Call, DeviceState, DeviceStatus
 from .panels.engine import Delta, Engine
 from .publisher import Publisher
@@ -42,6 +43,7 @@ log = logging.getLogger("gateway")
 SOURCE_NAMES = ("tapi_bridge", "ami", "sip")
 STOP_TIMEOUT = 5.0
 _LABEL = {"tapi_bridge": "TAPI bridge", "ami": "Asterisk", "sip": "SIP"}
+_REFUSED = "%s %s: device %s has %d calls, the most kept for a line: new call %.40r ignored"
 
 
 class LineSources:
@@ -122,9 +124,9 @@ class LineSources:
                 self.journal.record(ended)
         for refused in tracker.take_refused():
             self.calls_refused[source] += 1
-            log.warning("%s %s: device %s has %d calls, the most kept for a line: new call "
-                        "%.40r ignored", _LABEL[source], refused.conn, refused.device,
-                        MAX_LINE_CALLS, refused.call, extra={"source": refused.conn})
+            if should_log(log, _REFUSED, refused.conn):
+                log.warning(_REFUSED, _LABEL[source], refused.conn, refused.device,
+                            MAX_LINE_CALLS, refused.call, extra={"source": refused.conn})
 
     def connection_lost(self, source: str, conn: str | None) -> None:
         tracker = self.trackers.get(source)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
-__all__ = ["StrictJSONError", "loads", "problem", "has_lone_surrogate"]
+__all__ = ["StrictJSONError", "loads", "lenient_loads", "problem", "suspect",
+           "has_lone_surrogate"]
 
 
 class StrictJSONError(ValueError):
@@ -73,9 +75,23 @@ def lenient_loads(text: str | bytes) -> Any:
         raise StrictJSONError(f"not valid JSON{detail}") from None
 
 
+# What can make a parsed value not strict JSON: a \u escape (a lone surrogate), the
+# constants, an exponent (1e999). Text without any of them needs no walk.
+_SUSPECT = re.compile(r"\\u|NaN|Infinity|[0-9][eE]")
+
+
+def suspect(text: str) -> bool:
+    """Whether parsed `text` may hold what :func:`problem` looks for (else it cannot)."""
+    return _SUSPECT.search(text) is not None
+
+
 def loads(text: str | bytes) -> Any:
     """Parse strict JSON. Raises StrictJSONError (a ValueError) saying what is wrong."""
     value = lenient_loads(text)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")  # valid: lenient_loads decoded it already
+    if not suspect(text):
+        return value
     reason = problem(value)
     if reason is not None:
         raise StrictJSONError(reason)

@@ -135,6 +135,10 @@ class SessionFactory:
                     session.revalidate(reshaped)
 
 
+# A connection that sends this many times its rate (beyond its burst) within one second,
+# all refused, is closed: answering each with an error would cost more than it is worth.
+FLOOD_FACTOR = 10
+
 # Requests that change what every watcher of the client sees: their own budget per client.
 _CHANGES = (Softphone, PresenceSet, SelectDevice)
 
@@ -159,7 +163,8 @@ class Session:
         self.address = client_address(peer, forwarded, svc.trusted_proxies())
         self.closed = False
         self.password_version: str | None = None  # of the password it logged in with
-        self._closing: asyncio.Task | None = None  # the close after a login timeout
+        self._closing: asyncio.Task | None = None  # the close after a timeout or a flood
+        self._dropped_since, self._dropped = 0.0, 0  # messages over the limit, this second
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -216,6 +221,25 @@ class Session:
         """Close the connection with a WebSocket close code and reason."""
         await self.ws.close(code, reason)
 
+    def _flood(self, now: float) -> None:
+        """A message over the rate limit: an error for it; a connection that keeps sending
+        far over its limit (FLOOD_FACTOR times its rate within one second, beyond its
+        burst) is closed, so that its frames stop costing the gateway anything."""
+        if now - self._dropped_since >= 1.0:
+            self._dropped_since, self._dropped = now, 0
+        self._dropped += 1
+        cfg = self.svc.config().server
+        if self._dropped > FLOOD_FACTOR * cfg.messages_per_second + cfg.message_burst:
+            if self._closing is None:
+                self.svc.metrics["flood_closed"] += 1
+                log.warning("connection of %s from %s closed: %d messages over its rate "
+                            "limit within a second", self.client or "(no login)",
+                            self.address, self._dropped, extra={"source": self.address})
+                self._closing = asyncio.create_task(
+                    self.ws.close(1008, "flooding: far too many messages"))
+            return
+        self.send(error("rate_limited", "too many messages: slow down"))
+
     def _login_timed_out(self) -> None:
         """A connection that never logged in holds memory and a slot: close it."""
         if self.client is None and not self.closed:
@@ -228,7 +252,7 @@ class Session:
         if not self.bucket.take(now) or (
                 self.client is not None and not self.svc.client_messages.take(self.client, now)):
             self.svc.metrics["rate_limited"] += 1
-            self.send(error("rate_limited", "too many messages: slow down"))
+            self._flood(now)
             return
         msg_id = None
         try:

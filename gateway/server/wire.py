@@ -16,7 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from ..errors import ERROR_CODES, WireError, error
 from ..model import PRESENCE_STATUSES
-from ..strictjson import StrictJSONError, has_lone_surrogate, lenient_loads, problem
+from ..strictjson import (
+    StrictJSONError,
+    has_lone_surrogate,
+    lenient_loads,
+    problem,
+    suspect,
+)
 
 __all__ = [
     "ERROR_CODES",
@@ -216,7 +222,7 @@ def parse_request(text: str | bytes) -> Any:
         raise WireError("bad_request", "id: must be a string of at most "
                         f"{ID_MAX_CHARS} characters, an integer of at most 63 bits or a "
                         "finite number")
-    reason = problem(raw)
+    reason = problem(raw) if suspect(text) else None
     if reason is not None:
         raise WireError("bad_request", reason, msg_id)
     kind = raw.get("type")

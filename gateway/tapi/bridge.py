@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import strictjson
 from ..calls import CallReport, Phase, ServiceReport
 from ..linesource import Lines, SourceEvents
+from ..logrepeat import should_log
 from ..model import Direction
 from ..numbers import digits, own_match
 from .access import AUTH_TIMEOUT, MAX_UNAUTHENTICATED, BridgeAccess, RefusalLog
@@ -41,6 +42,7 @@ __all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer",
 
 log = logging.getLogger("gateway.tapi")
 
+_SKIPPED = "TAPI bridge %s: line skipped: %s: %.200r"
 YIELD_EVERY = 500  # bridge lines handled before the loop gets a turn for other work
 COMMAND_TIMEOUT = 10.0  # seconds a bridge has to answer a command
 MAX_PENDING = 32  # commands waiting for their result, per bridge connection
@@ -353,8 +355,8 @@ class TapiBridgeServer:
             report = parse_line(line, self._lines, conn)
         except BridgeLineError as exc:
             self.lines_bad += 1
-            log.warning("TAPI bridge %s: line skipped: %s: %.200r", conn, exc, line,
-                        extra={"source": conn})
+            if should_log(log, _SKIPPED, conn):
+                log.warning(_SKIPPED, conn, exc, line, extra={"source": conn})
             return
         if report is not None:
             self._device_conn[report.device] = conn

@@ -4,6 +4,7 @@ logged-in client are bounded, and an honest watcher keeps getting its lamps."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from conftest import eventually
@@ -176,3 +177,21 @@ async def test_rate_limits_count_all_connections_of_a_client(redis_url, start_ga
     # Another client is not affected.
     other = await login(connect, gw, "bob")
     assert (await other.request({"type": "presence", "status": "away"}))["type"] == "ok"
+
+
+async def test_a_connection_flooding_far_over_its_limit_is_closed(redis_url, start_gateway,
+                                                                 connect):
+    gw = await start_gateway(config(redis_url))
+    honest = await login(connect, gw, "inb")
+    flood = await login(connect, gw, "full")
+    frame = json.dumps({"type": "unsubscribe", "panel": "all"})
+    for _ in range(2000):
+        try:
+            await flood.ws.send(frame)
+        except Exception:  # closed under our feet: that is the point
+            break
+    code, reason = await closed_with(flood)
+    assert code == 1008 and "flooding" in reason
+    assert gw.metrics["flood_closed"] == 1
+    r = await honest.request({"type": "subscribe", "panel": "inbound"})
+    assert r["type"] == "snapshot"

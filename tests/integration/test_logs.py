@@ -35,10 +35,10 @@ async def test_a_flood_of_bad_bridge_lines_logs_a_few_lines_with_the_count(
     await b2.send("more garbage")
     await eventually(lambda: gw.bridge.lines_bad >= 2001)
     lines, _ = counted(caplog.records, "line skipped")
-    assert lines == 2  # one per connection so far
+    assert lines == 3 + 1  # the first three of the flood, the first of the other bridge
     await start_gateway.stop(gw)  # the counts held are logged at the end
     lines, events = counted(caplog.records, "line skipped")
-    assert events == 2001 and lines <= 4
+    assert events == 2001 and lines <= 6
 
 
 async def test_a_login_brute_force_writes_a_few_audit_lines_with_the_count(
@@ -51,7 +51,7 @@ async def test_a_login_brute_force_writes_a_few_audit_lines_with_the_count(
         assert r["type"] == "error"
         await c.close()
     audit = [r for r in caplog.records if r.name == "gateway.audit"]
-    assert len(audit) <= 4  # one line per kind (failed, refused) and address
+    assert len(audit) <= 3 * 3  # a few lines per kind (failed, refused, ...) and address
     assert not any("guess" in r.getMessage() for r in audit)
     await start_gateway.stop(gw)
     _, failed = counted(caplog.records, r"login (failed|refused)")
