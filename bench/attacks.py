@@ -12,6 +12,7 @@ one after the other, each beside the baseline measured first in the same run:
   with new call ids as fast as it can (the gateway keeps 16 per softphone, 5 changes a second
   per client); an observer watching the attacker's panel counts the bytes it receives;
 - bridge call flood: 30,000 call ids on one bridge line (64 kept);
+  (every attack runs in a process of its own, so its CPU is not the probe's)
 - journal reads: 20 server-journal reads a second from one client (5,000 entries there);
 - idle connections: 3,000 WebSocket connections that never log in (closed after
   `login_timeout_seconds`, 5 s here): gateway RSS before, with them, and after;
@@ -276,7 +277,17 @@ async def brute_force(gw: Gateway, seconds: float) -> dict:
     return {"attempts": attempts}
 
 
-ATTACKS = {"softphone": softphone_flood, "journal": journal_reads, "idle": idle_connections,
+async def bridge_calls(gw: Gateway, seconds: float) -> dict:
+    data = b"".join(json.dumps({"device": "flood", "call": i, "state": "offering",
+                                "caller": f"0{i}"}).encode() + b"\n" for i in range(30000))
+    w = (await asyncio.open_connection(HOST, gw.bridge))[1]
+    w.write(data)
+    await w.drain()
+    await asyncio.sleep(seconds)
+    return {}
+
+
+ATTACKS = {"bridge": bridge_calls, "softphone": softphone_flood, "journal": journal_reads, "idle": idle_connections,
            "brute": brute_force}
 
 
@@ -330,21 +341,17 @@ async def main() -> None:
                          f"{r['closed']} of 4 connections closed for flooding"))
 
             seen[0] = 0
-            w2 = (await asyncio.open_connection(HOST, gw.bridge))[1]
-            w2.write(b"".join(json.dumps({"device": "flood", "call": i, "state": "offering",
-                                          "caller": f"0{i}"}).encode() + b"\n"
-                              for i in range(30000)))
-            p50, p99 = await phase(probe)
+            r, p50, p99 = await attack("bridge", gw, probe)
             rows.append(("bridge: 30,000 call ids on one line", f"{p50:.1f} / {p99:.1f}",
                          f"the observer received {seen[0] / 1e6:.2f} MB (64 calls kept)"))
-            w2.close()
 
-            w2 = (await asyncio.open_connection(HOST, gw.bridge))[1]
-            w2.write(b"".join(
+            journal_lines = b"".join(
                 (json.dumps({"device": "desk", "call": i, "state": "offering",
                              "caller": f"0{i}"}) + "\n" + json.dumps(
                     {"device": "desk", "call": i, "state": "idle"}) + "\n").encode()
-                for i in range(5000)))
+                for i in range(5000))
+            w2 = (await asyncio.open_connection(HOST, gw.bridge))[1]
+            w2.write(journal_lines)
             await asyncio.sleep(4)
             r, p50, p99 = await attack("journal", gw, probe)
             rows.append(("20 server-journal reads/s from one client (5,000 entries)",

@@ -43,7 +43,7 @@ __all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer",
 log = logging.getLogger("gateway.tapi")
 
 _SKIPPED = "TAPI bridge %s: line skipped: %s: %.200r"
-YIELD_EVERY = 500  # bridge lines handled before the loop gets a turn for other work
+YIELD_EVERY = 100  # bridge lines handled before the loop gets a turn for other work
 COMMAND_TIMEOUT = 10.0  # seconds a bridge has to answer a command
 MAX_PENDING = 32  # commands waiting for their result, per bridge connection
 
