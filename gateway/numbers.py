@@ -8,7 +8,9 @@ number).
 
 from __future__ import annotations
 
-__all__ = ["digits", "own_match"]
+import re
+
+__all__ = ["digits", "own_match", "redact"]
 
 
 def digits(number: str | None) -> str:
@@ -28,3 +30,16 @@ def own_match(number: str | None, own_digits: str) -> int:
     if found == own_digits:
         return 2
     return 1 if len(found) > len(own_digits) and found.endswith(own_digits) else 0
+
+
+_LONG_DIGITS = re.compile(r"\d{4,}")
+_LONG_DIGITS_B = re.compile(rb"\d{4,}")
+
+
+def redact(sample: bytes | str) -> bytes | str:
+    """A peer's bad data as it may stand in a log: every run of four or more digits (a phone
+    number, perhaps one a watcher may not see) cut to its first two ("+4930555123" ->
+    "+49~"). Extensions and short ids stay readable."""
+    if isinstance(sample, bytes):
+        return _LONG_DIGITS_B.sub(lambda m: m.group()[:2] + b"~", sample)
+    return _LONG_DIGITS.sub(lambda m: m.group()[:2] + "~", sample)

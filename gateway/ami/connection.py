@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ..linesource import Report
+from ..numbers import redact
 from .protocol import AmiMessage, AmiParser, AmiProtocolError, format_action
 from .translate import AmiTranslator
 
@@ -243,7 +244,7 @@ class AmiConnection:
             if isinstance(item, AmiProtocolError):
                 self.protocol_errors += 1
                 log.warning("AMI: skipped bad data from Asterisk (%s): %r", item.reason,
-                            item.sample[:60])
+                            redact(item.sample[:60]), extra={"source": "asterisk"})
                 continue
             self._message(item, now, out, live)
             if self.state is State.CLOSED:

@@ -34,7 +34,7 @@ from ..calls import CallReport, Phase, ServiceReport
 from ..linesource import Lines, SourceEvents
 from ..logrepeat import should_log
 from ..model import Direction
-from ..numbers import digits, own_match
+from ..numbers import digits, own_match, redact
 from .access import AUTH_TIMEOUT, MAX_UNAUTHENTICATED, BridgeAccess, RefusalLog
 
 __all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer",
@@ -356,7 +356,7 @@ class TapiBridgeServer:
         except BridgeLineError as exc:
             self.lines_bad += 1
             if should_log(log, _SKIPPED, conn):
-                log.warning(_SKIPPED, conn, exc, line, extra={"source": conn})
+                log.warning(_SKIPPED, conn, exc, redact(line), extra={"source": conn})
             return
         if report is not None:
             self._device_conn[report.device] = conn

@@ -118,7 +118,14 @@ async def test_bridge_lines_with_absurd_call_ids_are_refused(redis_url, start_ga
     await b.send(*hostile)
     await eventually(lambda: gw.bridge.lines_bad - bad_before == len(hostile))
     reasons = [r.getMessage() for r in caplog.records if "line skipped" in r.getMessage()]
-    assert reasons  # the first is logged at once, the rest counted (see test_logs.py)
+    assert reasons  # the first are logged at once, the rest counted (see test_logs.py)
+    # A number in a bad line does not reach the log either (a new connection: its first
+    # bad line is logged).
+    b2 = await bridge(gw)
+    await b2.send('{"device": "Line 201", "call": "1", "state": "bogus", "caller": "+4930555123"}')
+    await eventually(lambda: gw.bridge.lines_bad - bad_before == len(hostile) + 1)
+    assert any("bogus" in r.getMessage() and "+49~" in r.getMessage() for r in caplog.records)
+    assert "555123" not in caplog.text
     assert all(len(r) < 600 for r in reasons)  # a 4,000-digit id is not logged in full
     for text in hostile:  # and each is refused with a reason that says why
         with pytest.raises(BridgeLineError):
