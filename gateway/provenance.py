@@ -368,7 +368,9 @@ def _redact_record(r: Record, numbers: str) -> Record:
 
 
 def _redact_call(c: Call, numbers: str) -> Call:
-    if (c.remote is None and c.remote_name is None) or _may_see(numbers, c.direction.value):
+    if (c.remote is None and c.remote_name is None) or (
+            _may_see(numbers, c.direction.value) and not (numbers != "all" and c.remote_out)):
+        # (A number learned as outbound information on an incoming call: "all" only.)
         return c
     return replace(c, remote=None, remote_name=None)
 

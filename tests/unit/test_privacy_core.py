@@ -122,3 +122,16 @@ def test_a_line_without_a_number_infers_nothing():
     r = parse_line('{"device": "L0", "call": "1", "state": "connected", "caller": "1", '
                    '"called": "2"}', LINES)
     assert r.direction is None and r.remote == "1"
+
+
+def test_lamp_provenance_hides_a_transfer_target_from_an_inbound_only_viewer():
+    from gateway.provenance import DeviceExplanation, redact
+
+    t = track(rep(Phase.RINGING, Direction.IN, "0301111"),
+              rep(Phase.CONNECTED, Direction.OUT, "0409999"))
+    e = DeviceExplanation("202", "", "202", "tapi_bridge", "Line 202", "busy", "online",
+                          t.state("202").calls, (), 50)
+    [shown] = redact(e, lambda kind, ident: "inbound").calls
+    assert shown.remote is None and shown.remote_name is None
+    [shown] = redact(e, lambda kind, ident: "all").calls
+    assert shown.remote == "0409999"
