@@ -52,7 +52,10 @@ ID_MAX_CHARS = 128
 ID_INT_LIMIT = 2**63
 SEQ_MAX = 2**63 - 1  # a `since` seq beyond this is not one of ours
 TIME_MAX = 253402300799.0  # 9999-12-31: a `since` time beyond this is not a time
-STREAM_ID_PART_MAX = 2**64 - 1  # a journal entry id is two unsigned 64-bit numbers
+# A journal entry id is "MS-SEQ" (Redis writes the milliseconds and a sequence); each part
+# at most 19 digits: every such number fits Redis' unsigned 64 bits, with room for one more.
+STREAM_ID_PATTERN = r"^[0-9]{1,19}(-[0-9]{1,19})?$"
+STREAM_ID_PART_MAX = 10**19 - 1
 
 MsgId = Union[Annotated[str, Field(max_length=ID_MAX_CHARS)],
               Annotated[int, Field(gt=-ID_INT_LIMIT, lt=ID_INT_LIMIT)],
@@ -121,20 +124,20 @@ class Journal(_Req):
 
 
 def stream_id(value: str | int) -> str:
-    """A journal entry id as Redis writes it ("MS-SEQ", or "MS"), each part an unsigned
-    64-bit number; anything else is not an id (checked before it reaches Redis)."""
+    """A journal entry id as Redis writes it ("MS-SEQ", or "MS"), each part at most 19
+    digits; anything else is not an id (checked before it reaches Redis)."""
     text = str(value)
     ms, dash, seq = text.partition("-")
     parts = [ms, seq] if dash else [ms]
-    if not all(p.isascii() and p.isdigit() and len(p) <= 20 and int(p) <= STREAM_ID_PART_MAX
-               for p in parts):
+    if not all(p.isascii() and p.isdigit() and len(p) <= 19 for p in parts):
         raise ValueError("must be a journal entry id, as in a `journal` reply")
     return text
 
 
 class JournalAck(_Req):
     type: Literal["journal_ack"]
-    upto: Short | Annotated[int, Field(ge=0)]
+    upto: Annotated[str, Field(pattern=STREAM_ID_PATTERN)] | Annotated[
+        int, Field(ge=0, le=STREAM_ID_PART_MAX)]
 
     @field_validator("upto", mode="after")
     @classmethod

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import secrets
 import ssl as ssl_module
@@ -367,8 +368,8 @@ class TapiBridgeServer:
     def _control(self, line: bytes, conn: str) -> bool:
         """A command's result or the bridge's hello; False: not one (a bad line)."""
         try:
-            msg = json.loads(line)
-        except (ValueError, RecursionError):
+            msg = strictjson.loads(line)
+        except strictjson.StrictJSONError:
             return False
         c = self._conns.get(conn)
         if not isinstance(msg, dict) or c is None:
@@ -378,7 +379,7 @@ class TapiBridgeServer:
             fut = c.pending.get(op) if isinstance(op, str) else None
             if fut is None or not isinstance(ok, bool):
                 log.warning("TAPI bridge %s: result for no waiting command skipped: %.200r",
-                            conn, line)
+                            conn, redact(line), extra={"source": conn})
                 return True
             error = msg.get("error")
             if not fut.done():
