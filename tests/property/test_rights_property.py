@@ -4,7 +4,7 @@ for it, whatever the configuration and the call history.
 Random configurations (devices, owners, monitor rights, groups with random rights and
 overrides) and random call histories (directions, later remote numbers, transfers, withheld
 callers, softphone reports, answers, holds, ends) go through the real core: LineTracker and
-CallTable, the Engine, the renderers and the journal filter. Every number and name a report
+CallTable, the Engine, the renderers, the journal filter and the lamp provenance's redaction. Every number and name a report
 brings is a fresh token, classed by the direction of the report that brought it (a number
 reported on an outgoing leg is outbound information, even on an incoming call). The oracle
 below is written from the rules in docs/protocol.md and docs/clients.md, not from the code:
@@ -27,6 +27,7 @@ from gateway.journal import EntryFilter, entry_of
 from gateway.model import ClientState, Direction
 from gateway.panels.engine import Engine
 from gateway.panels.rights import device_rights, panel_rights, render_device, render_member
+from gateway.provenance import DeviceExplanation, redact
 from gateway.tapi.bridge import BridgeLineError, parse_line
 
 DEVICES = ["d1", "d2", "d3"]
@@ -193,6 +194,15 @@ def test_no_watcher_ever_sees_a_number_it_may_not(cfg, steps):
                         "all" if m.clip else "none" for m in me.monitor if m.device == delta.key)
                     text = json.dumps(render_device(delta.view, rights))
                     assert not oracle.allowed(text, level), (w, delta.key, text)
+                # The lamp's provenance (the admin view, `explain`) for a viewer at each
+                # level shows no more than the frames do.
+                for level in NUMBERS:
+                    e = DeviceExplanation(delta.key, "", "", "tapi_bridge", delta.key,
+                                          delta.view.lamp.value, "online", delta.view.calls,
+                                          (), 0)
+                    shown = redact(e, lambda kind, ident, level=level: level)
+                    text = json.dumps([[c.remote, c.remote_name] for c in shown.calls])
+                    assert not oracle.allowed(text, level), (level, text)
     # Every journal reply any reader would get.
     for reader in CLIENTS:
         shown = EntryFilter(cfg, reader).render(journal)
