@@ -4,8 +4,8 @@ for it, whatever the configuration and the call history.
 Random configurations (devices, owners, monitor rights, groups with random rights and
 overrides) and random call histories (directions, later remote numbers, transfers, withheld
 callers, softphone reports, answers, holds, ends) go through the real core: LineTracker and
-CallTable, the Engine, the renderers, the journal filter and the lamp provenance's redaction. Every number and name a report
-brings is a fresh token, classed by the direction of the report that brought it (a number
+CallTable, the Engine, the renderers, the journal filter and the lamp provenance's
+redaction. Every number and name a report brings is a fresh token, classed by the direction of the report that brought it (a number
 reported on an outgoing leg is outbound information, even on an incoming call). The oracle
 below is written from the rules in docs/protocol.md and docs/clients.md, not from the code:
 - `numbers = "none"`, or no calls right: no token at all;
