@@ -53,6 +53,15 @@ class KeyedBuckets:
             self._buckets.move_to_end(key)
         return bucket.take(now, cost)
 
+    def configure(self, rate: float, burst: float) -> None:
+        """New limits (a configuration reload), for the buckets there are too."""
+        if (rate, burst) == (self.rate, self.burst):
+            return
+        self.rate, self.burst = rate, burst
+        for bucket in self._buckets.values():
+            bucket.rate, bucket.burst = rate, burst
+            bucket.tokens = min(bucket.tokens, burst)
+
     def retry_after(self, key: str) -> float:
         bucket = self._buckets.get(key)
         return 0.0 if bucket is None else bucket.retry_after()

@@ -128,7 +128,11 @@ class SessionFactory:
 
     def revalidate(self, reshaped: set[str]) -> None:
         """After a configuration reload: every logged-in session re-checks its subscriptions
-        (`reshaped`: panels whose members changed)."""
+        (`reshaped`: panels whose members changed). Changed per-client limits apply at
+        once."""
+        cfg = self.config().server
+        self.client_messages.configure(cfg.client_messages_per_second, cfg.client_message_burst)
+        self.client_changes.configure(cfg.client_changes_per_second, cfg.client_change_burst)
         for subs in list(self.clients.sessions.values()):
             for session in list(subs):
                 if isinstance(session, Session):
