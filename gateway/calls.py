@@ -210,9 +210,10 @@ def _learn_remote(call: Call, report: CallReport) -> Call:
         call = replace(call, remote_name=report.remote_name)
     elif report.remote is None and report.remote_name is None:
         return call  # nothing told about the far party
-    if dialled and call.remote is not None and not call.remote_out:
-        # The same number (or a new name for it) now also reported as dialled: it is
-        # outbound information too, and the stricter rule applies from now on.
+    if dialled and (call.remote is not None or call.remote_name is not None) \
+            and not call.remote_out:
+        # The same number, or a name (with or without a number), now also reported as
+        # dialled: it is outbound information too, and the stricter rule applies from now on.
         call = replace(call, remote_out=True)
     return call
 

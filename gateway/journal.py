@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 
@@ -94,6 +95,8 @@ class Journal:
         self.spooled = 0  # entries kept in the spool since the start
         self.dropped = 0  # entries lost: no Redis, no spool, memory bound reached
         self._read_buckets = KeyedBuckets(READS_PER_SECOND, READ_BURST, max_keys=10_000)
+        # (highest, lowest, count) -> (until, entries written by us then, the page)
+        self._pages: dict[tuple[str, str, int], tuple[float, int, list]] = {}
 
     # -- writing ------------------------------------------------------------------------
 
@@ -228,6 +231,22 @@ class Journal:
         its connections together) gets READS_PER_SECOND, READ_BURST at once."""
         return self._read_buckets.take(reader, now)
 
+    async def _page(self, highest: str, lowest: str, count: int) -> list[tuple[str, dict]]:
+        """One page of the server journal, newest first. Pages are shared by every reader
+        for PAGE_CACHE_SECONDS (many switchboards opening their journal at once cost one
+        read); an entry this process writes is seen at once, one another process writes
+        within that time."""
+        now = time.monotonic()
+        key = (highest, lowest, count)
+        hit = self._pages.get(key)
+        if hit is not None and hit[0] > now and hit[1] == self.written:
+            return hit[2]
+        page = await self.store.read_journal_newest(None, highest, lowest, count=count)
+        self._pages[key] = (now + PAGE_CACHE_SECONDS, self.written, page)
+        while len(self._pages) > PAGE_CACHE_SIZE:
+            del self._pages[next(iter(self._pages))]  # the oldest
+        return page
+
     async def read(self, reader: str, scope: str, since: float | None,
                    temp: tuple[str, ...] = ()) -> list[dict]:
         store = self.store
@@ -244,8 +263,7 @@ class Journal:
         visible = EntryFilter(self._config(), reader, temp)
         scanned = 0
         while scanned < SCAN_BUDGET and len(out) < READ_LIMIT:
-            page = await store.read_journal_newest(None, highest, lowest,
-                                                   count=min(PAGE, SCAN_BUDGET - scanned))
+            page = await self._page(highest, lowest, min(PAGE, SCAN_BUDGET - scanned))
             scanned += len(page)
             out.extend(visible.render(page))
             if len(page) < PAGE:
@@ -257,6 +275,8 @@ class Journal:
 
 
 READ_LIMIT = 1000  # entries in one `journal` reply
+PAGE_CACHE_SECONDS = 1.0  # a server-journal page read is shared this long
+PAGE_CACHE_SIZE = 16  # pages kept (each at most PAGE entries)
 SCAN_BUDGET = 5000  # entries one read looks at, at most
 PAGE = 1000
 READS_PER_SECOND = 1.0  # server-journal reads per client, sustained

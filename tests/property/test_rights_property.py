@@ -157,10 +157,13 @@ def test_no_watcher_ever_sees_a_number_it_may_not(cfg, steps):
         remote = {"fresh": oracle.fresh("num"), "none": None,
                   "same": current.remote if current else None}[step["remote"]]
         name = oracle.fresh("name") if step["name"] else None
-        if effective is Direction.OUT:
-            oracle.outbound.update(t for t in (remote, name) if t)
         report = CallReport(owner, step["call"], step["phase"], direction, remote, name,
                             withheld=step["withheld"])
+        # A report the transitions table refuses (late, garbled) teaches nothing; one it
+        # takes with an outbound direction makes what it carries outbound information.
+        verdict = (tables[owner] if step["softphone"] else tracker).judge(report)
+        if effective is Direction.OUT and verdict.accepted:
+            oracle.outbound.update(t for t in (remote, name) if t)
         seq += 1
         if step["softphone"]:
             tables[owner].apply(report, now)

@@ -135,3 +135,11 @@ def test_lamp_provenance_hides_a_transfer_target_from_an_inbound_only_viewer():
     assert shown.remote is None and shown.remote_name is None
     [shown] = redact(e, lambda kind, ident: "all").calls
     assert shown.remote == "0409999"
+
+
+def test_a_name_alone_reported_as_dialled_is_outbound_information_too():
+    t = track(rep(Phase.RINGING, Direction.IN),
+              rep(Phase.CONNECTED, Direction.OUT, None, "Transfer Target Ltd"))
+    c = the_call(t)
+    assert c.remote_name == "Transfer Target Ltd" and c.remote_out
+    assert render_call(c, INBOUND)["remote_name"] is None
