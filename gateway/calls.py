@@ -252,7 +252,9 @@ class CallTable:
         if report.phase not in TRANSITIONS[phase_from]:
             return False
         if report.phase is Phase.ENDED:
-            ended = self.calls.pop(key)
+            # What the last report says of the far party counts for the journals too (a
+            # number it reports as dialled stays hidden from inbound-only readers).
+            ended = _learn_remote(self.calls.pop(key), report)
             start, answered = self._meta.pop(key, (ended.since, False))
             self.ended.append(EndedCall(self.prefix, ended, start, now, answered))
             self.tombstones[key] = now + TOMBSTONE_SECONDS

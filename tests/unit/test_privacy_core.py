@@ -143,3 +143,12 @@ def test_a_name_alone_reported_as_dialled_is_outbound_information_too():
     c = the_call(t)
     assert c.remote_name == "Transfer Target Ltd" and c.remote_out
     assert render_call(c, INBOUND)["remote_name"] is None
+
+
+def test_the_end_of_a_call_reporting_its_number_as_dialled_keeps_it_from_the_journal():
+    t = track(rep(Phase.RINGING, Direction.IN, "0301111"),
+              rep(Phase.ENDED, Direction.OUT, "0301111"))
+    [ended] = t.take_ended()
+    entry = entry_of(ended, "202", None)
+    assert render_entry("1-0", entry, INBOUND)["remote"] is None
+    assert render_entry("1-0", entry, ALL)["remote"] == "0301111"
