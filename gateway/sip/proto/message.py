@@ -377,6 +377,8 @@ class StreamFramer:
             m = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", head)
             if m is None:
                 raise SipParseError("no Content-Length on a stream transport")
+            if len(m.group(1)) > 9:  # (int() of thousands of digits would not even parse)
+                raise SipParseError("Content-Length too large for a message")
             total = end + 4 + int(m.group(1))
             if total > self._max:
                 raise SipParseError(f"message of {total} bytes is too large")
