@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .. import strictjson
 
 __all__ = ["BridgeAccess", "RefusalLog", "SecretFile", "load_secret", "AUTH_TIMEOUT",
            "MAX_UNAUTHENTICATED"]
@@ -104,8 +105,8 @@ class BridgeAccess:
         if self.secret is None:
             return None
         try:
-            msg = json.loads(line)
-        except (ValueError, RecursionError):
+            msg = strictjson.loads(line)  # (a lone surrogate could not be compared)
+        except strictjson.StrictJSONError:
             return "the first line is not {\"auth\": ...}"
         if not isinstance(msg, dict) or set(msg) != {"auth"} or not isinstance(msg["auth"], str):
             return "the first line is not {\"auth\": ...}"

@@ -245,3 +245,19 @@ def test_pidf_parser_refuses_or_parses(body):
     assert isinstance(info, PresenceInfo)
     assert len(info.note) <= 256
     info.note.encode("utf-8")
+
+
+# -- the bridge's auth line --------------------------------------------------------------
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=200),
+                 st.dictionaries(st.sampled_from(["auth", "x"]), field_values,
+                                 max_size=2).map(lambda d: raw_json(d).encode())))
+def test_bridge_auth_line_is_refused_with_a_reason_or_taken(line):
+    from gateway.tapi.access import BridgeAccess
+
+    access = BridgeAccess.build(b"a-shared-secret-of-some-length", [])
+    reason = access.check_auth(line)
+    assert reason is None or (isinstance(reason, str) and "a-shared-secret" not in reason)
+    if reason is None:
+        assert json.loads(line) == {"auth": "a-shared-secret-of-some-length"}
