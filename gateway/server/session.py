@@ -108,7 +108,8 @@ class SessionFactory:
 
     async def serve(self, ws: ServerConnection) -> None:
         self.metrics["connections"] += 1
-        address = ws.remote_address[0] if ws.remote_address else "?"
+        session = self(ws)
+        address = session.address  # the client's address, as the session resolved it
         held = self._per_address.get(address, 0)
         limit = self.config().server.max_connections_per_address
         if held >= limit:
@@ -120,7 +121,7 @@ class SessionFactory:
             return
         self._per_address[address] = held + 1
         try:
-            await self(ws).run()
+            await session.run()
         finally:
             left = self._per_address.pop(address, 1) - 1
             if left > 0:
