@@ -126,6 +126,14 @@ class Status:
             f"blf_config_reloads_total {m['config_reloads']}",
             "# TYPE blf_rate_limited_total counter",
             f"blf_rate_limited_total {m['rate_limited']}",
+            # Connections closed for flooding, for never logging in; refused as one too many
+            # from their address (docs/reliability.md).
+            "# TYPE blf_flood_closed_total counter",
+            f"blf_flood_closed_total {m['flood_closed']}",
+            "# TYPE blf_login_timeouts_total counter",
+            f"blf_login_timeouts_total {m['login_timeouts']}",
+            "# TYPE blf_connections_refused_total counter",
+            f"blf_connections_refused_total {m['connections_refused']}",
             "# TYPE blf_redis_latency_seconds gauge",
             f"blf_redis_latency_seconds {self.cluster.redis_latency:.6f}",
             "# TYPE blf_source_up gauge",

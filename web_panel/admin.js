@@ -170,7 +170,10 @@ export class AdminView {
     $('admin-limits-summary').textContent =
       `${rl.messages_per_second} messages/s per connection (burst ${rl.burst}), ` +
       `${rl.login_attempts_per_minute} login attempts/min per address; ` +
-      `${rl.rate_limited_total} message(s) refused as too many so far.`;
+      `${rl.client_messages_per_second} messages/s and ${rl.client_changes_per_second} changes/s per client; ` +
+      `${rl.rate_limited_total} message(s) refused as too many so far; ` +
+      `connections closed: ${rl.flood_closed_total} for flooding, ${rl.login_timeouts_total} for no login in ` +
+      `${rl.login_timeout_seconds} s, ${rl.connections_refused_total} refused (over ${rl.max_connections_per_address} from one address).`;
     const rows = [
       ...rl.login_attempts.map((a) => ({ who: a.address, what: 'failed logins, last minute', n: a.last_minute, limited: a.limited })),
       ...rl.failed_logins.map((f) => ({ who: f.client, what: 'failed logins (5 min window)', n: f.failures, limited: f.failures >= 10 })),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 
 from conftest import eventually
 from test_privacy import config, in_service
@@ -71,6 +72,9 @@ async def test_connections_per_address_are_capped(redis_url, start_gateway, conn
         assert r["code"] == "bad_request"
     await conns[0].close()
     assert gw.metrics["connections_refused"] == 1
+    metrics = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{gw.ws_port}/metrics").read())
+    assert b"blf_connections_refused_total 1\n" in metrics  # what an operator alerts on
     again = None
     for _ in range(50):  # once the closed one is gone, a new connection is taken again
         again = await connect(gw)
