@@ -13,9 +13,16 @@ import re
 __all__ = ["digits", "own_match", "redact"]
 
 
+_NOT_ASCII_DIGITS = re.compile(r"[^0-9]+")
+
+
 def digits(number: str | None) -> str:
     """The digits of `number` without leading zeros; "" for None or no digits."""
-    return "".join(ch for ch in number or "" if ch.isdigit()).lstrip("0")
+    if not number:
+        return ""
+    if number.isascii():  # the usual case, on every bridge line: one regex pass
+        return _NOT_ASCII_DIGITS.sub("", number).lstrip("0")
+    return "".join(ch for ch in number if ch.isdigit()).lstrip("0")
 
 
 def own_match(number: str | None, own_digits: str) -> int:

@@ -60,6 +60,24 @@ def problem(value: Any) -> str | None:
 def lenient_loads(text: str | bytes) -> Any:
     """Python's JSON reading (bytes decoded as strict UTF-8 first); StrictJSONError if it
     cannot be read at all. Follow with :func:`problem` before keeping or echoing anything."""
+    return _load(text)[0]
+
+
+def _not_json(name: str) -> Any:
+    raise StrictJSONError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise StrictJSONError(f"number {text[:20]} is too large")
+    return value
+
+
+_STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+
+
+def _load(text: str | bytes, strict: bool = False) -> tuple[Any, str]:
     if isinstance(text, bytes):
         # json.loads(bytes) would let UTF-8-encoded surrogates through: decode strictly.
         try:
@@ -67,7 +85,11 @@ def lenient_loads(text: str | bytes) -> Any:
         except UnicodeDecodeError:
             raise StrictJSONError("not valid UTF-8") from None
     try:
-        return json.loads(text)
+        if strict:  # the hooks run only for the rare floats and constants
+            return _STRICT.decode(text), text
+        return json.loads(text), text
+    except StrictJSONError:
+        raise
     except RecursionError:
         raise StrictJSONError("not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, or an integer over Python's digit limit
@@ -87,12 +109,10 @@ def suspect(text: str) -> bool:
 
 def loads(text: str | bytes) -> Any:
     """Parse strict JSON. Raises StrictJSONError (a ValueError) saying what is wrong."""
-    value = lenient_loads(text)
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")  # valid: lenient_loads decoded it already
-    if not suspect(text):
-        return value
-    reason = problem(value)
-    if reason is not None:
-        raise StrictJSONError(reason)
+    value, decoded = _load(text, strict=True)
+    # Numbers were checked as they were read; only a \u escape can make a lone surrogate.
+    if "\\u" in decoded:
+        reason = problem(value)
+        if reason is not None:
+            raise StrictJSONError(reason)
     return value

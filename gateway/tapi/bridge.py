@@ -137,12 +137,14 @@ def parse_line(
     phase, direction = TAPI_PHASES[state]
     device_id, own_number = target
     own = digits(own_number)
-    caller_own, called_own = own_match(msg.caller, own), own_match(msg.called, own)
-    if direction is None and caller_own != called_own:
+    caller_own = 0
+    if direction is None:
         # A state that does not say the direction (connected, held: a re-sync, an answer,
         # a transfer): the side our own number is on does. Called is us: incoming; caller
         # is us (in any form, see gateway.numbers.own_match): outgoing.
-        direction = Direction.IN if called_own > caller_own else Direction.OUT
+        caller_own, called_own = own_match(msg.caller, own), own_match(msg.called, own)
+        if caller_own != called_own:
+            direction = Direction.IN if called_own > caller_own else Direction.OUT
     if direction is Direction.OUT:
         remote, remote_name = msg.called, msg.called_name
     elif direction is Direction.IN:
