@@ -65,14 +65,15 @@ class GatewayDirectory:
         return target in cfg.device_by_id or target in cfg.client_by_name
 
     def rights(self, client: str, target: str) -> Rights | None:
-        """A desk phone sees what its client may see: its own and monitored devices and the
+        """A desk phone sees what its client may see: its own devices (main, and the
+        hot-desk devices it holds now, with the same full rights), monitored devices and the
         devices of members of its visible panels (combined_rights), those members (the
         rights of its visible panels that show them), and itself."""
         cfg = self._config()
         if client not in cfg.client_by_name:
             return None
         if target in cfg.device_by_id:
-            return combined_rights(cfg, client, target)
+            return combined_rights(cfg, client, target, self.temp_devices(client))
         if target not in cfg.client_by_name:
             return None
         if target == client:
@@ -86,6 +87,10 @@ class GatewayDirectory:
                       numbers=max((r.numbers for r in found), key=_NUMBERS.__getitem__),
                       pickup=any(r.pickup for r in found),
                       presence=any(r.presence for r in found))
+
+    def temp_devices(self, client: str) -> tuple[str, ...]:
+        """The hot-desk devices `client` holds now (its login computer's device)."""
+        return self._engine().client_state(client).temp_devices
 
     def list_members(self, client: str, target: str) -> list[str] | None:
         """A resource list (a Yealink "BLF List") is one of the client's visible panels:
@@ -156,6 +161,9 @@ class SipService:
         self.publisher = None  # PUBLISH to a presence server (SipPublisher)
         self._ha1: dict[str, str] = {}
         self._refresh: asyncio.Task | None = None
+        # Hot-desk devices per client as last seen: a change (login at another desk, logout)
+        # re-checks the live subscriptions, since a phone's rights follow them.
+        self._desks: dict[str, tuple[str, ...]] = {}
         self.directory = GatewayDirectory(config, engine, self._ha1)
 
     async def start(self) -> None:
@@ -307,11 +315,27 @@ class SipService:
 
     def lamps_changed(self, deltas: Iterable[Delta]) -> None:
         """Engine deltas: NOTIFY the desk phones that see a difference."""
+        deltas = list(deltas)
         keys = {d.key for d in deltas}
         if self.blf_server is not None:
             self.blf_server.changed(keys)
+            if self._desks_moved(d.key for d in deltas if d.kind == "member"):
+                self.blf_server.recheck()
         if self.publisher is not None:
             self.publisher.changed(keys)
+
+    def _desks_moved(self, clients: Iterable[str]) -> bool:
+        """Whether a client's hot-desk devices changed (its member view changed with them)."""
+        moved = False
+        for client in clients:
+            now = self.directory.temp_devices(client)
+            if self._desks.get(client, ()) != now:
+                moved = True
+                if now:
+                    self._desks[client] = now
+                else:
+                    self._desks.pop(client, None)
+        return moved
 
     # -- digest credentials -----------------------------------------------------------------
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("sipp") is None,
                                 reason="sipp is not installed (apt-get install sip-tester)")
 
 SIPDIR = Path(__file__).resolve().parents[1] / "sip"
-ALICE_PW, BOB_PW = "s3cret-desk", "hunter2-desk"
+ALICE_PW, BOB_PW, CAROL_PW = "s3cret-desk", "hunter2-desk", "carol-hot-desk"
 
 
 def scenario(name: str) -> str:
@@ -44,6 +44,13 @@ number = "201"
 [[devices]]
 id = "202"
 number = "202"
+[[devices]]
+id = "203"
+number = "203"
+computer = "DESK-3"
+[[clients]]
+name = "carol"
+devices_by_computer = true
 [[clients]]
 name = "alice"
 devices = ["201"]
@@ -68,7 +75,7 @@ class Gateway:
         self.writer: asyncio.StreamWriter | None = None
 
     async def passwords(self) -> None:
-        for client, pw in (("alice", ALICE_PW), ("bob", BOB_PW)):
+        for client, pw in (("alice", ALICE_PW), ("bob", BOB_PW), ("carol", CAROL_PW)):
             r = await asyncio.to_thread(cli, "password", client, "--config", str(self.cfg),
                                         "--stdin", stdin=pw + "\n")
             assert r.returncode == 0, r.stderr
@@ -126,7 +133,7 @@ async def gateway(tmp_path, redis_url):
     if gw.proc is not None and gw.proc.returncode is None:
         assert await gw.stop() == 0, gw.out[-3000:]
     print(gw.out[-3000:])
-    assert ALICE_PW not in gw.out and BOB_PW not in gw.out
+    assert ALICE_PW not in gw.out and BOB_PW not in gw.out and CAROL_PW not in gw.out
 
 
 class Sipp:
@@ -176,6 +183,19 @@ async def until(pred, timeout=20.0, what="condition"):
         await asyncio.sleep(0.05)
 
 
+def dialog_fetch(client: str, password: str) -> str:
+    """A one-off query (Expires: 0) of a target's dialog state by `client`'s phone."""
+    text = scenario("deskphone_fetch.xml")
+    text = (text.replace("Event: presence", "Event: dialog")
+                .replace("application/pidf+xml", "application/dialog-info+xml")
+                .replace(f"username=alice password={ALICE_PW}",
+                         f"username={client} password={password}")
+                .replace("sip:alice@", f"sip:{client}@"))
+    text = re.sub(r'\n *<ereg regexp="&lt;(note|basic)[^\n]*/>', "", text)
+    return text.replace('<Reference variables="end,note,open"/>',
+                        '<Reference variables="end"/>')
+
+
 def dialog_scenario() -> str:
     # The standalone scenario puts the call on hold; here the bridge line answers it instead,
     # so the second NOTIFY is `confirmed` without the hold parameter.
@@ -208,16 +228,7 @@ async def test_caller_number_only_where_the_client_may_see_it(gateway, tmp_path)
                    "caller_name": "Eve"})
     await gw.lamp("201", "ringing")
     # A fetch of 201's dialog state by bob (group right numbers = "none").
-    text = scenario("deskphone_fetch.xml")
-    text = (text.replace("Event: presence", "Event: dialog")
-                .replace("application/pidf+xml", "application/dialog-info+xml")
-                .replace(f"username=alice password={ALICE_PW}",
-                         f"username=bob password={BOB_PW}")
-                .replace("sip:alice@", "sip:bob@"))
-    text = re.sub(r'\n *<ereg regexp="&lt;(note|basic)[^\n]*/>', "", text)
-    text = text.replace('<Reference variables="end,note,open"/>',
-                        '<Reference variables="end"/>')
-    phone = await Sipp(tmp_path, "bob", text).start(gw.sip)
+    phone = await Sipp(tmp_path, "bob", dialog_fetch("bob", BOB_PW)).start(gw.sip)
     await phone.finish()
     (notify,) = phone.notifies()
     assert "<state>early</state>" in notify and 'direction="recipient"' in notify
@@ -258,3 +269,47 @@ async def test_blf_list_of_a_panel(gateway, tmp_path):
     (notify,) = phone.notifies()
     # bob's call through the panel's rights (numbers = "none"): the state, never the number.
     assert "0309999" not in notify
+
+
+async def test_hot_desk_device_is_seen_by_the_holders_desk_phone(gateway, tmp_path):
+    """A client's hot-desk device (the one of the computer it logged in at) is its own for
+    as long as it holds it: its desk phone's BLF key shows it like a main device (caller's
+    number included), before the login and after the logout it is refused."""
+    import websockets
+
+    gw = gateway
+    await gw.send({"device": "203", "devstate": "inservice"},
+                  {"device": "203", "call": "7", "state": "offering", "caller": "0309876",
+                   "caller_name": "Mallory"})
+
+    async def fetch(name: str) -> tuple[int, list[str], str]:
+        phone = Sipp(tmp_path, name, dialog_fetch("carol", CAROL_PW))
+        await phone.start(gw.sip, target="203")
+        assert phone.proc is not None
+        rc = await asyncio.wait_for(phone.proc.wait(), 60)
+        log = (phone.dir / "msg.log").read_text(errors="replace")
+        return rc, phone.notifies(), log
+
+    rc, notifies, log = await fetch("before")
+    assert rc != 0 and notifies == [] and "SIP/2.0 403" in log, "not carol's device yet"
+
+    async with websockets.connect(f"ws://127.0.0.1:{gw.ws}/ws") as ws:
+        await ws.send(json.dumps({"type": "login", "id": 1, "client": "carol",
+                                  "password": CAROL_PW, "computer": "desk-3"}))
+        while (m := json.loads(await asyncio.wait_for(ws.recv(), 20))).get("id") != 1:
+            pass
+        assert {"id": "203", "temporary": True}.items() <= m["devices"][0].items()
+        rc, notifies, log = await fetch("held")
+        assert rc == 0, log[-2000:]
+        (notify,) = notifies
+        # Full rights as on a main device: the ringing call with its caller.
+        assert "<state>early</state>" in notify and 'direction="recipient"' in notify
+        assert "sip:0309876@" in notify and 'display="Mallory"' in notify
+
+    # Logged out: the device is no longer carol's (the logout reaches the engine via Redis).
+    for attempt in range(20):
+        rc, notifies, log = await fetch(f"after-{attempt}")
+        if rc != 0:
+            break
+        await asyncio.sleep(0.25)
+    assert rc != 0 and notifies == [] and "SIP/2.0 403" in log
