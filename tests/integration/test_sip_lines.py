@@ -46,8 +46,9 @@ async def watch(tmp_path):
     server = BlfServer(Nobody(), udp="127.0.0.1:0")
     await server.start()
 
-    async def start(steps, *, device="201", event="presence", keys=None, **options):
-        pbx = Pbx(tmp_path, steps, user=device, keys=keys).start()
+    async def start(steps, *, device="201", event="presence", keys=None, transport="udp",
+                    **options):
+        pbx = Pbx(tmp_path, steps, user=device, keys=keys, transport=transport).start()
         lamps = Lamps([device])
         options = {"backoff_initial": 0.3, "backoff_max": 2.0, **options}
         source = SipLineSource(server.agent, {pbx.uri: WatchLine(pbx.uri, device, event)},
@@ -64,8 +65,10 @@ async def watch(tmp_path):
     await server.stop(grace=0.2)
 
 
-async def test_presence_notifies_drive_the_device_lamp(watch):
-    lamps, _ = await watch(sc.STANDARD["flow"])
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_presence_notifies_drive_the_device_lamp(watch, transport):
+    # Over TCP the PBX's NOTIFYs come back on the connection the gateway opened.
+    lamps, _ = await watch(sc.STANDARD["flow"], transport=transport)
     await until(lambda: len(lamps.history["201"]) >= 5, what="five lamp changes")
     assert lamps.history["201"] == [Lamp.IDLE, Lamp.RINGING, Lamp.BUSY, Lamp.HELD, Lamp.IDLE]
     assert all(r.conn == "sip:201" for r in lamps.reports)
@@ -98,13 +101,14 @@ async def test_terminated_subscription_makes_the_lamp_unknown_then_resubscribes(
     assert lamps.source.lines()[0].attempts >= 2
 
 
-async def test_server_that_forgot_us_is_noticed_at_the_next_probe(watch):
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_server_that_forgot_us_is_noticed_at_the_next_probe(watch, transport):
     # A presence server restarted without its subscriptions answers the refresh 481; the
     # probe refreshes every 0.5 s here (10 s by default) instead of at the end of 600 s.
     steps = [sc.answer(), sc.notify("On the phone"), sc.respond_refresh(481),
              sc.pause(100000)]
     loop = asyncio.get_running_loop()
-    lamps, _ = await watch(steps, probe=0.5)
+    lamps, _ = await watch(steps, probe=0.5, transport=transport)
     await until(lambda: lamps.history["201"] == [Lamp.BUSY], what="busy")
     started = loop.time()
     # The second dialog of the scenario starts from its beginning: answer + On the phone.
@@ -139,14 +143,15 @@ def dialog(state: str, direction: str = "recipient", hold: bool = False) -> str:
             f"{local}</dialog>\n")
 
 
-async def test_dialog_lines_carry_direction_number_and_call_id(watch):
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_dialog_lines_carry_direction_number_and_call_id(watch, transport):
     steps = [sc.answer(),
              sc.notify_dialog(DIALOG.format(v=0, dialogs="")), sc.pause(150),
              sc.notify_dialog(DIALOG.format(v=1, dialogs=dialog("early"))), sc.pause(150),
              sc.notify_dialog(DIALOG.format(v=2, dialogs=dialog("confirmed"))), sc.pause(150),
              sc.notify_dialog(DIALOG.format(v=3, dialogs=dialog("confirmed", hold=True))),
              sc.pause(150), sc.notify_dialog(DIALOG.format(v=4, dialogs=""))]
-    lamps, _ = await watch(steps, event="dialog")
+    lamps, _ = await watch(steps, event="dialog", transport=transport)
     await until(lambda: len(lamps.history["201"]) >= 5, what="five lamp changes")
     assert lamps.history["201"] == [Lamp.IDLE, Lamp.RINGING, Lamp.BUSY, Lamp.HELD, Lamp.IDLE]
     ringing = next(r for r in lamps.reports if isinstance(r, CallReport)

@@ -32,8 +32,10 @@ class Pbx:
     """sipp as the PBX's presence server for one watched user."""
 
     def __init__(self, tmp: Path, steps: list[str], user: str = "201",
-                 port: int | None = None, keys: dict[str, str] | None = None) -> None:
+                 port: int | None = None, keys: dict[str, str] | None = None,
+                 transport: str = "udp") -> None:
         self.tmp, self.user, self.keys = tmp, user, keys or {}
+        self.transport = transport  # "udp" or "tcp" (this sipp has no TLS)
         self.port = port or _free_udp_port()
         self.scenario = tmp / f"pbx-{self.port}-{time.monotonic_ns()}.xml"
         self.scenario.write_text(sc.presence_server(steps))
@@ -41,11 +43,13 @@ class Pbx:
 
     @property
     def uri(self) -> str:
-        return f"sip:{self.user}@127.0.0.1:{self.port}"
+        tail = ";transport=tcp" if self.transport == "tcp" else ""
+        return f"sip:{self.user}@127.0.0.1:{self.port}{tail}"
 
     def start(self) -> Pbx:
         self.proc = subprocess.Popen(
             ["sipp", "-sf", str(self.scenario), "-i", "127.0.0.1", "-p", str(self.port),
+             "-t", "t1" if self.transport == "tcp" else "u1",
              "-s", self.user, "-nostdin", "-trace_err", "-error_file",
              str(self.scenario.with_suffix(".err"))]
             + [a for k, v in self.keys.items() for a in ("-key", k, v)],
