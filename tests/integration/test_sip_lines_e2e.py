@@ -134,21 +134,26 @@ async def test_pbx_restart_noticed_within_the_probe(redis_url, start_gateway, co
 REGISTRAR = Path(__file__).resolve().parents[1] / "sip" / "registrar.xml"
 
 
-@pytest.mark.parametrize("right", [True, False], ids=["registered", "refused"])
+@pytest.mark.parametrize(("right", "transport"), [(True, "udp"), (False, "udp"), (True, "tcp")],
+                         ids=["registered", "refused", "registered-tcp"])
 async def test_lines_follow_the_registration(redis_url, start_gateway, connect, tmp_path,
-                                             right):
+                                             right, transport):
     import subprocess
 
+    # Over TCP both the registrar and the PBX listen on TCP only: nothing reaches them by UDP.
     reg_port = free_udp_port()
     registrar = subprocess.Popen(
         ["sipp", "-sf", str(REGISTRAR), "-i", "127.0.0.1", "-p", str(reg_port), "-nostdin",
+         "-t", "t1" if transport == "tcp" else "u1",
          "-key", "password", "secret-pw"], cwd=tmp_path,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pbx = Pbx(tmp_path, [sc.answer(), sc.notify("On the phone")]).start()
+    pbx = Pbx(tmp_path, [sc.answer(), sc.notify("On the phone")], transport=transport).start()
+    registrar_uri = f"sip:127.0.0.1:{reg_port}" + (";transport=tcp" if transport == "tcp"
+                                                     else "")
     (tmp_path / "sip.secret").write_text("secret-pw\n" if right else "wrong-pw\n")
     text = CONFIG.format(redis=redis_url, sip=free_udp_port(), line=pbx.uri, event="presence",
                          hash=HASH, numbers="all").replace(
-        "probe_seconds = 2\n", f'probe_seconds = 2\nregistrar = "sip:127.0.0.1:{reg_port}"\n'
+        "probe_seconds = 2\n", f'probe_seconds = 2\nregistrar = "{registrar_uri}"\n'
         f'username = "gw"\npassword_file = "{tmp_path / "sip.secret"}"\n')
     try:
         gw = await start_gateway(text)
