@@ -1,11 +1,15 @@
 """The gateway PUBLISHes its lamps to a real Kamailio presence server (packaging/kamailio/,
 started by scripts/kamailio); a sipp desk phone subscribed to Kamailio follows a TAPI bridge
-line, without ever seeing a number (nobody's rights can be applied there)."""
+line, without ever seeing a number (nobody's rights can be applied there). The gateway talks
+to Kamailio over UDP, TCP and TLS (Kamailio listening on that transport only for the gateway;
+the phones stay on UDP), as publisher and as the watcher of a SIP line."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +23,7 @@ from sip.pbx import free_udp_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESENCE_MODULE = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules/presence_dialoginfo.so")
+TLS_MODULE = PRESENCE_MODULE.with_name("tls.so")
 pytestmark = [
     pytest.mark.skipif(shutil.which("kamailio") is None or not PRESENCE_MODULE.exists(),
                        reason="Kamailio is not installed (apt-get install kamailio "
@@ -36,8 +41,9 @@ url = "{redis}"
 listen = "127.0.0.1:0"
 [sources.sip]
 bind = "127.0.0.1:{sip}"
-publish_to = "sip:127.0.0.1:{kam}"
+publish_to = "{publish_to}"
 publish_domain = "127.0.0.1"
+{transport_cfg}
 [[devices]]
 id = "201"
 number = "201"
@@ -48,24 +54,113 @@ password_hash = "{hash}"
 """
 
 
+def test_certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (the gateway verifies Kamailio against it)."""
+    cert, key = tmp_path / "sip-cert.pem", tmp_path / "sip-key.pem"
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no test certificate for TLS")
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                        "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"openssl could not make a test certificate: {r.stderr[-300:]!r}")
+    return cert, key
+
+
+test_certificate.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Kamailio:
+    """scripts/kamailio in its own process: UDP for the phones and publishing softphones,
+    and where asked a TCP or TLS socket for the gateway."""
+
+    def __init__(self, tmp_path: Path, transport: str = "udp") -> None:
+        self.transport = transport
+        self.port = free_udp_port()
+        self.gw_port = self.port if transport == "udp" else _free_tcp_port()
+        listen = f"udp:127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        if transport != "udp":
+            listen += f",{transport}:127.0.0.1:{self.gw_port}"
+        if transport == "tls":
+            if not TLS_MODULE.exists():
+                pytest.skip("Kamailio's TLS module is not installed "
+                            "(apt-get install kamailio-tls-modules)")
+            self.cert, self.key = test_certificate(tmp_path)
+            env.update(KAMAILIO_TLS_CERT=str(self.cert), KAMAILIO_TLS_KEY=str(self.key))
+        self.proc = subprocess.Popen([str(ROOT / "scripts" / "kamailio"), listen, "127.0.0.1",
+                                      str(tmp_path / "kdb")], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    async def ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 15
+        while True:
+            assert self.proc.poll() is None, self.proc.communicate()[0][-2000:]
+            if self.transport == "udp":
+                await asyncio.sleep(1.0)
+                return
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", self.gw_port)
+                w.close()
+                return
+            except OSError:
+                assert loop.time() < end, "Kamailio did not listen"
+                await asyncio.sleep(0.1)
+
+    def uri(self, user: str = "") -> str:
+        """How the gateway reaches Kamailio on its transport."""
+        at = f"{user}@" if user else ""
+        if self.transport == "tls":
+            return f"sips:{at}127.0.0.1:{self.gw_port}"
+        tail = ";transport=tcp" if self.transport == "tcp" else ""
+        return f"sip:{at}127.0.0.1:{self.gw_port}{tail}"
+
+    def gateway_cfg(self, tmp_path: Path) -> str:
+        """[sources.sip] lines for the gateway on this transport: Kamailio's NOTIFYs come back
+        to the gateway's Contact (sip:...;transport=tcp or sips:), so it listens there too."""
+        if self.transport == "tcp":
+            return f'tcp = "127.0.0.1:{_free_tcp_port()}"'
+        if self.transport == "tls":
+            return (f'tls = "127.0.0.1:{_free_tcp_port()}"\ntls_cert = "{self.cert}"\n'
+                    f'tls_key = "{self.key}"\ntls_verify = true\ntls_ca = "{self.cert}"')
+        return ""
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        print(out[-3000:])
+
+
 @pytest.fixture
-async def kamailio(tmp_path):
-    port = free_udp_port()
-    proc = subprocess.Popen([str(ROOT / "scripts" / "kamailio"), f"udp:127.0.0.1:{port}",
-                             "127.0.0.1", str(tmp_path / "kdb")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    await asyncio.sleep(1.0)
-    assert proc.poll() is None, proc.communicate()[0][-2000:]
-    yield port
-    proc.terminate()
-    out, _ = proc.communicate(timeout=10)
-    print(out[-3000:])
+async def kamailio_on(tmp_path):
+    started: list[Kamailio] = []
+
+    async def start(transport: str = "udp") -> Kamailio:
+        k = Kamailio(tmp_path, transport)
+        started.append(k)
+        await k.ready()
+        return k
+
+    yield start
+    for k in started:
+        k.stop()
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_phone_subscribed_to_kamailio_follows_a_bridge_line(
-        kamailio, redis_url, start_gateway, bridge, tmp_path):
-    gw = await start_gateway(CONFIG.format(redis=redis_url, sip=free_udp_port(), kam=kamailio,
-                                           hash=HASH))
+        kamailio_on, redis_url, start_gateway, bridge, tmp_path, transport):
+    k = await kamailio_on(transport)
+    kamailio = k.port  # the phone subscribes over UDP
+    gw = await start_gateway(CONFIG.format(redis=redis_url, sip=free_udp_port(),
+                                           publish_to=k.uri(),
+                                           transport_cfg=k.gateway_cfg(tmp_path), hash=HASH))
     b = await bridge(gw)
     await b.send({"device": "201", "devstate": "inservice"})
     await asyncio.sleep(0.5)
@@ -83,6 +178,8 @@ async def test_phone_subscribed_to_kamailio_follows_a_bridge_line(
     assert rc == 0, f"the phone did not see the line ringing through Kamailio:\n{errors}"
     assert "0301234" not in (tmp_path / "msg.log").read_text()
     assert gw.sources.sip.publisher.healthy
+    # Over TCP/TLS, Kamailio's socket for the gateway has no UDP side: the lamp reached the
+    # phone only because the PUBLISHes went over that transport.
 
 
 LINE_CONFIG = """
@@ -93,11 +190,12 @@ url = "{redis}"
 [sources.sip]
 bind = "127.0.0.1:{sip}"
 probe_seconds = 5
+{transport_cfg}
 [[devices]]
 id = "301"
 number = "301"
 source = "sip"
-line = "sip:carol@127.0.0.1:{kam}"
+line = "{line}"
 [[clients]]
 name = "carol"
 devices = ["301"]
@@ -116,16 +214,20 @@ def publish(tmp_path: Path, kam: int, tuple_id: str, basic: str, note: str,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_line_watched_through_kamailio_merges_devices_and_notices_expiry(
-        kamailio, redis_url, start_gateway, connect, tmp_path):
+        kamailio_on, redis_url, start_gateway, connect, tmp_path, transport):
     from test_gateway_e2e import login
 
+    k = await kamailio_on(transport)
+    kamailio = k.port  # the softphones publish over UDP; the gateway watches on `transport`
     desk = publish(tmp_path, kamailio, "desk", "open", "On the phone", expires=6)
     soft = None
     try:
         await asyncio.sleep(0.5)
-        gw = await start_gateway(LINE_CONFIG.format(redis=redis_url, sip=free_udp_port(),
-                                                    kam=kamailio, hash=HASH))
+        gw = await start_gateway(LINE_CONFIG.format(
+            redis=redis_url, sip=free_udp_port(), line=k.uri("carol"),
+            transport_cfg=k.gateway_cfg(tmp_path), hash=HASH))
         carol = await login(connect, gw, "carol")
         snap = await carol.request({"type": "subscribe", "device": "301"})
         if snap["lamp"] != "busy":

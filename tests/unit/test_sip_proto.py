@@ -109,6 +109,21 @@ def test_stream_framer_cuts_messages_and_refuses_a_flood():
         StreamFramer().feed(SUB.replace(b"l: 0\r\n", b""))
 
 
+def test_stream_framer_finds_content_length_anywhere_in_the_head():
+    # Kamailio puts Content-Length before other headers (sipp puts it last): framing must
+    # not depend on its place, or a PBX's NOTIFYs over TCP/TLS close the connection.
+    body = b'<?xml version="1.0"?><presence/>'
+    msg = (b"NOTIFY sip:blf@127.0.0.1:5070;transport=tcp SIP/2.0\r\n"
+           b"Via: SIP/2.0/TCP 127.0.0.1:5090;branch=z9hG4bK1\r\n"
+           b"From: <sip:carol@127.0.0.1>;tag=k1\r\nTo: <sip:blf@127.0.0.1>;tag=g1\r\n"
+           b"Call-ID: kam-1\r\nCSeq: 2 NOTIFY\r\nMax-Forwards: 70\r\n"
+           b"Content-Length: " + str(len(body)).encode() + b"  \r\n"
+           b"Event: presence\r\nContent-Type: application/pidf+xml\r\n\r\n" + body)
+    got = StreamFramer().feed(msg + msg[:30])
+    assert got == [msg]
+    assert parse_message(got[0]).body == body
+
+
 # ------------------------------------------------------------------ transactions
 
 

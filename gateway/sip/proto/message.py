@@ -374,7 +374,7 @@ class StreamFramer:
                     raise SipParseError("headers longer than a message may be")
                 return out
             head = bytes(self._buf[:end])
-            m = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", head)
+            m = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$", head)
             if m is None:
                 raise SipParseError("no Content-Length on a stream transport")
             if len(m.group(1)) > 9:  # (int() of thousands of digits would not even parse)
