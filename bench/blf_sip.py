@@ -1,7 +1,8 @@
 """Desk phones at scale: bridge line -> NOTIFY at the phone, and memory per subscription.
 
     .venv/bin/python bench/blf_sip.py                 # 1,000 subscriptions (50 lines x 20)
-    .venv/bin/python bench/blf_sip.py --subs 200 --events 100
+    .venv/bin/python bench/blf_sip.py --lines 10 --per-line 20 --events 100
+    .venv/bin/python bench/blf_sip.py --via-kamailio  # the same through Kamailio (below)
 
 The gateway runs in its own process (embedded Redis, `[sources.sip]` on a free UDP port) with
 a TAPI bridge; the phones are one process holding every subscription on one UDP socket
@@ -12,6 +13,12 @@ processes). Baseline, in the same run: a bare asyncio process that, for each bri
 sends one ready-made NOTIFY-sized datagram to every phone watching that line (the least any
 server must do for the same fan-out). Figures: p50/p99 of line -> NOTIFY over every phone of
 every event, and gateway RSS growth per subscription.
+
+`--via-kamailio`: the same phones subscribe to a real Kamailio presence server instead
+(scripts/kamailio, packaging/kamailio/kamailio.cfg; no digest there), which the gateway
+PUBLISHes every line's dialog state to (`publish_to`); the path measured is bridge line ->
+gateway -> PUBLISH -> Kamailio -> NOTIFY at the phone. Its baselines, in the same run: the
+gateway serving the phones itself, and the bare asyncio fan-out.
 """
 
 from __future__ import annotations
@@ -59,8 +66,12 @@ def rss_kib(pid: int) -> int:
 class Phones(asyncio.DatagramProtocol):
     """Every subscription on one socket; records NOTIFY arrival times per line."""
 
-    def __init__(self, server: tuple[str, int], lines: list[str], per_line: int) -> None:
+    def __init__(self, server: tuple[str, int], lines: list[str], per_line: int,
+                 uri_host: str | None = None) -> None:
         self.server, self.lines, self.per_line = server, lines, per_line
+        # Request-URI host[:port]: the gateway's address, or Kamailio's domain (the
+        # presentity is sip:LINE@DOMAIN there).
+        self.uri_host = uri_host or f"{server[0]}:{server[1]}"
         self.by_call: dict[str, str] = {}
         self.user: dict[str, str] = {}
         self.arrivals: list[tuple[str, float]] = []
@@ -75,7 +86,7 @@ class Phones(asyncio.DatagramProtocol):
         self.port = transport.get_extra_info("sockname")[1]
 
     def subscribe(self, call: str, line: str, cseq: int, auth: str | None = None) -> None:
-        uri = f"sip:{line}@{self.server[0]}:{self.server[1]}"
+        uri = f"sip:{line}@{self.uri_host}"
         msg = (f"SUBSCRIBE {uri} SIP/2.0\r\n"
                f"Via: SIP/2.0/UDP {HOST}:{self.port};branch=z9hG4bK-{call}-{cseq}\r\n"
                f"From: <sip:{self.user[call]}@{HOST}>;tag=t{call}\r\nTo: <{uri}>\r\n"
@@ -116,7 +127,7 @@ class Phones(asyncio.DatagramProtocol):
         if head.startswith("SIP/2.0 401"):
             p = parse_digest(re.search(r"(?im)^WWW-Authenticate:\s*(.*)$", head).group(1))
             line = self.by_call[call]
-            uri = f"sip:{line}@{self.server[0]}:{self.server[1]}"
+            uri = f"sip:{line}@{self.uri_host}"
             self.nc += 1
             user = self.user[call]
             resp = digest_response(sip_ha1(user, PASSWORD), "SUBSCRIBE", uri, p["nonce"],
@@ -125,7 +136,7 @@ class Phones(asyncio.DatagramProtocol):
                            f'nonce="{p["nonce"]}", uri="{uri}", response="{resp}", '
                            f'qop=auth, nc=00000001, cnonce="{call}"')
             return
-        if head.startswith("SIP/2.0 200"):
+        if head.startswith(("SIP/2.0 200", "SIP/2.0 202")):
             self.subscribed.add(call)
             return
         if head.startswith("NOTIFY"):
@@ -139,11 +150,11 @@ class Phones(asyncio.DatagramProtocol):
             self.transport.sendto(ok.encode(), addr)
 
 
-def phones_main(server, lines, per_line, ctl) -> None:  # noqa: ANN001
+def phones_main(server, lines, per_line, ctl, uri_host=None) -> None:  # noqa: ANN001
     async def main() -> None:
         loop = asyncio.get_running_loop()
         transport, phones = await loop.create_datagram_endpoint(
-            lambda: Phones(server, lines, per_line), local_addr=(HOST, 0))
+            lambda: Phones(server, lines, per_line, uri_host), local_addr=(HOST, 0))
         await phones.start()
         deadline = time.monotonic() + 60
         while len(phones.subscribed) < len(lines) * per_line and time.monotonic() < deadline:
@@ -197,6 +208,7 @@ dir = "{state}"
 listen = "{host}:{bridge}"
 [sources.sip]
 bind = "{host}:{sip}"
+{publish}
 {devices}
 {clients}
 """
@@ -269,7 +281,21 @@ def run_events(write, lines: list[str], events: int, rate: float) -> list[tuple[
     return sent
 
 
-def gateway_run(args, lines: list[str], tmp: Path) -> dict:
+def kamailio_start(tmp: Path) -> tuple[subprocess.Popen, int]:
+    """scripts/kamailio on a free UDP port (the gateway publishes, the phones subscribe)."""
+    port = free_port(socket.SOCK_DGRAM)
+    proc = subprocess.Popen([str(ROOT / "scripts" / "kamailio"), f"udp:{HOST}:{port}", HOST,
+                             str(tmp / "kamailio-db")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    if proc.poll() is not None:
+        raise SystemExit("Kamailio did not start (apt-get install kamailio "
+                         "kamailio-presence-modules)")
+    return proc, port
+
+
+def gateway_run(args, lines: list[str], tmp: Path, kamailio: int | None = None) -> dict:
+    tmp.mkdir(parents=True, exist_ok=True)
     ws, bridge, sip = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
     devices = "\n".join(f'[[devices]]\nid = "{d}"\nnumber = "{d}"' for d in lines)
     cfg = tmp / "gw.toml"
@@ -277,8 +303,10 @@ def gateway_run(args, lines: list[str], tmp: Path) -> dict:
     devlist = ", ".join(f'"{d}"' for d in lines)
     clients = "".join(CLIENT.format(k=k, hash=pw_hash, devlist=devlist)
                       for k in range(args.per_line))
+    publish = (f'publish_to = "sip:{HOST}:{kamailio}"\npublish_domain = "{HOST}"\n'
+               'publish_events = ["dialog"]' if kamailio else "")
     cfg.write_text(CONFIG.format(host=HOST, ws=ws, state=tmp / "state", bridge=bridge, sip=sip,
-                                 devices=devices, clients=clients))
+                                 devices=devices, clients=clients, publish=publish))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     setters = [subprocess.Popen([sys.executable, "-m", "gateway", "password", f"bench{k}",
                                  "--config", str(cfg), "--stdin"], stdin=subprocess.PIPE,
@@ -298,7 +326,10 @@ def gateway_run(args, lines: list[str], tmp: Path) -> dict:
         time.sleep(1.0)
         rss0 = rss_kib(proc.pid)
         parent, child = mp.Pipe()
-        phones = mp.Process(target=phones_main, args=((HOST, sip), lines, args.per_line, child))
+        # Through Kamailio the phones subscribe there, to sip:LINE@HOST (its domain).
+        server, uri_host = ((HOST, kamailio), HOST) if kamailio else ((HOST, sip), None)
+        phones = mp.Process(target=phones_main,
+                            args=(server, lines, args.per_line, child, uri_host))
         phones.start()
         _, subscribed, _ = parent.recv()
         time.sleep(1.0)
@@ -367,14 +398,35 @@ def main() -> None:
     ap.add_argument("--per-line", type=int, default=20, help="phones watching each line")
     ap.add_argument("--events", type=int, default=200)
     ap.add_argument("--rate", type=float, default=20.0, help="bridge lines per second")
+    ap.add_argument("--via-kamailio", action="store_true",
+                    help="phones subscribe to Kamailio, which the gateway PUBLISHes to "
+                         "(baselines: the gateway serving them itself, bare asyncio)")
     args = ap.parse_args()
     lines = [f"{300 + i}" for i in range(args.lines)]
+    kam = None
+    if args.via_kamailio:
+        with tempfile.TemporaryDirectory() as tmp:
+            kproc, kport = kamailio_start(Path(tmp))
+            try:
+                kam = gateway_run(args, lines, Path(tmp) / "gw", kamailio=kport)
+            finally:
+                kproc.terminate()
+                kproc.wait(15)
     with tempfile.TemporaryDirectory() as tmp:
         gw = gateway_run(args, lines, Path(tmp))
     base = baseline_run(args, lines)
     subs = args.lines * args.per_line
     print(f"{subs} subscriptions ({args.lines} lines x {args.per_line} phones), "
-          f"{args.events} events at {args.rate:.0f}/s; subscribed: {gw['subscribed']}")
+          f"{args.events} events at {args.rate:.0f}/s; subscribed: {gw['subscribed']}"
+          + (f" (at Kamailio: {kam['subscribed']})" if kam else ""))
+    if kam:
+        print("| figure | through Kamailio | gateway serving the phones | bare asyncio |")
+        print("|---|---|---|---|")
+        for name, q in (("p50", 0.5), ("p99", 0.99)):
+            print(f"| line -> NOTIFY {name} ms | {pct(kam['lat'], q):.2f} | "
+                  f"{pct(gw['lat'], q):.2f} | {pct(base['lat'], q):.2f} |")
+        print(f"| NOTIFYs missing | {kam['missing']} | {gw['missing']} | {base['missing']} |")
+        return
     print("| figure | gateway | baseline | ratio |")
     print("|---|---|---|---|")
     for name, q in (("p50", 0.5), ("p99", 0.99)):
