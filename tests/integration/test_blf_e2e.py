@@ -313,3 +313,62 @@ async def test_hot_desk_device_is_seen_by_the_holders_desk_phone(gateway, tmp_pa
             break
         await asyncio.sleep(0.25)
     assert rc != 0 and notifies == [] and "SIP/2.0 403" in log
+
+
+BARESIP_CONFIG = """module_path /usr/lib/baresip/modules
+sip_listen 127.0.0.1:{port}
+sip_trans_def udp
+module_app account.so
+module_app contact.so
+module_app presence.so
+audio_player ausine,nil
+audio_source ausine,nil
+audio_alert ausine,nil
+"""
+
+
+@pytest.mark.skipif(shutil.which("baresip") is None,
+                    reason="baresip is not installed (apt-get install baresip-core)")
+async def test_baresip_presence_watcher_follows_a_bridge_line(gateway, tmp_path):
+    """A real softphone as a presence watcher (baresip's presence module subscribes to its
+    contacts marked presence=p2p, with digest): its log shows the lamp the gateway gives."""
+    gw = gateway
+    home = tmp_path / "baresip"
+    home.mkdir()
+    from conftest import free_port as free
+
+    (home / "config").write_text(BARESIP_CONFIG.format(port=free()))
+    (home / "accounts").write_text(
+        f"<sip:alice@127.0.0.1:{gw.sip}>;auth_pass={ALICE_PW};regint=0\n")
+    (home / "contacts").write_text(f'"Reception" <sip:201@127.0.0.1:{gw.sip}>;presence=p2p\n')
+    await gw.send({"device": "201", "devstate": "inservice"})
+    await gw.lamp("201", "idle")
+    proc = await asyncio.create_subprocess_exec(
+        "baresip", "-f", str(home), "-v", stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = bytearray()
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(4096):
+            out.extend(chunk)
+
+    reader = asyncio.create_task(read())
+
+    def log() -> str:
+        return re.sub(r"\x1b\[[0-9;]*m", "", out.decode(errors="replace"))
+
+    try:
+        await until(lambda: "Subscribing to 1 contacts" in log(), what="baresip started")
+        await asyncio.sleep(1.0)  # its SUBSCRIBE, the digest round and the first NOTIFY
+        await gw.send({"device": "201", "call": "1", "state": "offering", "caller": "0301234"})
+        await until(lambda: re.search(r"<sip:201@[^>]*> changed status from \w+ to Busy",
+                                      log()), what="baresip shows 201 busy (ringing)")
+        await gw.send({"device": "201", "call": "1", "state": "disconnected"})
+        await until(lambda: "changed status from Busy to Online" in log(),
+                    what="baresip shows 201 online again")
+    finally:
+        proc.terminate()
+        await proc.wait()
+        await reader
+        print(log())
