@@ -271,6 +271,63 @@ async def test_blf_list_of_a_panel(gateway, tmp_path):
     assert "0309999" not in notify
 
 
+class RawPhone(asyncio.DatagramProtocol):
+    """A desk phone's BLF key in a few lines (UDP, Event: dialog, digest): it holds one
+    subscription and keeps every NOTIFY it receives (answering each 200)."""
+
+    def __init__(self, port: int, client: str, password: str, target: str) -> None:
+        self.server = ("127.0.0.1", port)
+        self.client, self.password, self.target = client, password, target
+        self.uri = f"sip:{target}@127.0.0.1:{port}"
+        self.responses: list[str] = []
+        self.notifies: list[str] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:  # noqa: ANN001
+        self.transport = transport
+
+    def subscribe(self, cseq: int, auth: str | None = None) -> None:
+        port = self.transport.get_extra_info("sockname")[1]
+        msg = (f"SUBSCRIBE {self.uri} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-raw{cseq}\r\n"
+               f"From: <sip:{self.client}@127.0.0.1>;tag=raw\r\nTo: <{self.uri}>\r\n"
+               f"Call-ID: raw-{self.target}\r\nCSeq: {cseq} SUBSCRIBE\r\n"
+               f"Contact: <sip:{self.client}@127.0.0.1:{port}>\r\nEvent: dialog\r\n"
+               "Accept: application/dialog-info+xml\r\nExpires: 120\r\n"
+               + (f"Authorization: {auth}\r\n" if auth else "") + "Content-Length: 0\r\n\r\n")
+        self.transport.sendto(msg.encode(), self.server)
+
+    def datagram_received(self, data: bytes, addr) -> None:  # noqa: ANN001
+        text = data.decode(errors="replace")
+        head = text.split("\r\n\r\n", 1)[0]
+        if not text.startswith("NOTIFY"):
+            self.responses.append(text)
+            return
+        self.notifies.append(text)
+        keep = [ln for ln in head.split("\r\n")[1:]
+                if ln.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")]
+        self.transport.sendto(("SIP/2.0 200 OK\r\n" + "\r\n".join(keep)
+                               + "\r\nContent-Length: 0\r\n\r\n").encode(), addr)
+
+    async def start(self) -> None:
+        from gateway.auth import sip_ha1
+        from gateway.sip.digest import digest_response, parse_digest
+
+        self.subscribe(1)
+        await until(lambda: self.responses, what="a challenge")
+        challenge = self.responses[-1]
+        assert challenge.startswith("SIP/2.0 401"), challenge[:200]
+        value = re.search(r"(?im)^WWW-Authenticate:\s*(.*?)\r?$", challenge).group(1)
+        p = parse_digest(value)
+        resp = digest_response(sip_ha1(self.client, self.password), "SUBSCRIBE", self.uri,
+                               p["nonce"], qop="auth", nc="00000001", cnonce="raw")
+        self.subscribe(2, f'Digest username="{self.client}", realm="{p["realm"]}", '
+                          f'nonce="{p["nonce"]}", uri="{self.uri}", response="{resp}", '
+                          'qop=auth, nc=00000001, cnonce="raw"')
+        await until(lambda: len(self.responses) >= 2, what="an answer to the digest")
+        assert self.responses[-1].startswith("SIP/2.0 200"), self.responses[-1][:200]
+
+
 async def test_hot_desk_device_is_seen_by_the_holders_desk_phone(gateway, tmp_path):
     """A client's hot-desk device (the one of the computer it logged in at) is its own for
     as long as it holds it: its desk phone's BLF key shows it like a main device (caller's
@@ -305,6 +362,18 @@ async def test_hot_desk_device_is_seen_by_the_holders_desk_phone(gateway, tmp_pa
         # Full rights as on a main device: the ringing call with its caller.
         assert "<state>early</state>" in notify and 'direction="recipient"' in notify
         assert "sip:0309876@" in notify and 'display="Mallory"' in notify
+        # A BLF key that stays subscribed while carol holds the desk.
+        _, key = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: RawPhone(gw.sip, "carol", CAROL_PW, "203"), local_addr=("127.0.0.1", 0))
+        await key.start()
+        await until(lambda: any("<state>early</state>" in n for n in key.notifies),
+                    what="the key shows 203 ringing")
+
+    # The logout ends the live subscription at once (no state of 203 after it).
+    await until(lambda: any("terminated;reason=rejected" in n for n in key.notifies),
+                what="the key's subscription ended by the logout")
+    assert "0309876" not in key.notifies[-1]
+    key.transport.close()
 
     # Logged out: the device is no longer carol's (the logout reaches the engine via Redis).
     for attempt in range(20):
