@@ -218,6 +218,10 @@ def _learn_remote(call: Call, report: CallReport) -> Call:
     return call
 
 
+def _call_order(c: Call) -> tuple[float, str]:
+    return (c.since, c.id)
+
+
 class CallTable:
     """The calls of one owner (a device, or a client's softphone), keyed by the source's id.
 
@@ -331,7 +335,9 @@ class CallTable:
         return min(self.tombstones.values(), default=None)
 
     def snapshot(self) -> tuple[Call, ...]:
-        return tuple(sorted(self.calls.values(), key=lambda c: (c.since, c.id)))
+        if len(self.calls) <= 1:  # most lines have no call or one: nothing to sort
+            return tuple(self.calls.values())
+        return tuple(sorted(self.calls.values(), key=_call_order))
 
     def load(self, calls: tuple[Call, ...]) -> None:
         """Restore calls stored earlier (their ids carry the prefix; keys are the suffix)."""
@@ -365,6 +371,9 @@ class LineTracker:
         self._status: dict[str, DeviceStatus] = {}
         self._owner: dict[str, str] = {}  # device -> connection that last reported it
         self._refused: list[CallReport] = []  # new calls beyond MAX_LINE_CALLS, to be logged
+        # Devices whose tables hold ended calls not taken yet: take_ended visits only these
+        # (it runs after every report; walking every table made a report cost O(devices)).
+        self._ended_in: set[str] = set()
         for d in devices:
             self.add_device(d)
 
@@ -377,6 +386,7 @@ class LineTracker:
         self._tables.pop(device, None)
         self._status.pop(device, None)
         self._owner.pop(device, None)
+        self._ended_in.discard(device)
 
     @property
     def devices(self) -> list[str]:
@@ -395,6 +405,8 @@ class LineTracker:
                 self._refused.append(report)
             return []
         changed = table.apply(report, now)
+        if table.ended:
+            self._ended_in.add(report.device)
         if self._status[report.device] is not DeviceStatus.ONLINE:
             # A source that reports a call on a line tells us the line works.
             self._status[report.device] = DeviceStatus.ONLINE
@@ -455,9 +467,13 @@ class LineTracker:
     def take_ended(self) -> list[EndedCall]:
         """Calls that ended since the last call, for the journals."""
         out: list[EndedCall] = []
-        for table in self._tables.values():
-            if table.ended:
+        if not self._ended_in:
+            return out
+        for device in self._ended_in:
+            table = self._tables.get(device)
+            if table is not None:
                 out.extend(table.take_ended())
+        self._ended_in.clear()
         return out
 
     def next_deadline(self) -> float | None:

@@ -396,11 +396,19 @@ class Config(_Model):
     _device_by_id: dict[str, DeviceCfg] = PrivateAttr(default_factory=dict)
     _client_by_name: dict[str, ClientCfg] = PrivateAttr(default_factory=dict)
     _group_by_name: dict[str, GroupCfg] = PrivateAttr(default_factory=dict)
+    _owners_by_device: dict[str, list[ClientCfg]] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, __context: object) -> None:
         self._device_by_id = {d.id: d for d in self.devices}
         self._client_by_name = {c.name: c for c in self.clients}
         self._group_by_name = {g.name: g for g in self.groups}
+        # owners_of runs for every call that ends (journals) and in rights checks: an
+        # index instead of a walk over every client.
+        owners: dict[str, list[ClientCfg]] = {}
+        for c in self.clients:
+            for d in dict.fromkeys(c.devices):
+                owners.setdefault(d, []).append(c)
+        self._owners_by_device = owners
 
     @property
     def device_by_id(self) -> dict[str, DeviceCfg]:
@@ -423,7 +431,9 @@ class Config(_Model):
 
     def owners_of(self, device: str) -> list[ClientCfg]:
         """Clients that have `device` among their main devices."""
-        return [c for c in self.clients if device in c.devices]
+        # Straight from the private dict: pydantic serves private attributes through a
+        # __getattr__ that costs microseconds, and this runs for every call that ends.
+        return list(self.__pydantic_private__["_owners_by_device"].get(device, ()))
 
 
 def _loc(loc: tuple) -> str:

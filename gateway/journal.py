@@ -104,23 +104,28 @@ class Journal:
         """Queue journal entries for calls that ended (no I/O here)."""
         cfg = self._config()
         engine = self._engine()
+        # Read once per batch: these lookups go through pydantic's private attributes.
+        device_by_id, client_by_name = cfg.device_by_id, cfg.client_by_name
+        owners_of = cfg.owners_of
         for e in ended:
             # One id per entry, kept with it wherever it goes: Redis writes each id once.
             uid = f"{int(e.end // 3600)}.{uuid.uuid4().hex[:16]}"
             if e.owner.startswith("sp:"):
                 client = e.owner[3:]
-                ccfg = cfg.client_by_name.get(client)
+                ccfg = client_by_name.get(client)
                 if ccfg is not None and "w" in ccfg.journal:
                     self._items.append(SpoolItem(uid, None, json.dumps(entry_of(e, None, client))))
                 continue
-            dcfg = cfg.device_by_id.get(e.owner)
+            dcfg = device_by_id.get(e.owner)
             if dcfg is None:
                 continue
-            text = json.dumps(entry_of(e, e.owner, None))
-            if dcfg.journal:
+            text = json.dumps(entry_of(e, e.owner, None)) if dcfg.journal else None
+            if text is not None:
                 self._items.append(SpoolItem(uid, None, text))
-            for owner in cfg.owners_of(e.owner):
+            for owner in owners_of(e.owner):
                 if owner.offline_monitor and not engine.client_state(owner.name).logged_in:
+                    if text is None:  # encoded only where some journal keeps it
+                        text = json.dumps(entry_of(e, e.owner, None))
                     self._items.append(SpoolItem(f"{uid}:{owner.name}", owner.name, text))
         self._bound()
         if self._items:

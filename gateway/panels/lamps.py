@@ -32,9 +32,18 @@ def merge_lamps(lamps: Iterable[Lamp], default: Lamp = Lamp.UNKNOWN) -> Lamp:
     return max(lamps, key=LAMP_PRIORITY.__getitem__, default=default)
 
 
+_UNKNOWN, _OFFLINE, _IDLE = DeviceStatus.UNKNOWN, DeviceStatus.OFFLINE, Lamp.IDLE
+
+
 def device_lamp(state: DeviceState) -> Lamp:
-    if state.status is DeviceStatus.UNKNOWN:
+    status = state.status
+    if status is _UNKNOWN:
         return Lamp.UNKNOWN
-    if state.status is DeviceStatus.OFFLINE:
+    if status is _OFFLINE:
         return Lamp.OFFLINE
-    return merge_lamps((call_lamp(c) for c in state.calls), default=Lamp.IDLE)
+    calls = state.calls
+    if not calls:  # the common cases first: no call, one call (this runs for every report)
+        return _IDLE
+    if len(calls) == 1:
+        return _CALL_LAMP[calls[0].state]
+    return merge_lamps((call_lamp(c) for c in calls), default=_IDLE)

@@ -45,6 +45,7 @@ log = logging.getLogger("gateway.tapi")
 
 _SKIPPED = "TAPI bridge %s: line skipped: %s: %.200r"
 YIELD_EVERY = 100  # bridge lines handled before the loop gets a turn for other work
+READ_CHUNK = 32768  # bytes read from a bridge connection at a time
 COMMAND_TIMEOUT = 10.0  # seconds a bridge has to answer a command
 MAX_PENDING = 32  # commands waiting for their result, per bridge connection
 
@@ -301,28 +302,8 @@ class TapiBridgeServer:
         self._conns[conn] = _Conn(conn, writer)
         host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
         log.info("TAPI bridge %s connected from %s", conn, peer, extra={"source": host})
-        n = 0
         try:
-            while True:
-                try:
-                    raw = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError as exc:
-                    raw = exc.partial
-                    if raw.strip():
-                        self.feed(raw, conn)
-                    break
-                except asyncio.LimitOverrunError:
-                    self.lines_bad += 1
-                    log.warning("TAPI bridge %s: line longer than %d bytes skipped",
-                                conn, self.max_line_bytes, extra={"source": conn})
-                    await self._discard_line(reader)
-                    continue
-                self.feed(raw, conn)
-                n += 1
-                if n % YIELD_EVERY == 0:
-                    # Buffered lines are read without the loop getting a turn: a burst of
-                    # thousands (a PBX reload) must not hold up everybody else.
-                    await asyncio.sleep(0)
+            await self._read_lines(reader, conn)
         except (ConnectionError, OSError) as exc:
             log.warning("TAPI bridge %s connection error: %s", conn, exc,
                         extra={"source": host})
@@ -337,33 +318,79 @@ class TapiBridgeServer:
                         conn, extra={"source": host})
             self.handler.connection_lost(self.name, conn)
 
-    @staticmethod
-    async def _discard_line(reader: asyncio.StreamReader) -> None:
+    async def _read_lines(self, reader: asyncio.StreamReader, conn: str) -> None:
+        """Read the connection in chunks and apply every whole line in each (one handler
+        call per chunk, not one await and one call per line); a line longer than
+        max_line_bytes is skipped, with a log line, and the connection lives on."""
+        partial = b""
+        skipping = False  # inside an over-long line, until its newline
+        since_yield = 0
         while True:
-            try:
-                await reader.readuntil(b"\n")
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                if partial.strip() and not skipping:
+                    self.feed_lines([partial], conn)
                 return
-            except asyncio.LimitOverrunError as exc:
-                await reader.readexactly(exc.consumed)
+            lines = data.split(b"\n")
+            if partial:
+                lines[0] = partial + lines[0]
+            partial = lines.pop()  # after the last newline: the start of the next line
+            if skipping and lines:
+                lines.pop(0)  # the end of the over-long line
+                skipping = False
+            if len(partial) > self.max_line_bytes:
+                self.lines_bad += 1
+                log.warning("TAPI bridge %s: line longer than %d bytes skipped",
+                            conn, self.max_line_bytes, extra={"source": conn})
+                partial, skipping = b"", True
+            elif skipping:
+                partial = b""
+            if lines:
+                self.feed_lines(lines, conn)
+                since_yield += len(lines)
+                if since_yield >= YIELD_EVERY:
+                    # A chunk read from a full buffer does not give the loop a turn: a
+                    # burst of thousands of lines (a PBX reload) must not hold up
+                    # everybody else.
+                    since_yield = 0
+                    await asyncio.sleep(0)
 
     def feed(self, raw: bytes, conn: str) -> None:
         """Apply one line (without I/O): public so tests and benchmarks can drive it."""
-        line = raw.strip()
-        if not line or (self._superseded and conn in self._superseded):
+        self.feed_lines([raw], conn)
+
+    def feed_lines(self, raws: list[bytes], conn: str) -> None:
+        """Apply lines in order (without I/O); their reports go to the handler in one call."""
+        if self._superseded and conn in self._superseded:
             return  # a superseded connection's lines are older than its successor's state
-        if b'"device"' not in line and self._control(line, conn):
-            return
-        self.lines_in += 1
-        try:
-            report = parse_line(line, self._lines, conn)
-        except BridgeLineError as exc:
-            self.lines_bad += 1
-            if should_log(log, _SKIPPED, conn):
-                log.warning(_SKIPPED, conn, exc, redact(line), extra={"source": conn})
-            return
-        if report is not None:
-            self._device_conn[report.device] = conn
-            self.handler.reports(self.name, (report,))
+        reports: list[CallReport | ServiceReport] = []
+        lines, device_conn, longest = self._lines, self._device_conn, self.max_line_bytes
+        for raw in raws:
+            if len(raw) > longest:
+                self.lines_bad += 1
+                log.warning("TAPI bridge %s: line longer than %d bytes skipped", conn, longest,
+                            extra={"source": conn})
+                continue
+            line = raw.strip()
+            if not line:
+                continue
+            if b'"device"' not in line and self._control(line, conn):
+                if self._superseded and conn in self._superseded:
+                    break  # a hello just now made this connection the older one
+                continue
+            self.lines_in += 1
+            try:
+                report = parse_line(line, lines, conn)
+            except BridgeLineError as exc:
+                self.lines_bad += 1
+                if should_log(log, _SKIPPED, conn):
+                    log.warning(_SKIPPED, conn, exc, redact(line), extra={"source": conn})
+                continue
+            if report is not None:
+                device_conn[report.device] = conn
+                reports.append(report)
+        if reports:
+            self.handler.reports(self.name, reports)
 
     # -- commands (docs/tapi-bridge.md) -----------------------------------------------------
 
