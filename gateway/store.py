@@ -112,19 +112,43 @@ end
 return 1
 """
 
-# KEYS: seq, entity, log. ARGV: kind, id, json, maxlen. Returns {seq, changed}.
+# KEYS: seq, log, then one entity key per change. ARGV: maxlen, then (kind, id, json) per
+# change. Returns {seq1, changed1, seq2, changed2, ...}: a whole batch in one call, atomically.
+# A state equal to the stored one is a no-op (its stored seq comes back, changed 0).
 _PUBLISH = """
-local cur = redis.call('GET', KEYS[2])
-if cur then
-  local sp = string.find(cur, ' ', 1, true)
-  if string.sub(cur, sp + 1) == ARGV[3] then
-    return {tonumber(string.sub(cur, 1, sp - 1)), 0}
+local out = {}
+local maxlen = ARGV[1]
+for i = 1, #KEYS - 2 do
+  local key, a = KEYS[i + 2], 3 * i - 1
+  local value = ARGV[a + 2]
+  local cur = redis.call('GET', key)
+  local sp = cur and string.find(cur, ' ', 1, true)
+  if sp and string.sub(cur, sp + 1) == value then
+    out[2 * i - 1] = tonumber(string.sub(cur, 1, sp - 1))
+    out[2 * i] = 0
+  else
+    local seq = redis.call('INCR', KEYS[1])
+    redis.call('SET', key, seq .. ' ' .. value)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, seq .. '-0',
+               'k', ARGV[a], 'i', ARGV[a + 1], 'v', value)
+    out[2 * i - 1] = seq
+    out[2 * i] = 1
   end
 end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('SET', KEYS[2], seq .. ' ' .. ARGV[3])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'k', ARGV[1], 'i', ARGV[2], 'v', ARGV[3])
-return {seq, 1}
+return out
+"""
+
+# KEYS: the provenance lists. ARGV: keep, then per list its record count and the records.
+_APPEND_CAPPED = """
+local keep = tonumber(ARGV[1])
+local a = 2
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  redis.call('RPUSH', KEYS[i], unpack(ARGV, a + 1, a + n))
+  redis.call('LTRIM', KEYS[i], -keep, -1)
+  a = a + n + 1
+end
+return a
 """
 
 
@@ -154,12 +178,24 @@ def _dec_calls(items: list) -> tuple[Call, ...]:
     )
 
 
+_json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+try:  # json's C encoder without its Python wrapper: the same text, cheaper per state
+    from json.encoder import c_make_encoder, encode_basestring
+
+    _c_encode = c_make_encoder(None, None, encode_basestring, None, ":", ",", False, False,
+                               True)
+except ImportError:  # pragma: no cover - an interpreter without json's C speedups
+    _c_encode = None
+
+
 def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    if _c_encode is not None and isinstance(obj, (dict, list)):
+        return "".join(_c_encode(obj, 0))
+    return _json_dumps(obj)
 
 
 def encode_device(state: DeviceState) -> str:
-    return _dumps({"s": state.status.value, "c": _enc_calls(state.calls)})
+    return _dumps({"s": state.status._value_, "c": _enc_calls(state.calls)})
 
 
 def decode_device(device: str, text: str) -> DeviceState:
@@ -253,6 +289,7 @@ class Store:
         self._append_once = self.redis.register_script(_APPEND_ONCE)
         self._reserve = self.redis.register_script(_RESERVE_LOGIN)
         self._release = self.redis.register_script(_RELEASE_LOGIN)
+        self._append_capped = self.redis.register_script(_APPEND_CAPPED)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -269,15 +306,14 @@ class Store:
         """Publish (kind, id, json) items in one round trip; returns (seq, changed) each."""
         if not items:
             return []
-        pipe = self.redis.pipeline(transaction=False)
+        keys = [K_SEQ, K_LOG]
+        args: list = [LOG_MAXLEN]
         for kind, ident, value in items:
             code, prefix = _KIND[kind]
-            key = prefix + ident if kind != "config" else prefix
-            await self._publish(
-                keys=[K_SEQ, key, K_LOG], args=[code, ident, value, LOG_MAXLEN], client=pipe
-            )
-        results = await pipe.execute()
-        return [(int(seq), bool(changed)) for seq, changed in results]
+            keys.append(prefix + ident if kind != "config" else prefix)
+            args += (code, ident, value)
+        flat = await self._publish(keys=keys, args=args)
+        return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def publish_device(self, state: DeviceState) -> int:
         return (await self.publish([("device", state.device, encode_device(state))]))[0][0]
@@ -569,14 +605,16 @@ class Store:
                                 keep: int) -> None:
         """Append records (JSON) to the provenance lists of devices ("dev", ID) and clients'
         softphones ("cli", NAME), each list capped at its newest `keep`: one round trip."""
+        items = {k: v for k, v in items.items() if v}
         if not items:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (kind, ident), texts in items.items():
-                key = f"{K_PROV}{kind}:{ident}"
-                pipe.rpush(key, *texts)
-                pipe.ltrim(key, -keep, -1)
-            await pipe.execute()
+        keys: list[str] = []
+        args: list = [keep]
+        for (kind, ident), texts in items.items():
+            keys.append(f"{K_PROV}{kind}:{ident}")
+            args.append(len(texts))
+            args += texts
+        await self._append_capped(keys=keys, args=args)
 
     async def read_provenance(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
         """The kept records (JSON, oldest first) of each ("dev", ID) / ("cli", NAME)."""

@@ -151,6 +151,11 @@ _CHANGES = (Softphone, PresenceSet, SelectDevice)
 class Session:
     """One client connection; see the module docstring."""
 
+    # Slots: thousands of idle sessions each pay for their attributes only, not a dict.
+    __slots__ = ("svc", "ws", "outbox", "_writer", "client", "computer", "batch", "subs",
+                 "bucket", "address", "closed", "password_version", "_closing",
+                 "_dropped_since", "_dropped")
+
     def __init__(self, svc: SessionFactory, ws: ServerConnection) -> None:
         self.svc = svc
         self.ws = ws
@@ -202,13 +207,20 @@ class Session:
                     await self.ws.send(frame)
         except ConnectionClosed:
             self.outbox.pending.clear()
+        finally:
+            # Let the finished task go: an idle session holds no task, running or done.
+            if self._writer is asyncio.current_task():
+                self._writer = None
 
     async def run(self) -> None:
         deadline = asyncio.get_running_loop().call_later(
             self.svc.config().server.login_timeout_seconds, self._login_timed_out)
+        recv = self.ws.recv
         try:
-            async for frame in self.ws:
-                await self.handle(frame)
+            # recv() in a loop rather than `async for`: the async iterator is one more
+            # object (a generator and its frame) per idle connection.
+            while True:
+                await self.handle(await recv())
         except ConnectionClosed:
             pass
         finally:
