@@ -241,6 +241,18 @@ def test_records_survive_the_store_codec_and_bad_entries_are_skipped():
     assert Record.from_json("[1, 2]") is None
 
 
+def test_record_text_is_compact_json_whatever_the_encoder():
+    """Records are written by json's C encoder: the very text json.dumps gives (records
+    already in Redis and new ones read alike), quotes, non-ASCII and all."""
+    rec = Record(1700000000.12345, "tapi_bridge", "tapi#1", "call", "c1", "ringing", "in",
+                 '+49 "30"', "Müller\\GmbH", False, "accepted", "a new incoming call", True,
+                 "ringing")
+    text = rec.to_json()
+    assert text == json.dumps([1700000000.123, *rec[1:14]], separators=(",", ":"),
+                              ensure_ascii=False)
+    assert Record.from_json(text) == rec._replace(t=1700000000.123)
+
+
 def test_pending_records_are_bounded_and_keep_order():
     p = Pending(limit=5, per_key=10)
     recs = [Record(T0 + i, "tapi_bridge", "tapi#1", "call", call=str(i)) for i in range(8)]

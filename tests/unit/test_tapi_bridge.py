@@ -130,3 +130,46 @@ async def test_feed_hands_reports_to_the_handler_and_counts_bad_lines():
     await server.update_lines({"Line 9": ("9", "9")})
     server.feed(line(state="offering").encode(), "tapi#1")
     assert server.lines_bad == 2 and len(handler.seen) == 1
+
+
+async def test_lines_split_anywhere_over_tcp_arrive_whole_and_an_over_long_line_is_skipped():
+    """The listener reads in chunks: a line cut at any byte, several lines in one write, and a
+    line longer than the limit (skipped, counted) all come out as the bridge meant them."""
+    import asyncio
+
+    handler = Handler()
+    server = TapiBridgeServer("127.0.0.1", 0, handler, LINES, max_line_bytes=200)
+    await server.start()
+    try:
+        _, w = await asyncio.open_connection("127.0.0.1", server.port)
+        first = line(state="offering", caller="0301").encode() + b"\n"
+        too_long = json.dumps({"device": "Line 201", "call": "c2", "state": "offering",
+                               "pad": "x" * 300}).encode() + b"\n"  # valid, but too long
+        last = (line(state="connected").encode() + b"\n"
+                + json.dumps({"device": "Line 202", "devstate": "outofservice"}).encode())
+        blob = first + too_long + last + b"\n"
+        pieces = [blob[:5], blob[5:61], blob[61:140], blob[140:250], blob[250:330],
+                  blob[330:-3], blob[-3:]]
+        for p in pieces:
+            w.write(p)
+            await w.drain()
+            await asyncio.sleep(0.02)
+
+        async def settled() -> bool:
+            for _ in range(200):
+                if sum(len(r) for _, r in handler.seen) >= 3:
+                    return True
+                await asyncio.sleep(0.01)
+            return False
+
+        assert await settled()
+        reports = [r for _, batch in handler.seen for r in batch]
+        assert reports == [
+            CallReport("201", "c1", Phase.RINGING, Direction.IN, "0301", conn="tapi#1"),
+            CallReport("201", "c1", Phase.CONNECTED, None, conn="tapi#1"),
+            ServiceReport("202", False, "tapi#1"),
+        ]
+        assert server.lines_bad == 1  # the over-long line, and nothing else
+        w.close()
+    finally:
+        await server.stop()
