@@ -121,6 +121,8 @@ class Hub:
     def __init__(self, config: Config) -> None:
         # topic -> rights -> subscribers
         self._audiences: dict[Topic, dict[Rights, set[Subscriber]]] = {}
+        self._subscriptions = 0  # (subscriber, topic, rights) registrations
+        self._unbatched = 0  # of those, subscribers that take one frame per change
         self.deliveries = 0
         self.reconfigure(config)
 
@@ -131,7 +133,11 @@ class Hub:
                 self._panels_of.setdefault(m, []).append(g.name)
 
     def add(self, sub: Subscriber, topic: Topic, rights: Rights) -> None:
-        self._audiences.setdefault(topic, {}).setdefault(rights, set()).add(sub)
+        subs = self._audiences.setdefault(topic, {}).setdefault(rights, set())
+        if sub not in subs:
+            subs.add(sub)
+            self._subscriptions += 1
+            self._unbatched += not sub.batch
 
     def remove(self, sub: Subscriber, topic: Topic, rights: Rights) -> None:
         by_rights = self._audiences.get(topic)
@@ -139,7 +145,10 @@ class Hub:
             return
         subs = by_rights.get(rights)
         if subs is not None:
-            subs.discard(sub)
+            if sub in subs:
+                subs.discard(sub)
+                self._subscriptions -= 1
+                self._unbatched -= not sub.batch
             if not subs:
                 del by_rights[rights]
         if not by_rights:
@@ -149,12 +158,12 @@ class Hub:
         return self._audiences.get(topic, {})
 
     def unbatched_count(self) -> int:
-        """Subscribers that take one frame per change (the ones a big chunk costs most)."""
-        return sum(1 for by in self._audiences.values() for subs in by.values()
-                   for s in subs if not s.batch)
+        """Subscriptions that take one frame per change (the ones a big chunk costs most).
+        Counted as they come and go: the follower asks for every batch it reads."""
+        return self._unbatched
 
     def subscriber_count(self) -> int:
-        return sum(len(s) for by in self._audiences.values() for s in by.values())
+        return self._subscriptions
 
     def deliver(self, deltas: Iterable[Delta]) -> None:
         """Render each delta once per audience, then hand every audience's frames to its

@@ -191,3 +191,23 @@ members = ["alice"]
     hub.deliver(ringing(seq=7))
     (f,) = s.frames()
     assert f["panel"] == "other" and f["member"] == "alice"
+
+
+def test_subscription_counts_follow_adds_and_removes_however_repeated():
+    """The follower sizes its delivery chunks by the subscribers that take one frame per
+    change; the counts are kept as subscriptions come and go."""
+    hub = Hub(CONFIG)
+    a, b = Sub(), Sub(batch=True)
+    full, none = Rights(numbers="all"), Rights(numbers="none")
+    hub.add(a, ("panel", "team"), full)
+    hub.add(a, ("panel", "team"), full)  # the same registration twice counts once
+    hub.add(a, ("device", "201"), none)
+    hub.add(b, ("panel", "team"), full)
+    assert (hub.subscriber_count(), hub.unbatched_count()) == (3, 2)
+    hub.remove(a, ("panel", "team"), full)
+    hub.remove(a, ("panel", "team"), full)  # already gone: nothing changes
+    hub.remove(b, ("panel", "team"), none)  # not registered with these rights
+    assert (hub.subscriber_count(), hub.unbatched_count()) == (2, 1)
+    hub.remove(b, ("panel", "team"), full)
+    hub.remove(a, ("device", "201"), none)
+    assert (hub.subscriber_count(), hub.unbatched_count()) == (0, 0)
