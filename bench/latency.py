@@ -1,6 +1,6 @@
 """Lamp latency, TAPI bridge line -> WebSocket client, against a raw broadcast baseline.
 
-    .venv/bin/python bench/latency.py [--clients 200] [--rate 100] [--seconds 10]
+    .venv/bin/python bench/latency.py [--clients 200] [--rate 100] [--seconds 10] [--runs 10]
 
 Runs, one after the other, on this machine:
 
@@ -206,7 +206,8 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p / 100))] * 1000
 
 
-async def main_async(args) -> None:
+async def one_run(args) -> dict[str, list[float]]:
+    """The gateway, then the baseline, each a fresh process: latencies (s) of both."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         ws, br = free_port(), free_port()
@@ -235,7 +236,17 @@ async def main_async(args) -> None:
         finally:
             base.terminate()
             base.wait(20)
+    return results
 
+
+OUTLIER_MS = 50.0  # a run whose gateway p99 is above this (and 3x the baseline's) is an outlier
+
+
+async def main_async(args) -> None:
+    if args.runs > 1:
+        await many_runs(args)
+        return
+    results = await one_run(args)
     expected = int(args.rate * args.seconds) * args.clients
     print(f"\nLamp latency, bridge line -> client: {args.clients} clients on one panel, "
           f"{args.rate:g} events/s for {args.seconds:g} s ({os.cpu_count()} cores)")
@@ -253,11 +264,35 @@ async def main_async(args) -> None:
         print(f"mean: gateway {statistics.mean(g) * 1000:.2f} ms, raw {statistics.mean(b) * 1000:.2f} ms")
 
 
+async def many_runs(args) -> None:
+    """`--runs N`: N consecutive gateway + baseline pairs, one line each, and the count of
+    outlier runs (the p99 of 100-480 ms some single runs showed)."""
+    rows = []
+    print(f"{'run':>4}{'load':>6}{'gateway p50':>13}{'p99':>8}{'max':>8}{'raw p50':>9}{'p99':>8}"
+          f"{'max':>8}{'p99 ratio':>11}", flush=True)
+    for i in range(args.runs):
+        load = os.getloadavg()[0]
+        res = await one_run(args)
+        g, b = res.get("gateway") or [float("nan")], res.get("raw broadcast") or [float("nan")]
+        row = (pct(g, 50), pct(g, 99), max(g) * 1000, pct(b, 50), pct(b, 99), max(b) * 1000)
+        rows.append(row)
+        print(f"{i + 1:>4}{load:>6.2f}{row[0]:>13.2f}{row[1]:>8.2f}{row[2]:>8.1f}{row[3]:>9.2f}"
+              f"{row[4]:>8.2f}{row[5]:>8.1f}{row[1] / row[4]:>10.2f}x", flush=True)
+    outliers = [r for r in rows if r[1] > OUTLIER_MS and r[1] > 3 * r[4]]
+    print(f"\n{args.runs} runs, {args.clients} clients x {args.rate:g} events/s, "
+          f"{args.seconds:g} s each: gateway p99 {min(r[1] for r in rows):.2f}-"
+          f"{max(r[1] for r in rows):.2f} ms, raw {min(r[4] for r in rows):.2f}-"
+          f"{max(r[4] for r in rows):.2f} ms; outlier runs (gateway p99 > {OUTLIER_MS:g} ms "
+          f"and > 3x raw): {len(outliers)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--rate", type=float, default=100.0, help="bridge call events per second")
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--runs", type=int, default=1,
+                   help="consecutive gateway + baseline pairs, one line each (default 1)")
     args = p.parse_args()
     try:
         import uvloop
