@@ -492,6 +492,12 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="also write the rows here")
     ap.add_argument("--keep", action="store_true", help="keep the gateway's state dir and log")
     args = ap.parse_args()
+    import signal
+
+    def stop(*_: object) -> None:  # SIGTERM: stop the gateway and the workers on the way out
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         import uvloop
 

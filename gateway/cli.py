@@ -56,6 +56,7 @@ def _use_uvloop() -> None:
 
 def _run_gateway(config: Config, config_path: str | Path | None, extra=None) -> int:
     from .app import Gateway, install_signal_handlers
+    from .heap import keep_heap
 
     async def main() -> None:
         gw = Gateway(config, config_path)
@@ -63,8 +64,9 @@ def _run_gateway(config: Config, config_path: str | Path | None, extra=None) -> 
         task = asyncio.create_task(gw.run())
         ready = asyncio.create_task(gw.ready.wait())
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if ready.done():
-            _freeze_startup_heap()
+        # The process's heap, kept out of the lamps' way (gateway.heap); not done where a
+        # Gateway runs inside another program (tests), whose heap is not ours to freeze.
+        heap = asyncio.create_task(keep_heap()) if ready.done() else None
         if ready.done() and extra is not None:
             side = asyncio.create_task(extra(gw))
         else:
@@ -72,6 +74,8 @@ def _run_gateway(config: Config, config_path: str | Path | None, extra=None) -> 
         await task
         if side is not None:
             side.cancel()
+        if heap is not None:
+            heap.cancel()
 
     from .tls import TlsError
     from .store import RedisError, write_refusal
@@ -89,20 +93,6 @@ def _run_gateway(config: Config, config_path: str | Path | None, extra=None) -> 
             "cannot start: Redis %s: %s", f"refuses writes ({what})" if what else "failed", exc)
         return 1
     return 0
-
-
-def _freeze_startup_heap() -> None:
-    """Keep what startup built (modules, the configuration and its validators, the state
-    loaded from Redis) out of the garbage collector's full collections from now on.
-
-    A full collection walks every tracked object while the event loop waits: with the
-    startup heap in it, one took 30-140 ms on 2 cores, the p99 outliers of bench/latency.py
-    (sessions that close leave cyclic garbage, which triggers them). Frozen objects are
-    never collected, so this runs once, after a collection, when the process is ready."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
