@@ -73,6 +73,11 @@ def render_entry(entry_id: str, entry: dict, rights: Rights) -> dict:
             "remote_name": entry["remote_name"] if visible else None}
 
 
+def _uid(e: EndedCall) -> str:
+    """One id per entry, kept with it wherever it goes: Redis writes each id once."""
+    return f"{int(e.end // 3600)}.{uuid.uuid4().hex[:16]}"
+
+
 class Journal:
     """Queues entries of ended calls, writes them (:meth:`run`), reads them for a client.
 
@@ -108,24 +113,26 @@ class Journal:
         device_by_id, client_by_name = cfg.device_by_id, cfg.client_by_name
         owners_of = cfg.owners_of
         for e in ended:
-            # One id per entry, kept with it wherever it goes: Redis writes each id once.
-            uid = f"{int(e.end // 3600)}.{uuid.uuid4().hex[:16]}"
             if e.owner.startswith("sp:"):
                 client = e.owner[3:]
                 ccfg = client_by_name.get(client)
                 if ccfg is not None and "w" in ccfg.journal:
-                    self._items.append(SpoolItem(uid, None, json.dumps(entry_of(e, None, client))))
+                    self._items.append(SpoolItem(_uid(e), None,
+                                                 json.dumps(entry_of(e, None, client))))
                 continue
             dcfg = device_by_id.get(e.owner)
             if dcfg is None:
                 continue
-            text = json.dumps(entry_of(e, e.owner, None)) if dcfg.journal else None
-            if text is not None:
+            # The entry's text and id are made only where some journal keeps it (most calls
+            # that end are journaled nowhere, and this runs for every one of them).
+            uid = text = None
+            if dcfg.journal:
+                uid, text = _uid(e), json.dumps(entry_of(e, e.owner, None))
                 self._items.append(SpoolItem(uid, None, text))
             for owner in owners_of(e.owner):
                 if owner.offline_monitor and not engine.client_state(owner.name).logged_in:
-                    if text is None:  # encoded only where some journal keeps it
-                        text = json.dumps(entry_of(e, e.owner, None))
+                    if uid is None or text is None:
+                        uid, text = _uid(e), json.dumps(entry_of(e, e.owner, None))
                     self._items.append(SpoolItem(f"{uid}:{owner.name}", owner.name, text))
         self._bound()
         if self._items:
