@@ -410,17 +410,21 @@ class Config(_Model):
                 owners.setdefault(d, []).append(c)
         self._owners_by_device = owners
 
+    # The indexes are read straight from pydantic's private dict: `self._device_by_id` goes
+    # through a __getattr__ that costs microseconds, and these are read for every change
+    # the engine applies and every call that ends.
+
     @property
     def device_by_id(self) -> dict[str, DeviceCfg]:
-        return self._device_by_id
+        return self.__pydantic_private__["_device_by_id"]  # type: ignore[index]
 
     @property
     def client_by_name(self) -> dict[str, ClientCfg]:
-        return self._client_by_name
+        return self.__pydantic_private__["_client_by_name"]  # type: ignore[index]
 
     @property
     def group_by_name(self) -> dict[str, GroupCfg]:
-        return self._group_by_name
+        return self.__pydantic_private__["_group_by_name"]  # type: ignore[index]
 
     def path(self, p: str) -> Path:
         path = Path(p)
@@ -431,9 +435,7 @@ class Config(_Model):
 
     def owners_of(self, device: str) -> list[ClientCfg]:
         """Clients that have `device` among their main devices."""
-        # Straight from the private dict: pydantic serves private attributes through a
-        # __getattr__ that costs microseconds, and this runs for every call that ends.
-        return list(self.__pydantic_private__["_owners_by_device"].get(device, ()))
+        return list(self.__pydantic_private__["_owners_by_device"].get(device, ()))  # type: ignore[index]
 
 
 def _loc(loc: tuple) -> str:
