@@ -611,6 +611,9 @@ class Store:
         keys: list[str] = []
         args: list = [keep]
         for (kind, ident), texts in items.items():
+            # Only the newest `keep` could stay anyway; the script unpacks each list's
+            # records onto Lua's stack, which is bounded (8,000).
+            texts = texts[-keep:]
             keys.append(f"{K_PROV}{kind}:{ident}")
             args.append(len(texts))
             args += texts

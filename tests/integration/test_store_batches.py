@@ -49,5 +49,9 @@ async def test_provenance_lists_are_appended_in_order_and_capped_in_one_call(red
         got = await store.read_provenance([("dev", "201"), ("cli", "alice"), ("dev", "202")])
         assert got == {("dev", "201"): ["r2", "r3", "r4", "r5", "r6"],
                        ("cli", "alice"): ["s0", "s1"], ("dev", "202"): []}
+        # A backlog far longer than `keep` (records held while Redis was away) is one call.
+        await store.append_provenance({("dev", "203"): [f"b{i}" for i in range(20000)]}, keep=3)
+        assert (await store.read_provenance([("dev", "203")]))[("dev", "203")] == [
+            "b19997", "b19998", "b19999"]
     finally:
         await store.close()
