@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from xml.etree.ElementTree import Element, ParseError
+from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape, quoteattr
 
 from ..calls import Phase
 from ..model import Lamp
+from .xmlsafe import local_name, safe_root
 
 __all__ = [
     "DialogEntry",
@@ -66,8 +67,7 @@ class DialogInfo:
     dialogs: tuple[DialogEntry, ...]
 
 
-def _local(tag: object) -> str:
-    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+_local = local_name
 
 
 def _text(el: Element | None) -> str:
@@ -94,20 +94,8 @@ def _held(local: Element | None) -> bool:
 
 def parse_dialog_info(body: bytes | str) -> DialogInfo:
     """Parse a dialog-info body. Raises :class:`DialogInfoError` for anything hostile."""
-    import defusedxml.ElementTree as SafeET  # noqa: PLC0415, N812 - the only XML entry point
-    from defusedxml import DefusedXmlException  # noqa: PLC0415
-
-    if isinstance(body, str):
-        body = body.encode("utf-8", "replace")
-    if len(body) > MAX_DIALOG_INFO_BYTES:
-        raise DialogInfoError(f"body of {len(body)} bytes is too large for dialog-info")
-    try:
-        root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True,
-                                 forbid_external=True)
-    except (ParseError, DefusedXmlException, ValueError, RecursionError) as exc:
-        raise DialogInfoError(f"not a safe XML document: {type(exc).__name__}: {exc}") from None
-    if _local(root.tag) != "dialog-info":
-        raise DialogInfoError(f"root element is {_local(root.tag)!r}, not dialog-info")
+    root = safe_root(body, MAX_DIALOG_INFO_BYTES, "dialog-info", "dialog-info",
+                     DialogInfoError)
     try:
         version = int(root.get("version", ""))
     except ValueError:

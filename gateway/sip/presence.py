@@ -28,11 +28,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from xml.etree.ElementTree import Element, ParseError
+from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape
 
 from ..calls import TRANSITIONS, CallReport, Phase, ServiceReport
 from ..model import Lamp
+from .xmlsafe import local_name, safe_root
 
 __all__ = [
     "LineActivity",
@@ -97,8 +98,7 @@ class PidfError(ValueError):
     """A body that is not a usable PIDF document (the reason is the text)."""
 
 
-def _local(tag: object) -> str:
-    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+_local = local_name
 
 
 def _text(el: Element | None) -> str:
@@ -106,21 +106,7 @@ def _text(el: Element | None) -> str:
 
 
 def _parse_root(body: bytes | str) -> Element:
-    import defusedxml.ElementTree as SafeET  # noqa: PLC0415, N812 - the only XML entry point
-    from defusedxml import DefusedXmlException  # noqa: PLC0415
-
-    if isinstance(body, str):
-        body = body.encode("utf-8", "replace")
-    if len(body) > MAX_PIDF_BYTES:
-        raise PidfError(f"body of {len(body)} bytes is too large for a presence document")
-    try:
-        root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True,
-                                 forbid_external=True)
-    except (ParseError, DefusedXmlException, ValueError, RecursionError) as exc:
-        raise PidfError(f"not a safe XML document: {type(exc).__name__}: {exc}") from None
-    if _local(root.tag) != "presence":
-        raise PidfError(f"root element is {_local(root.tag)!r}, not presence")
-    return root
+    return safe_root(body, MAX_PIDF_BYTES, "presence", "a presence document", PidfError)
 
 
 def _basic(el: Element) -> bool | None:
