@@ -10,6 +10,13 @@ the transaction layer and of the handler. `now` is ``loop.time()``.
 A :class:`Peer` names where a message came from and where an answer goes: for TCP/TLS the
 connection it arrived on (answers and in-dialog NOTIFYs go back on it, as phones behind NAT
 need); a new connection is opened where none is left.
+
+Connections we open are kept and reused per address (RFC 3261 18.1.1): a presence server
+gets every PUBLISH on one connection, not one handshake each; messages given while the
+connection is being made wait for it. When a connection is lost (the peer closed it, a TLS
+error), the requests still waiting for an answer on it fail at once (17.1.4: the transaction
+user is told of the transport error) instead of after timer F's 32 seconds, so a publisher
+or registrar client sends again soon over a new connection.
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ class _Stream(asyncio.Protocol):
         self.id = 0
         self.peer: tuple[str, int] = ("", 0)
         self.last = 0.0
+        self.dialed: tuple[str, str, int] | None = None  # the address we connected to
+        self.requests: set[tuple[str, str]] = set()  # client transactions sent on it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -81,7 +90,7 @@ class _Stream(asyncio.Protocol):
             self.agent._received(raw, peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.agent._conns.pop(self.id, None)
+        self.agent._lost(self, exc)
 
     def send(self, data: bytes) -> bool:
         if self.transport is None or self.transport.is_closing():
@@ -132,6 +141,9 @@ class SipAgent:
         self._udp: _Datagram | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[int, _Stream] = {}
+        # Connections we opened, by the address dialed, and messages waiting for one.
+        self._dialed: dict[tuple[str, str, int], _Stream] = {}
+        self._connecting: dict[tuple[str, str, int], list[Request | Response]] = {}
         self._ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._resched_pending = False
@@ -140,6 +152,7 @@ class SipAgent:
         self.client_tls: ssl.SSLContext | None = None  # for connections we open (None: defaults)
         self.dropped = 0  # malformed messages dropped (metrics)
         self._idle_task: asyncio.Task | None = None
+        self._closing = False
 
     # ------------------------------------------------------------------ listening
 
@@ -183,6 +196,7 @@ class SipAgent:
                      f"{scheme}:blf@{shown}:{port}{transport}")
 
     async def close(self) -> None:
+        self._closing = True  # what closing the connections fails is not sent again
         if self._timer is not None:
             self._timer.cancel()
         if self._idle_task is not None:
@@ -215,27 +229,76 @@ class SipAgent:
                 return False
             self._udp.transport.sendto(data, (peer.host, peer.port))
             return True
-        conn = self._conns.get(peer.conn)
+        if self._closing:
+            return False
+        conn = self._conns.get(peer.conn) if peer.conn else None
+        key = (peer.transport, peer.host, peer.port)
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            conn = self._dialed.get(key)
         if conn is not None and conn.send(data):
+            self._sent_on(conn, message)
             return True
-        # The connection is gone: open one to the peer's address (phones listen there).
-        self.loop.create_task(self._connect_and_send(data, peer, message))
+        # No connection left: open one to the peer's address (phones listen there), once;
+        # what is sent meanwhile waits for it.
+        waiting = self._connecting.get(key)
+        if waiting is not None:
+            waiting.append(message)
+        else:
+            self._connecting[key] = [message]
+            self.loop.create_task(self._connect(key))
         return True
 
-    async def _connect_and_send(self, data: bytes, peer: Peer, message: Any) -> None:
+    @staticmethod
+    def _sent_on(conn: _Stream, message: Request | Response) -> None:
+        if isinstance(message, Request):
+            if len(conn.requests) > 256:  # forget the answered ones (kept bounded)
+                conn.requests = {k for k in conn.requests if k in conn.agent.layer.client}
+            conn.requests.add((message.branch, message.method))
+
+    async def _connect(self, key: tuple[str, str, int]) -> None:
+        transport, host, port = key
+        proto: _Stream | None = None
         try:
-            ctx = self.client_tls if peer.transport == "TLS" else None
-            if peer.transport == "TLS" and ctx is None:
+            ctx = self.client_tls if transport == "TLS" else None
+            if transport == "TLS" and ctx is None:
                 ctx = ssl.create_default_context()
             _, proto = await asyncio.wait_for(self.loop.create_connection(
-                lambda: _Stream(self, peer.transport), peer.host, peer.port, ssl=ctx,
-                server_hostname=peer.host if ctx is not None else None), 10)
-            proto.send(data)
+                lambda: _Stream(self, transport), host, port, ssl=ctx,
+                server_hostname=host if ctx is not None else None), 10)
+            if not proto.id:
+                raise OSError("too many SIP connections")
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            log.info("SIP %s: cannot reach %s:%d: %s", peer.transport, peer.host, peer.port,
-                     exc)
-            if isinstance(message, Request):
-                self._run(self.layer.transport_error(message))
+            log.info("SIP %s: cannot reach %s:%d: %s", transport, host, port, exc)
+            self._fail([m for m in self._connecting.pop(key, []) if isinstance(m, Request)])
+            return
+        proto.dialed = key
+        self._dialed[key] = proto
+        for message in self._connecting.pop(key, []):
+            if proto.send(message.serialize()):
+                self._sent_on(proto, message)
+            elif isinstance(message, Request):
+                self._fail([message])
+
+    def _lost(self, conn: _Stream, exc: Exception | None) -> None:
+        self._conns.pop(conn.id, None)
+        if conn.dialed is not None and self._dialed.get(conn.dialed) is conn:
+            del self._dialed[conn.dialed]
+        if self._closing:
+            return
+        pending = [tx.request for k in conn.requests
+                   if (tx := self.layer.client.get(k)) is not None]
+        if pending:
+            log.info("SIP %s connection to %s:%d lost (%s): %d request(s) without an answer "
+                     "failed", conn.name, *conn.peer, exc or "closed", len(pending))
+            self._fail(pending)
+        conn.requests = set()
+
+    def _fail(self, requests: list[Request]) -> None:
+        actions: list = []
+        for req in requests:
+            actions += self.layer.transport_error(req)
+        if actions:
+            self._run(actions)
 
     def _run(self, actions: list) -> None:
         for a in actions:
