@@ -9,6 +9,8 @@ through `on_connection_lost(conn)` (``"sip:" + device``), on the asyncio loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -186,7 +188,11 @@ class SipRegistration:
         self._running = False
         self.agent.timers = [t for t in self.agent.timers if t[1] != self._tick]
         if self.reg.up:
-            self.agent.request(self.reg.request(expires=0), self.dest)
+            # Take the binding back, so that the PBX stops sending here at once; a registrar
+            # that does not answer within 2 s does not hold up the shutdown.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self.agent.request_async(self.reg.request(expires=0), self.dest), 2.0)
 
     def _tick(self, now: float) -> None:
         req = self.reg.tick(now)

@@ -7,6 +7,7 @@ the phones stay on UDP), as publisher and as the watcher of a SIP line."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -245,3 +246,106 @@ async def test_line_watched_through_kamailio_merges_devices_and_notices_expiry(
             if p is not None:
                 p.kill()
                 p.wait(10)
+
+
+REGISTRAR_CFG = ROOT / "tests" / "sip" / "kamailio_registrar.cfg"
+REGISTER_CONFIG = """
+[server]
+listen = "127.0.0.1:0"
+[redis]
+url = "{redis}"
+[sources.sip]
+bind = "127.0.0.1:{sip}"
+registrar = "{registrar}"
+username = "gw"
+password_file = "{secret}"
+{transport_cfg}
+[sources.tapi_bridge]
+listen = "127.0.0.1:0"
+[[devices]]
+id = "201"
+number = "201"
+[[clients]]
+name = "alice"
+devices = ["201"]
+password_hash = "{hash}"
+"""
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+async def test_gateway_registers_at_kamailio_with_digest(redis_url, start_gateway, tmp_path,
+                                                         transport):
+    """The gateway's REGISTER (digest, realm "pbx") reaches a real Kamailio registrar over TCP
+    and TLS, the binding is saved with the gateway's Contact on that transport, and /healthz
+    says the SIP side is up; a wrong password is refused and /healthz says so."""
+    from test_sip_lines_e2e import http  # noqa: PLC0415
+
+    if transport == "tls" and not TLS_MODULE.exists():
+        pytest.skip("Kamailio's TLS module is not installed (apt-get install "
+                    "kamailio-tls-modules)")
+    port = _free_tcp_port()
+    defines = ["-A", f"LISTEN={transport}:127.0.0.1:{port}", "-A", 'PASSWORD="secret-pw"']
+    k = Kamailio.__new__(Kamailio)  # only for gateway_cfg(): the certificate and the socket
+    k.transport = transport
+    if transport == "tls":
+        k.cert, k.key = test_certificate(tmp_path)
+        (tmp_path / "tls.cfg").write_text(
+            f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n"
+            f"require_certificate = no\ncertificate = {k.cert}\nprivate_key = {k.key}\n")
+        defines += ["-A", "WITH_TLS", "-A", f'TLS_CONFIG="{tmp_path / "tls.cfg"}"']
+    log = tmp_path / "kamailio.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(["kamailio", "-DD", "-E", "-f", str(REGISTRAR_CFG), "-Y",
+                                 str(tmp_path), "-w", str(tmp_path), *defines],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 15
+        while True:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            except OSError:
+                assert loop.time() < end, "Kamailio did not listen"
+                await asyncio.sleep(0.1)
+        registrar = (f"sips:127.0.0.1:{port}" if transport == "tls"
+                     else f"sip:127.0.0.1:{port};transport=tcp")
+        for password, up in (("secret-pw", True), ("wrong-pw", False)):
+            secret = tmp_path / f"sip-{up}.secret"
+            secret.write_text(password + "\n")
+            gw = await start_gateway(REGISTER_CONFIG.format(
+                redis=redis_url, sip=free_udp_port(), registrar=registrar, secret=secret,
+                transport_cfg=k.gateway_cfg(tmp_path), hash=HASH))
+            reg = gw.sources.sip.registration
+            end = loop.time() + 20
+            while (not reg.up if up else "refused" not in (reg.reg.reason or "")):
+                assert loop.time() < end, (f"registration {'up' if up else 'refused'} not "
+                                           f"seen: {reg.reg.reason}\n{log.read_text()[-2000:]}")
+                await asyncio.sleep(0.1)
+            _, body = await http(gw.ws_port, "/healthz")
+            assert json.loads(body)["sources"]["sip"]["up"] is up, body
+            contact = f"{'sips' if transport == 'tls' else 'sip'}:blf@127.0.0.1:" \
+                      f"{gw.sources.sip.blf_server.addresses[transport.upper()][1]}"
+
+            def saved(contact: str = contact) -> list[str]:
+                return [x.split(" expires ")[-1] for x in log.read_text().splitlines()
+                        if "REGISTERED sip:gw@127.0.0.1 contact" in x
+                        and f"<{contact};transport={transport}> over {transport} " in x]
+
+            if up:
+                # Kamailio saved the binding with the gateway's Contact on this transport.
+                assert saved() and saved()[0] != "0", log.read_text()[-2000:]
+            else:
+                assert saved() == [], "a wrong password must not register"
+            await start_gateway.stop(gw)
+            if up:  # a gateway that stops takes its binding back (Expires: 0)
+                assert saved()[-1] == "0", saved()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
