@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+# How long a test waits for something that should happen within milliseconds before it
+# calls it lost. Generous on purpose: CI is a loaded 2-core machine where a subprocess or
+# the event loop can stall for seconds; a wait that passes costs nothing, and one that never
+# comes still fails (after this long, with the test's own message).
+PATIENCE = 30.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,13 +151,13 @@ class WsClient:
             self.sent.append(frame)
         await self.ws.send(frame)
 
-    async def request(self, msg: dict, timeout: float = 5.0) -> dict:
+    async def request(self, msg: dict, timeout: float = PATIENCE) -> dict:
         self._n += 1
         msg = {"id": self._n, **msg}
         await self.send(msg)
         return await self.wait(lambda m: m.get("id") == msg["id"], timeout)
 
-    async def wait(self, pred, timeout: float = 5.0, start: int = 0) -> dict:
+    async def wait(self, pred, timeout: float = PATIENCE, start: int = 0) -> dict:
         async def find():
             i = start
             async with self._cond:
@@ -304,7 +311,18 @@ async def peer():
     await p.stop()
 
 
-async def eventually(pred, timeout: float = 5.0, interval: float = 0.02):
+def within(seconds: float = PATIENCE):
+    """Turns of a polling loop until `seconds` have passed: `for _ in within(): ...` with the
+    assertion after the loop. Bounded in time, not in turns (a loaded machine makes every
+    turn slower, so a count of turns is a much shorter wait there)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        yield
+        if time.monotonic() > deadline:
+            return
+
+
+async def eventually(pred, timeout: float = PATIENCE, interval: float = 0.02):
     """Wait until pred() is truthy (for state that is reached asynchronously)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -18,7 +18,7 @@ import time
 import pytest
 import websockets
 
-from conftest import RedisServer, WsClient, free_port
+from conftest import RedisServer, WsClient, free_port, within
 from faultkit import LINES, PW, HonestWatcher, config, lamp_of, wait_lamps
 from test_process_faults import BridgeProgram, _wait_port
 
@@ -126,7 +126,7 @@ async def test_clock_jumps_forward_and_back_without_a_stall(tmp_path):
         bob = WsClient(await websockets.connect(f"ws://127.0.0.1:{ws}/ws"))
         await bob.request({"type": "login", "client": "bob", "password": PW})
         entries = []
-        for _ in range(50):
+        for _ in within():
             entries = (await bob.request({"type": "journal", "scope": "server"}))["entries"]
             if len([e for e in entries if e["device"] == "202"]) == 3:
                 break

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from conftest import within
 from faultkit import all_in_service, config, login, wait_lamps
 
 
@@ -24,7 +25,7 @@ async def test_an_emptied_config_file_is_refused_and_subscriptions_survive(
     for bad in ("", no_devices, no_clients):
         before = gw.metrics["config_rejected"]
         path.write_text(bad)
-        for _ in range(100):
+        for _ in within():
             if gw.metrics["config_rejected"] > before:
                 break
             await asyncio.sleep(0.05)

@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from conftest import RedisServer, free_port
+from conftest import RedisServer, free_port, within
 from faultkit import all_in_service, config, healthz, login, wait_lamps
 
 
@@ -85,7 +85,7 @@ async def test_full_disk_makes_lamps_unknown_with_the_reason_then_exact(
         status, body = await asyncio.to_thread(healthz, gw.ws_port)
         assert status == 200 and body["problem"] is None
         bob = await login(connect, gw, "bob")
-        for _ in range(100):
+        for _ in within():
             entries = (await bob.request({"type": "journal", "scope": "server"}))["entries"]
             if entries:
                 break

@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from conftest import eventually, free_port
+from conftest import eventually, free_port, within
 from faultkit import (
     HonestWatcher,
     all_in_service,
@@ -175,7 +175,7 @@ async def test_a_left_over_embedded_redis_is_replaced_and_its_data_kept(tmp_path
          "--pidfile", str(state / "redis.pid"), "--logfile", str(state / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        for _ in range(200):
+        for _ in within():
             try:
                 redis.Redis(unix_socket_path=str(sock)).set("{blf}:marker", "kept")
                 break

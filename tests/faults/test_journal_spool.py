@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 
-from conftest import RedisServer
+from conftest import RedisServer, within
 from faultkit import all_in_service, config, login
 
 CALLS = [("Line 201", "c1", "0301"), ("Line 201", "c2", "0302"), ("Line 202", "c3", "0303")]
@@ -29,7 +29,7 @@ async def _journals(connect, gw) -> tuple[list[str], list[str]]:
 
 
 async def _wait_spooled(gw, n: int) -> None:
-    for _ in range(250):
+    for _ in within():
         if gw.journal.spooled >= n:
             return
         await asyncio.sleep(0.02)
@@ -50,7 +50,7 @@ async def test_calls_ended_while_redis_is_away_are_journaled_once_when_it_is_bac
         await _wait_spooled(gw, 5)
         assert (start_gateway.dir / "state" / "journal.spool").exists()
         server.start()
-        for _ in range(250):
+        for _ in within():
             if not gw.journal.spool.pending():
                 break
             await asyncio.sleep(0.02)
@@ -81,7 +81,7 @@ async def test_spooled_calls_survive_a_stop_and_a_crash_and_are_written_once(
         shutil.copy(spool, start_gateway.dir / "state" / "journal.spool.crashed.draining")
         server.start()
         gw = await start_gateway(text)
-        for _ in range(250):
+        for _ in within():
             if not gw.journal.spool.pending():
                 break
             await asyncio.sleep(0.02)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import websockets
 
-from conftest import WsClient, free_port
+from conftest import WsClient, free_port, within
 from faultkit import LINES, PW, HonestWatcher, config, lamp_of, login, redis_servers_under, \
     wait_gone, wait_lamps
 
@@ -234,7 +234,7 @@ async def test_gateway_stopped_then_continued_loses_nothing(tmp_path):
         await wait_lamps(carol, {"alice": "ringing", "bob": "idle"}, 5)
         heal = time.monotonic() - t0 - 2.0
         bob, _ = await _client(ws, client="bob", password=PW)
-        for _ in range(50):
+        for _ in within():
             entries = (await bob.request({"type": "journal", "scope": "server"}))["entries"]
             if entries:
                 break

@@ -19,6 +19,7 @@ from gateway.ami.client import AmiError, AmiSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amipeer import AmiPeer  # noqa: E402
+from conftest import PATIENCE  # noqa: E402
 
 LINES = {"PJSIP/201": "alice", "202": "bob", "PJSIP/203": "carol"}
 
@@ -62,7 +63,7 @@ class Rig:
     def lamps(self) -> dict[str, str]:
         return {d: device_lamp(self.tracker.state(d)).value for d in self.tracker.devices}
 
-    async def until(self, cond, timeout: float = 3.0) -> None:
+    async def until(self, cond, timeout: float = PATIENCE) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while not cond():
             if asyncio.get_running_loop().time() > deadline:

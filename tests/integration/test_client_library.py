@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from blf_gateway.client import GatewayClient, GatewayError, backoff_delay
-from conftest import Bridge, free_port
+from conftest import PATIENCE, Bridge, free_port
 from gateway.auth import hash_password
 from gateway.server.messages import Action, PanelSnapshot
 
@@ -58,7 +58,7 @@ def ring(device: str, call: str, caller: str = "+4930555") -> dict:
     return {"device": device, "call": call, "state": "offering", "caller": caller}
 
 
-async def next_change(it, pred, timeout: float = 5.0):
+async def next_change(it, pred, timeout: float = PATIENCE):
     async def find():
         async for ch in it:
             if pred(ch):
@@ -158,7 +158,7 @@ def test_backoff_doubles_to_ten_seconds_with_jitter():
     assert backoff_delay(0, lambda: 0.0) == 0.375 and backoff_delay(3, lambda: 1.0) == 5.0
 
 
-async def _until(pred, timeout: float = 5.0):
+async def _until(pred, timeout: float = PATIENCE):
     deadline = asyncio.get_running_loop().time() + timeout
     while not pred():
         if asyncio.get_running_loop().time() > deadline:

@@ -216,10 +216,13 @@ async def test_offline_calls_arrive_at_next_login_exactly_once(redis_url, start_
     assert entries[0]["start"] <= entries[0]["end"]
     # While om is logged in, its calls are not kept for later.
     b = await bridge(gw)
+    lines = gw.bridge.lines_in
     await devstates(b)
     await b.send({"device": "303", "call": "c", "state": "offering"},
                  {"device": "303", "call": "c", "state": "disconnected"})
-    await asyncio.sleep(0.3)
+    # The gateway has taken both lines of the call (decided while om is logged in) before
+    # om goes away: otherwise the call could end after om left, and be kept rightly.
+    await eventually(lambda: gw.bridge.lines_in >= lines + 5 + 2)
     assert (await om.request({"type": "journal_ack", "upto": entries[-1]["id"]}))["type"] == "ok"
     await om.close()
     om2 = await connect(gw)

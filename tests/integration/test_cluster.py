@@ -9,7 +9,7 @@ from gateway.cluster import Cluster
 from gateway.config import load_config
 from gateway.store import Store
 
-from conftest import write_config
+from conftest import within, write_config
 
 CONFIG = """
 [redis]
@@ -57,7 +57,7 @@ async def test_a_source_that_fails_to_start_keeps_liveness_and_is_retried(redis_
         task = asyncio.create_task(a.run())
         try:
             # The keepalive goes on (liveness renewed) and the source is tried again.
-            for _ in range(60):
+            for _ in within():
                 await asyncio.sleep(0.1)
                 if "ami" in a.leases:
                     break

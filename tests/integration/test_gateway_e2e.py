@@ -391,9 +391,12 @@ async def test_softphone_call_also_on_the_line_is_shown_once(redis_url, start_ga
                          "direction": "in", "remote": "+49 30 555123"})
     await b.send({"device": "Line 201", "call": "0x9", "state": "offering",
                   "caller": "030555123"})
-    await asyncio.sleep(0.3)
+    # Once the line's report is shown (its call id is the line's), the softphone's report
+    # of the same call must not be shown beside it.
+    await carol.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "ringing"
+                     and any(c["id"].startswith("201/") for c in m.get("calls", [])))
     last = carol.lamps(member="alice")[-1]
-    assert last["lamp"] == "ringing" and len(last["calls"]) == 1
+    assert last["lamp"] == "ringing" and len(last["calls"]) == 1, last
     await alice.request({"type": "softphone", "call": "sp-1", "state": "connected",
                          "direction": "in", "remote": "+49 30 555123"})
     await b.send({"device": "Line 201", "call": "0x9", "state": "connected",

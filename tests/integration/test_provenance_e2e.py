@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import eventually
+from conftest import eventually, within
 from test_gateway_e2e import HASH, PW, login
 
 NUMBER = "+4930123456"
@@ -233,7 +233,7 @@ async def test_admin_overview_shows_sources_processes_and_sessions(office, peer,
         return await root.request({"type": "admin_overview"})
 
     ov = await overview()
-    for _ in range(50):  # health entries are written once a second
+    for _ in within():  # health entries are written once a second
         if len(ov["sources"]) == 2 and all(s["up"] for s in ov["sources"]):
             break
         await asyncio.sleep(0.1)
@@ -258,7 +258,7 @@ async def test_admin_overview_shows_sources_processes_and_sessions(office, peer,
     # A dropped source connection shows: the bridge goes away, the lamp turns unknown.
     await b.close()
     await eventually(lambda: gw.engine.device_view("204").lamp.value == "unknown")
-    for _ in range(50):
+    for _ in within():
         ov = await overview()
         by = {s["source"]: s for s in ov["sources"]}
         if by["tapi_bridge"]["reconnects"] == 1 and not by["tapi_bridge"]["up"]:
@@ -320,7 +320,7 @@ async def test_every_process_tells_the_same_history(peer, redis_url, start_gatew
                  {"device": "Line 204", "call": "0x51", "state": "offering", "caller": NUMBER})
     await eventually(lambda: second.engine.device_view("204").lamp.value == "ringing")
     root = await login(connect, second, "root")
-    for _ in range(50):
+    for _ in within():
         ov = await root.request({"type": "admin_overview"})
         tapi = next(s for s in ov["sources"] if s["source"] == "tapi_bridge")
         if len(ov["processes"]) == 2 and tapi["up_in"] == [first.pid]:
@@ -330,7 +330,7 @@ async def test_every_process_tells_the_same_history(peer, redis_url, start_gatew
     assert tapi["up_in"] == [first.pid] and tapi["events"] >= 2
     assert next(s for s in ov["sources"] if s["source"] == "ami")["holder"] in (first.pid,
                                                                                 second.pid)
-    for _ in range(50):
+    for _ in within():
         reply = await root.request({"type": "explain", "device": "204"})
         if any(r["call"] == "0x51" for r in reply["records"]):
             break

@@ -15,6 +15,8 @@ from gateway.publisher import Publisher
 from gateway.sources import LineSources
 from gateway.store import Store
 
+from conftest import within
+
 CONFIG = parse_config("""
 [sources.tapi_bridge]
 listen = "127.0.0.1:0"
@@ -80,7 +82,7 @@ async def test_reports_lost_connections_and_the_journal(redis_url):
 
 
 async def journal_entries(store: Store) -> list:
-    for _ in range(250):  # the journal writer runs in its own task
+    for _ in within():  # the journal writer runs in its own task
         entries = await store.read_journal(None)
         if entries:
             return entries

@@ -19,7 +19,7 @@ import pytest
 import trustme
 
 from blf_gateway.client import GatewayClient
-from conftest import eventually, free_port
+from conftest import PATIENCE, eventually, free_port
 from gateway.auth import hash_password
 from gateway.tls import TlsError
 
@@ -215,7 +215,7 @@ async def _watch(connect, gw):
     return watcher
 
 
-async def _closed_by_gateway(reader, timeout: float = 5.0) -> bool:
+async def _closed_by_gateway(reader, timeout: float = PATIENCE) -> bool:
     try:
         return await asyncio.wait_for(reader.read(), timeout) == b""
     except (ConnectionError, OSError):
