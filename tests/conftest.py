@@ -13,12 +13,19 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from gateway.store import die_with_parent_preexec, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+
+# Property and fuzz tests: no per-example deadline and no "too slow" health check (they
+# measure the machine, not the code; a loaded CI machine trips them). What the examples must
+# satisfy is unchanged; a test's own @settings still sets its example count.
+settings.register_profile("blf", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("blf")
 
 # How long a test waits for something that should happen within milliseconds before it
 # calls it lost. Generous on purpose: CI is a loaded 2-core machine where a subprocess or

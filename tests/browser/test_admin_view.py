@@ -17,6 +17,7 @@ import pytest
 
 from test_web_panel import (  # noqa: F401 - fixtures used by name
     AsteriskPeer,
+    WAIT_MS,
     Gateway,
     browser,
     page,
@@ -145,10 +146,10 @@ def login(page, gw, client: str) -> None:
     page.fill("#login-client", client)
     page.fill("#login-password", PASSWORDS[client])
     page.click("#login-submit")
-    page.wait_for_selector("#board-view:not([hidden])", timeout=10000)
+    page.wait_for_selector("#board-view:not([hidden])", timeout=WAIT_MS)
 
 
-def wait_for(pred, timeout: float = 10.0):
+def wait_for(pred, timeout: float = WAIT_MS / 1000):
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
@@ -182,7 +183,11 @@ def story_played(office):
         wait_for(lambda: any(" dialing, outgoing" in x for x in explain_cli(gw, "202")))
         ami.call(ami.peer.model.hangup, call)
         wait_for(lambda: any(" ended, outgoing" in x for x in explain_cli(gw, "202")))
-        time.sleep(1.0)  # health entries are written once a second
+        # Health entries are written once a second: wait until the admin overview has both
+        # sources up (what the admin view shows first), not a fixed second.
+        with raw_client_as(gw, "root") as root:
+            wait_for(lambda: sorted(s["source"] for s in root.request(
+                {"type": "admin_overview"})["sources"] if s["up"]) == ["ami", "tapi_bridge"])
         yield gw, alice
 
 
@@ -196,7 +201,7 @@ class _Raw:
         self.n += 1
         self.ws.send(json.dumps({**msg, "id": self.n}))
         while True:
-            m = json.loads(self.ws.recv(timeout=10))
+            m = json.loads(self.ws.recv(timeout=WAIT_MS / 1000))
             if m.get("id") == self.n:
                 return m
 
@@ -224,7 +229,7 @@ def explain_cli(gw, *args: str) -> list[str]:
 def open_admin(page) -> None:
     page.click("#admin-toggle")
     page.wait_for_selector("#admin-view:not([hidden])")
-    page.wait_for_selector('#admin-sources tr[data-source="ami"]', timeout=10000)
+    page.wait_for_selector('#admin-sources tr[data-source="ami"]', timeout=WAIT_MS)
 
 
 def shown_story(page) -> list[str]:
@@ -316,7 +321,7 @@ def test_reload_shows_the_errors_of_a_refused_file(page, office):
     try:
         gw.config.write_text(good.replace('number = "203"', 'number = "203"\nlamp = "red"'))
         page.click("#admin-reload")
-        page.wait_for_selector('#admin-reload-result[data-ok="false"]', timeout=10000)
+        page.wait_for_selector('#admin-reload-result[data-ok="false"]', timeout=WAIT_MS)
         errors = page.locator("#admin-reload-result .reload-errors li").all_inner_texts()
         assert any("lamp: unknown key" in e for e in errors), errors
         assert "refused, the running gateway keeps its last good configuration" in \
@@ -324,4 +329,4 @@ def test_reload_shows_the_errors_of_a_refused_file(page, office):
     finally:
         gw.config.write_text(good)
     page.click("#admin-reload")
-    page.wait_for_selector('#admin-reload-result[data-ok="true"]', timeout=10000)
+    page.wait_for_selector('#admin-reload-result[data-ok="true"]', timeout=WAIT_MS)

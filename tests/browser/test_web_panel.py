@@ -34,6 +34,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_BIN = Path(sys.executable).with_name("blf-gateway")
+# How long a test waits for the page (ms) before it calls a change lost: chromium, the
+# gateway and the test share a loaded 2-core CI machine, where a render can take seconds.
+WAIT_MS = 30000
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 if not os.path.exists(CHROMIUM):
@@ -299,16 +302,16 @@ def login(page, gw: Gateway, client: str, password: str | None = None, panels: b
     page.fill("#login-client", client)
     page.fill("#login-password", password if password is not None else PASSWORDS[client])
     page.click("#login-submit")
-    page.wait_for_selector("#board-view:not([hidden])", timeout=10000)
+    page.wait_for_selector("#board-view:not([hidden])", timeout=WAIT_MS)
     if panels:
-        page.wait_for_selector("section.panel:not(.loading)", timeout=10000)
+        page.wait_for_selector("section.panel:not(.loading)", timeout=WAIT_MS)
 
 
 def card(page, panel: str, member: str):
     return page.locator(f'section.panel[data-panel="{panel}"] li.card[data-member="{member}"]')
 
 
-def wait_lamp(page, panel: str, member: str, lamp: str, timeout: float = 10000) -> None:
+def wait_lamp(page, panel: str, member: str, lamp: str, timeout: float = WAIT_MS) -> None:
     page.wait_for_selector(
         f'section.panel[data-panel="{panel}"] li.card[data-member="{member}"][data-lamp="{lamp}"]',
         timeout=timeout)
@@ -323,7 +326,7 @@ def test_wrong_password_is_refused_clearly(page, gateway):
     page.fill("#login-password", "not-the-password")
     page.click("#login-submit")
     msg = page.locator("#login-message")
-    msg.filter(has_text="Wrong client name or password").wait_for(timeout=10000)
+    msg.filter(has_text="Wrong client name or password").wait_for(timeout=WAIT_MS)
     assert page.locator("#board-view").is_hidden()
 
 
@@ -333,7 +336,7 @@ def test_gateway_down_at_login(page, gateway):
     page.fill("#login-client", "alice")
     page.fill("#login-password", PASSWORDS["alice"])
     page.click("#login-submit")
-    page.locator("#login-message").filter(has_text="Cannot reach the gateway").wait_for(timeout=10000)
+    page.locator("#login-message").filter(has_text="Cannot reach the gateway").wait_for(timeout=WAIT_MS)
 
 
 def test_login_shows_panels_monitors_and_idle_lamps(page, gateway):
@@ -369,7 +372,7 @@ def test_lamps_light_change_and_clear(page, gateway):
     page.wait_for_function(
         """([sel, t]) => { const e = document.querySelector(sel); return e && e.textContent !== t; }""",
         arg=['section.panel[data-panel="desk"] li.card[data-member="bob"] .call-timer', first],
-        timeout=4000)
+        timeout=WAIT_MS)
     gateway.call("L202", "c-bob-1", "onhold", caller="0711555111", called="202")
     wait_lamp(page, "desk", "bob", "held")
     gateway.call("L202", "c-bob-1", "idle")
@@ -407,16 +410,16 @@ def test_filter_narrows_members(page, gateway):
     page.wait_for_function(
         """() => [...document.querySelectorAll('section.panel[data-panel="desk"] li.card')]
                  .filter(c => !c.hidden).map(c => c.dataset.member).join() === 'bob'""",
-        timeout=3000)
+        timeout=WAIT_MS)
     page.fill("#filter", "203")
     page.wait_for_function(
         """() => [...document.querySelectorAll('section.panel[data-panel="desk"] li.card')]
                  .filter(c => !c.hidden).map(c => c.dataset.member).join() === 'carol'""",
-        timeout=3000)
+        timeout=WAIT_MS)
     page.fill("#filter", "")
     page.wait_for_function(
         """() => [...document.querySelectorAll('section.panel[data-panel="desk"] li.card')]
-                 .filter(c => !c.hidden).length === 3""", timeout=3000)
+                 .filter(c => !c.hidden).length === 3""", timeout=WAIT_MS)
 
 
 def _pickup_frames(page) -> list[dict]:
@@ -427,7 +430,7 @@ def _sel(panel: str, member: str) -> str:
     return f'section.panel[data-panel="{panel}"] li.card[data-member="{member}"]'
 
 
-def _outcome(page, panel: str, member: str, timeout: float = 20000) -> tuple[str, str]:
+def _outcome(page, panel: str, member: str, timeout: float = WAIT_MS) -> tuple[str, str]:
     """Wait for the pickup outcome at the lamp; returns (data-pickup, the text shown)."""
     sel = _sel(panel, member)
     page.wait_for_selector(f"{sel}[data-pickup]:not([data-pickup='pending'])", timeout=timeout)
@@ -437,10 +440,10 @@ def _outcome(page, panel: str, member: str, timeout: float = 20000) -> tuple[str
 
 def _wait_announced(page, text: str) -> None:
     page.wait_for_function("t => document.getElementById('announcer').textContent.includes(t)",
-                           arg=text, timeout=5000)
+                           arg=text, timeout=WAIT_MS)
 
 
-def _wait_frame(page, pred, timeout: float = 10.0) -> dict:
+def _wait_frame(page, pred, timeout: float = WAIT_MS / 1000) -> dict:
     """Playwright reports frames asynchronously: poll for one."""
     deadline = time.monotonic() + timeout
     while True:
@@ -460,12 +463,12 @@ class RawClient:
         welcome = self.request({"type": "login", "client": client, "password": PASSWORDS[client]})
         assert welcome["type"] == "welcome", welcome
 
-    def request(self, msg: dict, timeout: float = 10.0) -> dict:
+    def request(self, msg: dict, timeout: float = WAIT_MS / 1000) -> dict:
         self.n += 1
         self.ws.send(json.dumps({**msg, "id": self.n}))
         return self.wait(lambda m: m.get("id") == self.n, timeout)
 
-    def wait(self, pred, timeout: float = 10.0) -> dict:
+    def wait(self, pred, timeout: float = WAIT_MS / 1000) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             m = json.loads(self.ws.recv(timeout=max(0.01, deadline - time.monotonic())))
@@ -503,7 +506,7 @@ def test_pickup_by_click_shows_what_to_dial(page, gateway):
     assert "Dial **203 on your phone to take the call" in status.inner_text()
     assert "Carol Chen" in status.inner_text()
     page.click("#pickup-status-close")
-    status.wait_for(state="hidden", timeout=3000)
+    status.wait_for(state="hidden", timeout=WAIT_MS)
     gateway.call("L203", "c-carol-1", "idle")
     wait_lamp(page, "desk", "carol", "idle")
 
@@ -519,7 +522,7 @@ def test_pickup_by_keyboard(page, gateway):
     state, text = _outcome(page, "desk", "bob")
     assert (state, text) == ("dial", "Dial **202 on your phone to take the call")
     # Said once, by the status area (a polite live region), not twice.
-    page.locator("#pickup-status").filter(has_text="Dial **202 on your phone").wait_for(timeout=5000)
+    page.locator("#pickup-status").filter(has_text="Dial **202 on your phone").wait_for(timeout=WAIT_MS)
     reqs = _pickup_frames(page)
     assert len(reqs) == 1 and reqs[0]["member"] == "bob" and reqs[0]["panel"] == "desk"
     gateway.call("L202", "c-bob-2", "idle")
@@ -691,7 +694,7 @@ def test_pickup_through_asterisk_shows_the_result(page, asterisk_gateway):
     # gateway answers `ok`, then `pickup_result`.
     gw, ami = asterisk_gateway
     login(page, gw, "alice")
-    wait_lamp(page, "desk", "bob", "idle", timeout=20000)
+    wait_lamp(page, "desk", "bob", "idle", timeout=WAIT_MS)
     ami.call(ami.peer.model.external_call, "+4930555", "Customer", "202")
     wait_lamp(page, "desk", "bob", "ringing")
     card(page, "desk", "bob").click()
@@ -711,21 +714,21 @@ def test_password_transfer_is_shown_once(page, gateway):
     login(page, gateway, "erin", password="anything", panels=False)
     assert page.locator("#no-panels").is_visible()
     dialog = page.locator("#password-dialog")
-    dialog.wait_for(state="visible", timeout=5000)
+    dialog.wait_for(state="visible", timeout=WAIT_MS)
     shown = page.locator("#pw-value").inner_text().strip()
     welcome = next(m for m in page.frames_log.received_json() if m.get("type") == "welcome")
     assert welcome.get("password") and shown == welcome["password"]
     page.click("#pw-ok")
-    dialog.wait_for(state="hidden", timeout=3000)
+    dialog.wait_for(state="hidden", timeout=WAIT_MS)
     # Shown once: gone from the page after it is acknowledged.
-    page.wait_for_function("() => document.getElementById('pw-value').textContent === ''", timeout=3000)
+    page.wait_for_function("() => document.getElementById('pw-value').textContent === ''", timeout=WAIT_MS)
 
 
 def test_first_login_with_an_empty_password_field(page, gateway):
     # frank was marked --at-next-login and has no password yet: he leaves the field empty,
     # the page sends no `password` at all, and he is shown the one the gateway made for him.
     login(page, gateway, "frank", password="", panels=False)
-    page.locator("#password-dialog").wait_for(state="visible", timeout=5000)
+    page.locator("#password-dialog").wait_for(state="visible", timeout=WAIT_MS)
     sent = [m for m in page.frames_log.sent_json() if m.get("type") == "login"]
     assert len(sent) == 1 and "password" not in sent[0] and "token" not in sent[0], sent
     shown = page.locator("#pw-value").inner_text().strip()
@@ -737,11 +740,11 @@ def test_first_login_with_an_empty_password_field(page, gateway):
     page.fill("#login-password", "")
     page.click("#login-submit")
     page.locator("#login-message").filter(has_text="Wrong client name or password").wait_for(
-        timeout=10000)
+        timeout=WAIT_MS)
     # And the password he was shown works.
     page.fill("#login-password", shown)
     page.click("#login-submit")
-    page.wait_for_selector("#board-view:not([hidden])", timeout=10000)
+    page.wait_for_selector("#board-view:not([hidden])", timeout=WAIT_MS)
 
 
 def _drop_connection_with_pickup_in_flight(page, panel: str, member: str) -> None:
@@ -758,7 +761,7 @@ def test_pickup_in_flight_is_resent_after_a_reconnect(page, gateway):
     gateway.call("L203", "c-carol-drop", "offering", caller="0899000111", called="203")
     wait_lamp(page, "desk", "carol", "ringing")
     _drop_connection_with_pickup_in_flight(page, "desk", "carol")
-    page.wait_for_function("() => window.__blf.reconnects >= 1", timeout=15000)
+    page.wait_for_function("() => window.__blf.reconnects >= 1", timeout=WAIT_MS)
     state, text = _outcome(page, "desk", "carol")
     assert (state, text) == ("dial", "Dial **203 on your phone to take the call"), (state, text)
     reqs = _pickup_frames(page)
@@ -786,7 +789,7 @@ def test_pickup_in_flight_shows_unknown_when_the_gateway_stays_away(page, gatewa
     _wait_announced(page, "whether the pickup happened is unknown")
     # Back: the stale answer is not acted on (the pickup is not sent again).
     page.evaluate("u => { window.__blf.app.url = u; window.__blf.app._retryNow(); }", real_url)
-    page.wait_for_function("() => window.__blf.connState === 'connected'", timeout=15000)
+    page.wait_for_function("() => window.__blf.connState === 'connected'", timeout=WAIT_MS)
     assert len(_pickup_frames(page)) == 1
     gateway.call("L202", "c-bob-drop", "idle")
     wait_lamp(page, "desk", "bob", "idle")
@@ -795,7 +798,7 @@ def test_pickup_in_flight_shows_unknown_when_the_gateway_stays_away(page, gatewa
 def test_reload_resumes_the_session_with_the_token(page, gateway):
     login(page, gateway, "alice")
     page.reload()
-    page.wait_for_selector("section.panel:not(.loading)", timeout=10000)
+    page.wait_for_selector("section.panel:not(.loading)", timeout=WAIT_MS)
     logins = [m for m in page.frames_log.sent_json() if m.get("type") == "login"]
     assert "password" in logins[0] and "token" in logins[-1] and "password" not in logins[-1]
     page.click("#logout")
@@ -815,9 +818,9 @@ def test_gateway_restart_reconnects_without_reload(page, gateway):
 
     gateway.stop()
     page.wait_for_function("() => ['reconnecting', 'offline'].includes(window.__blf.connState)",
-                           timeout=10000)
+                           timeout=WAIT_MS)
     # The old state stays on screen, marked stale, never blank.
-    page.wait_for_selector('section.panel[data-panel="desk"].stale', timeout=5000)
+    page.wait_for_selector('section.panel[data-panel="desk"].stale', timeout=WAIT_MS)
     # (On shutdown the gateway may first publish `unknown`: its bridge went away. Either way
     # the card stays, with the last thing the gateway said.)
     assert page.locator('section.panel[data-panel="desk"] li.card').count() == 3
@@ -830,10 +833,10 @@ def test_gateway_restart_reconnects_without_reload(page, gateway):
     gateway.lines["L201/c-alice-1"] = {"device": "L201", "call": "c-alice-1", "state": "offering",
                                        "caller": "0711000444", "called": "201"}
     gateway.start()
-    page.wait_for_function("() => window.__blf.connState === 'connected'", timeout=20000)
-    wait_lamp(page, "desk", "bob", "idle", timeout=15000)
-    wait_lamp(page, "desk", "alice", "ringing", timeout=15000)
-    page.wait_for_selector('section.panel[data-panel="desk"]:not(.stale)', timeout=5000)
+    page.wait_for_function("() => window.__blf.connState === 'connected'", timeout=WAIT_MS)
+    wait_lamp(page, "desk", "bob", "idle", timeout=WAIT_MS)
+    wait_lamp(page, "desk", "alice", "ringing", timeout=WAIT_MS)
+    page.wait_for_selector('section.panel[data-panel="desk"]:not(.stale)', timeout=WAIT_MS)
     assert page.evaluate("() => window.__noReload") == "still here"
     assert page.locator("#banner").is_hidden()
     # Re-logged in with the token, resubscribed with since.
