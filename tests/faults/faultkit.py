@@ -111,11 +111,15 @@ def lamp_of(client, member: str) -> str | None:
 
 class HonestWatcher:
     """A logged-in switchboard user during the fault: the probe line rings and goes idle
-    every `period` seconds; each time it measures bridge line -> lamp frame latency. Probes
-    that time out count as not delivered (while the state store is away they cannot be)."""
+    every `period` seconds; each time it measures bridge line -> lamp frame latency. A probe
+    whose lamp has not come after `patience` seconds counts as not delivered, lost or stuck
+    (while the state store is away it cannot be). How fast the lamps come is the p99
+    figure, printed, not asserted: a loaded CI machine can hold any process up for a second
+    and that says nothing about the gateway."""
 
-    def __init__(self, client, bridge, period: float = 0.1) -> None:
+    def __init__(self, client, bridge, period: float = 0.1, patience: float = 10.0) -> None:
         self.client, self.bridge, self.period = client, bridge, period
+        self.patience = patience
         self.latencies: list[float] = []
         self.missed = 0
         self._task: asyncio.Task | None = None
@@ -134,7 +138,8 @@ class HonestWatcher:
                                 "state": state, "caller": "0"})
         try:
             await self.client.wait(lambda m: m.get("member") == "probe"
-                                   and m.get("lamp") == want, timeout=1.0, start=start)
+                                   and m.get("lamp") == want, timeout=self.patience,
+                                   start=start)
             self.latencies.append(time.perf_counter() - t0)
         except (asyncio.TimeoutError, ConnectionError):
             self.missed += 1
@@ -152,7 +157,7 @@ class HonestWatcher:
         # A flag, not cancel(): Python 3.11's wait_for can swallow a cancellation.
         self._stopping = True
         if self._task is not None:
-            await asyncio.wait_for(self._task, 5)
+            await asyncio.wait_for(self._task, self.patience + 5)
         if self._n % 2:  # its last call still rings: hang it up, the line is left idle
             await self.bridge.send({"device": "Line 299",
                                     "call": f"{self._prefix}{(self._n + 1) // 2}",

@@ -18,7 +18,7 @@ import time
 import pytest
 import websockets
 
-from conftest import RedisServer, WsClient, free_port, within
+from conftest import PATIENCE, RedisServer, WsClient, free_port, within
 from faultkit import LINES, PW, HonestWatcher, config, lamp_of, wait_lamps
 from test_process_faults import BridgeProgram, _wait_port
 
@@ -64,7 +64,7 @@ async def test_clock_jumps_forward_and_back_without_a_stall(tmp_path):
         carol = WsClient(await websockets.connect(f"ws://127.0.0.1:{ws}/ws"))
         await carol.request({"type": "login", "client": "carol", "password": PW})
         await carol.request({"type": "subscribe", "panel": "office"})
-        await wait_lamps(carol, {"alice": "idle", "bob": "idle"}, 5)
+        await wait_lamps(carol, {"alice": "idle", "bob": "idle"}, PATIENCE)
         watcher = HonestWatcher(carol, BridgeRelay(prog))
         watcher.start()
 
@@ -74,7 +74,7 @@ async def test_clock_jumps_forward_and_back_without_a_stall(tmp_path):
                     {"device": "Line 202", "call": "live", "state": "connected",
                      "caller": "06"}):
             await prog.send(msg)
-        await wait_lamps(carol, {"bob": "busy", "carol": "idle"}, 5)
+        await wait_lamps(carol, {"bob": "busy", "carol": "idle"}, PATIENCE)
         live_since = [m for m in carol.received if m.get("member") == "bob"][-1][
             "calls"][0]["since"]
         offset.write_text("+1d\n")
@@ -88,7 +88,7 @@ async def test_clock_jumps_forward_and_back_without_a_stall(tmp_path):
         # watcher was told).
         assert bob_now["calls"][0]["since"] == pytest.approx(live_since + 86400, abs=2)
         await prog.send({"device": "Line 202", "call": "live", "state": "disconnected"})
-        await wait_lamps(carol, {"bob": "idle"}, 5)
+        await wait_lamps(carol, {"bob": "idle"}, PATIENCE)
         offset.write_text("+0\n")
         await asyncio.sleep(0.5)
 
@@ -101,18 +101,18 @@ async def test_clock_jumps_forward_and_back_without_a_stall(tmp_path):
             await prog.send({"device": "Line 201", "call": call, "state": "offering",
                              "caller": "0301"})
             await carol.wait(lambda m: m.get("member") == "alice"
-                             and m.get("lamp") == "ringing", 5, start=mark)
+                             and m.get("lamp") == "ringing", PATIENCE, start=mark)
             await prog.send({"device": "Line 201", "call": call, "state": "connected"})
             await prog.send({"device": "Line 202", "call": f"j-{step}", "state": "offering",
                              "caller": f"04{len(step)}"})
             await prog.send({"device": "Line 202", "call": f"j-{step}",
                              "state": "disconnected"})
-            await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, 5)
+            await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, PATIENCE)
             busy = [m for m in carol.received if m.get("member") == "alice"
                     and m.get("lamp") == "busy"][-1]
             seen_since[step] = busy["calls"][0]["since"]
             await prog.send({"device": "Line 201", "call": call, "state": "disconnected"})
-            await wait_lamps(carol, {"alice": "idle"}, 5)
+            await wait_lamps(carol, {"alice": "idle"}, PATIENCE)
         await watcher.stop()
         # The call's `since` is the gateway machine's clock: a day ahead, then an hour behind.
         now = time.time()

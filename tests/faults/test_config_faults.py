@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import within
+from conftest import PATIENCE, within
 from faultkit import all_in_service, config, login, wait_lamps
 
 
@@ -18,7 +18,7 @@ async def test_an_emptied_config_file_is_refused_and_subscriptions_survive(
     await all_in_service(b)
     carol = await login(connect, gw, "carol")
     await carol.request({"type": "subscribe", "panel": "office"})
-    await wait_lamps(carol, {"alice": "idle"}, 5)
+    await wait_lamps(carol, {"alice": "idle"}, PATIENCE)
 
     no_devices = '[[clients]]\nname = "alice"\n'
     no_clients = '[[devices]]\nid = "201"\n'
@@ -34,12 +34,12 @@ async def test_an_emptied_config_file_is_refused_and_subscriptions_survive(
         # The watcher's subscription still works: a call on alice's line reaches it.
         await b.send({"device": "Line 201", "call": f"x{len(bad)}", "state": "offering",
                       "caller": "0301"})
-        await wait_lamps(carol, {"alice": "ringing"}, 3)
+        await wait_lamps(carol, {"alice": "ringing"}, PATIENCE)
         await b.send({"device": "Line 201", "call": f"x{len(bad)}", "state": "disconnected"})
-        await wait_lamps(carol, {"alice": "idle"}, 3)
+        await wait_lamps(carol, {"alice": "idle"}, PATIENCE)
     mark = len(carol.received)
     path.write_text(text)  # the file comes back
     await asyncio.sleep(1.5)
     assert not [m for m in carol.received[mark:] if m.get("type") == "snapshot"]
     await b.send({"device": "Line 202", "call": "y", "state": "offering", "caller": "0302"})
-    await wait_lamps(carol, {"bob": "ringing"}, 3)
+    await wait_lamps(carol, {"bob": "ringing"}, PATIENCE)

@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from conftest import RedisServer, free_port, within
+from conftest import PATIENCE, RedisServer, free_port, within
 from faultkit import all_in_service, config, healthz, login, wait_lamps
 
 
@@ -62,7 +62,7 @@ async def test_full_disk_makes_lamps_unknown_with_the_reason_then_exact(
         await all_in_service(b)
         carol = await login(connect, gw, "carol")
         await carol.request({"type": "subscribe", "panel": "office"})
-        await wait_lamps(carol, {"alice": "idle", "bob": "idle"}, 5)
+        await wait_lamps(carol, {"alice": "idle", "bob": "idle"}, PATIENCE)
 
         t_fault = time.monotonic()
         await asyncio.to_thread(fill, small_disk)

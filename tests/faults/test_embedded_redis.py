@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from conftest import eventually, free_port, within
+from conftest import PATIENCE, eventually, free_port, within
 from faultkit import (
     HonestWatcher,
     all_in_service,
@@ -37,7 +37,7 @@ async def _busy_office(start_gateway, connect, bridge):
     await b.send({"device": "Line 201", "call": "a1", "state": "connected", "caller": "0301"})
     carol = await login(connect, gw, "carol")
     await carol.request({"type": "subscribe", "panel": "office"})
-    await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, 5)
+    await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, PATIENCE)
     return gw, b, carol
 
 
@@ -56,7 +56,7 @@ async def test_killed_embedded_redis_is_restarted_with_its_data_and_lamps_heal(
     t_fault = time.monotonic()
     kill(old)
     # What users see: every lamp unknown while the state store is away ...
-    await carol.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "unknown", 5)
+    await carol.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "unknown", PATIENCE)
     # ... meanwhile the line goes on: bob's line rings.
     await b.send({"device": "Line 202", "call": "b1", "state": "offering", "caller": "0402"})
     # ... then exact again, without a gateway restart.
@@ -151,7 +151,7 @@ async def test_embedded_redis_ends_with_a_gateway_killed_by_sigkill(tmp_path):
         assert redis_servers_under(tmp_path) == servers
         proc.kill()
         proc.wait(10)
-        took = await wait_gone(servers[0], 5)
+        took = await wait_gone(servers[0], PATIENCE)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -192,7 +192,7 @@ async def test_a_left_over_embedded_redis_is_replaced_and_its_data_kept(tmp_path
             out, _ = await asyncio.to_thread(proc.communicate, timeout=20)
         assert proc.returncode == 0, out
         assert "left running" in out
-        await wait_gone(servers[0], 5)
+        await wait_gone(servers[0], PATIENCE)
     finally:
         if leftover.poll() is None:
             leftover.kill()
@@ -243,7 +243,7 @@ async def test_the_test_suite_leaves_no_redis_server_behind_when_killed(tmp_path
         child.kill()
         child.wait(10)
         for pid in servers:
-            await wait_gone(pid, 5)
+            await wait_gone(pid, PATIENCE)
     finally:
         if child.poll() is None:
             child.kill()
@@ -262,7 +262,7 @@ async def test_a_second_gateway_on_the_state_dir_takes_the_embedded_redis_over(
     await b.send({"device": "Line 201", "call": "t1", "state": "connected", "caller": "0301"})
     carol = await login(connect, second, "carol")
     await carol.request({"type": "subscribe", "panel": "office"})
-    await wait_lamps(carol, {"alice": "busy"}, 5)
+    await wait_lamps(carol, {"alice": "busy"}, PATIENCE)
     await asyncio.sleep(1.1)
     t0 = time.monotonic()
     mark = len(carol.received)

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import PATIENCE
 from faultkit import HonestWatcher, all_in_service, config, login, wait_lamps
 
 
@@ -26,7 +27,7 @@ async def test_a_login_flood_does_not_slow_an_honest_watcher(redis_url, start_ga
     await all_in_service(b)
     carol = await login(connect, gw, "carol")
     await carol.request({"type": "subscribe", "panel": "office"})
-    await wait_lamps(carol, {"alice": "idle"}, 5)
+    await wait_lamps(carol, {"alice": "idle"}, PATIENCE)
     quiet = HonestWatcher(carol, b)
     quiet.start()
     await asyncio.sleep(2.0)
@@ -51,6 +52,6 @@ async def test_a_login_flood_does_not_slow_an_honest_watcher(redis_url, start_ga
           f"p99_quiet_ms={quiet.p99_ms():.1f} p99_during_ms={during.p99_ms():.1f} "
           f"missed={during.missed}")
     assert checked <= 20 and codes.count("rate_limited") == 500 - checked
-    # No lamp of the honest watcher was held up for a second or more (the figures above go
-    # to docs/reliability.md; speed itself is not asserted here: a shared machine is noisy).
+    # No lamp of the honest watcher was lost or stuck (the figures above go to
+    # docs/reliability.md; speed itself is not asserted here: a shared machine is noisy).
     assert during.missed == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import websockets
 
-from conftest import WsClient, free_port, within
+from conftest import PATIENCE, WsClient, free_port, within
 from faultkit import LINES, PW, HonestWatcher, config, lamp_of, login, redis_servers_under, \
     wait_gone, wait_lamps
 
@@ -57,7 +57,7 @@ async def test_bridge_killed_makes_its_lines_unknown_and_a_restarted_one_heals(
                          "caller": "0301"})
         carol = await login(connect, gw, "carol")
         await carol.request({"type": "subscribe", "panel": "office"})
-        await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, 5)
+        await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, PATIENCE)
         watcher = HonestWatcher(carol, probe_bridge)
         watcher.start()
         await asyncio.sleep(0.5)
@@ -65,7 +65,7 @@ async def test_bridge_killed_makes_its_lines_unknown_and_a_restarted_one_heals(
         t0 = time.monotonic()
         prog.kill()
         # Users see the lines of the dead bridge unknown (not a stale "busy") ...
-        await wait_lamps(carol, {"alice": "unknown", "bob": "unknown"}, 5)
+        await wait_lamps(carol, {"alice": "unknown", "bob": "unknown"}, PATIENCE)
         gone = time.monotonic() - t0
         prog.close()
         # ... the bridge program restarts and re-sends its state: exact again.
@@ -74,7 +74,7 @@ async def test_bridge_killed_makes_its_lines_unknown_and_a_restarted_one_heals(
         await prog.ready()
         await prog.send({"device": "Line 201", "call": "k1", "state": "connected",
                          "caller": "0301"})
-        heal = await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, 5)
+        heal = await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, PATIENCE)
         await watcher.stop()
         assert lamp_of(carol, "probe") in ("idle", "ringing")  # the other bridge's line
         assert watcher.missed == 0
@@ -94,7 +94,7 @@ async def test_bridge_stopped_then_continued_delivers_what_it_held(redis_url, st
         await prog.ready()
         carol = await login(connect, gw, "carol")
         await carol.request({"type": "subscribe", "panel": "office"})
-        await wait_lamps(carol, {"alice": "idle"}, 5)
+        await wait_lamps(carol, {"alice": "idle"}, PATIENCE)
         watcher = HonestWatcher(carol, probe_bridge)
         watcher.start()
         prog.kill(signal.SIGSTOP)
@@ -105,7 +105,7 @@ async def test_bridge_stopped_then_continued_delivers_what_it_held(redis_url, st
         # everybody else's lamps go on.
         assert lamp_of(carol, "alice") == "idle"
         prog.kill(signal.SIGCONT)
-        heal = await wait_lamps(carol, {"alice": "ringing"}, 5)
+        heal = await wait_lamps(carol, {"alice": "ringing"}, PATIENCE)
         await watcher.stop()
         assert watcher.missed == 0
         print(f"\nFIGURE bridge-sigstop heal_s={heal:.2f} p99_ms={watcher.p99_ms():.1f}")
@@ -164,7 +164,7 @@ async def test_gateway_killed_and_restarted_clients_resume_with_nothing_lost(tmp
         carol, w = await _client(ws, client="carol", password=PW)
         token = w["token"]
         snap = await carol.request({"type": "subscribe", "panel": "office"})
-        await wait_lamps(carol, {"alice": "busy"}, 5)
+        await wait_lamps(carol, {"alice": "busy"}, PATIENCE)
         seq = max(m.get("seq", 0) for m in carol.received)
         servers = redis_servers_under(tmp_path)
         assert len(servers) == 1 and snap["type"] == "snapshot"
@@ -172,7 +172,7 @@ async def test_gateway_killed_and_restarted_clients_resume_with_nothing_lost(tmp
         t0 = time.monotonic()
         proc.kill()
         proc.wait()
-        await wait_gone(servers[0], 5)  # its Redis went with it (and wrote its data)
+        await wait_gone(servers[0], PATIENCE)  # its Redis went with it (and wrote its data)
         prog.close()
 
         proc = await asyncio.to_thread(_run_gateway, path, ws)
@@ -185,7 +185,7 @@ async def test_gateway_killed_and_restarted_clients_resume_with_nothing_lost(tmp
         again = await carol2.request({"type": "subscribe", "panel": "office", "since": seq})
         assert again["type"] == "snapshot"
         # The resumed panel lists what changed since `seq`; the rest is as carol had it.
-        await wait_lamps(carol2, {"alice": "busy"}, 5)
+        await wait_lamps(carol2, {"alice": "busy"}, PATIENCE)
         heal = time.monotonic() - t0
         assert lamp_of(carol, "bob") == "idle" and lamp_of(carol2, "bob") in (None, "idle")
         await carol2.request({"type": "unsubscribe", "panel": "office"})
@@ -220,7 +220,7 @@ async def test_gateway_stopped_then_continued_loses_nothing(tmp_path):
         await prog.ready()
         carol, _ = await _client(ws, client="carol", password=PW)
         await carol.request({"type": "subscribe", "panel": "office"})
-        await wait_lamps(carol, {"alice": "idle", "bob": "idle"}, 5)
+        await wait_lamps(carol, {"alice": "idle", "bob": "idle"}, PATIENCE)
         proc.send_signal(signal.SIGSTOP)
         t0 = time.monotonic()
         for msg in ({"device": "Line 202", "call": "j2", "state": "offering", "caller": "0402"},
@@ -231,7 +231,7 @@ async def test_gateway_stopped_then_continued_loses_nothing(tmp_path):
         await asyncio.sleep(2.0)
         assert lamp_of(carol, "alice") == "idle"  # nothing can move while it is stopped
         proc.send_signal(signal.SIGCONT)
-        await wait_lamps(carol, {"alice": "ringing", "bob": "idle"}, 5)
+        await wait_lamps(carol, {"alice": "ringing", "bob": "idle"}, PATIENCE)
         heal = time.monotonic() - t0 - 2.0
         bob, _ = await _client(ws, client="bob", password=PW)
         for _ in within():

@@ -7,7 +7,7 @@ import asyncio
 import signal
 import time
 
-from conftest import RedisServer
+from conftest import PATIENCE, RedisServer
 from faultkit import all_in_service, config, healthz, login, wait_lamps
 
 
@@ -18,7 +18,7 @@ async def _office(server, start_gateway, connect, bridge):
     await b.send({"device": "Line 201", "call": "a1", "state": "connected", "caller": "0301"})
     carol = await login(connect, gw, "carol")
     await carol.request({"type": "subscribe", "panel": "office"})
-    await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, 5)
+    await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, PATIENCE)
     return gw, b, carol
 
 
@@ -32,7 +32,7 @@ async def test_stopped_redis_makes_lamps_unknown_then_exact(tmp_path, start_gate
         server.proc.send_signal(signal.SIGSTOP)
         try:
             lamp = await carol.wait(lambda m: m.get("member") == "alice"
-                                    and m.get("lamp") == "unknown", 6)
+                                    and m.get("lamp") == "unknown", PATIENCE)
             seen = time.monotonic() - t0
             assert lamp["reason"] == "store_not_answering"
             status, body = await asyncio.to_thread(healthz, gw.ws_port)
@@ -60,7 +60,7 @@ async def test_redis_killed_and_restarted_heals(tmp_path, start_gateway, connect
         server.proc.kill()
         server.proc.wait()
         lamp = await carol.wait(lambda m: m.get("member") == "alice"
-                                and m.get("lamp") == "unknown", 5)
+                                and m.get("lamp") == "unknown", PATIENCE)
         assert lamp["reason"] == "store_unreachable"
         await b.send({"device": "Line 202", "call": "b1", "state": "offering", "caller": "04"})
         t0 = time.monotonic()

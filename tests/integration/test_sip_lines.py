@@ -113,7 +113,9 @@ async def test_server_that_forgot_us_is_noticed_at_the_next_probe(watch, transpo
     started = loop.time()
     # The second dialog of the scenario starts from its beginning: answer + On the phone.
     await until(lambda: lamps.source.lines()[0].attempts >= 2, what="subscribed anew")
-    assert loop.time() - started < 5  # the probe is 0.5 s: well within seconds
+    # The probe is 0.5 s; without it the 600 s subscription would be refreshed after minutes.
+    # (A bound of seconds, not of the probe's 0.5 s: a loaded machine runs timers late.)
+    assert loop.time() - started < 20
     await asyncio.sleep(0.3)
     assert lamps.history["201"] == [Lamp.BUSY], "no passing unknown while re-subscribing"
 
@@ -126,7 +128,9 @@ async def test_server_that_stops_answering_makes_the_lamp_unknown_within_seconds
     pbx.stop()
     stopped = loop.time()
     await until(lambda: lamps.history["201"][-1:] == [Lamp.UNKNOWN], what="unknown")
-    assert loop.time() - stopped < 5  # probe 0.5 s + 1 s without an answer
+    # Probe 0.5 s + 1 s without an answer; without them only the transaction's timeout
+    # (64 x T1 = 32 s) would tell. Slack for a loaded machine, still well under that.
+    assert loop.time() - stopped < 15
 
 
 DIALOG = """<?xml version="1.0"?>
