@@ -39,7 +39,7 @@ class Rig:
             {line: (device, "") for line, device in LINES.items()}, self,
             on_synced=self.on_synced,
             backoff_initial=kw.pop("backoff_initial", 0.02), backoff_max=0.2,
-            action_timeout=2.0, **kw)
+            action_timeout=10.0, **kw)  # no test here waits for one to time out
         self.task: asyncio.Task | None = None
 
     # The source's handler (gateway.linesource.SourceEvents), as the gateway's would do it.
@@ -88,7 +88,7 @@ async def rig(peer, secret_file):
     await r.until(lambda: r.synced == 1)
     yield r
     await r.source.close()
-    await asyncio.wait_for(r.task, 2)
+    await asyncio.wait_for(r.task, PATIENCE)
 
 
 async def test_login_and_first_sync(rig, peer):
@@ -121,7 +121,7 @@ async def test_failed_login_is_reported_and_retried_with_backoff(peer, tmp_path,
     t0 = asyncio.get_running_loop().time()
     r.task = asyncio.create_task(r.source.run())
     try:
-        await r.until(lambda: peer.failed_logins >= 3, timeout=3)
+        await r.until(lambda: peer.failed_logins >= 3)
         elapsed = asyncio.get_running_loop().time() - t0
         # Backoff 0.05 + 0.1 before the third try: not a tight loop.
         assert elapsed >= 0.14
@@ -133,7 +133,7 @@ async def test_failed_login_is_reported_and_retried_with_backoff(peer, tmp_path,
         assert set(r.lamps().values()) == {"unknown"}
         # The secret is read at every connect: fixing the file lets the next try in.
         bad.write_text("s3cret\n")
-        await r.until(lambda: r.synced == 1, timeout=3)
+        await r.until(lambda: r.synced == 1)
         assert r.lamps()["alice"] == "idle"
     finally:
         await r.source.close()
@@ -154,7 +154,7 @@ async def test_peer_restart_mid_call_then_exact_state_again(rig, peer):
     await rig.until(lambda: rig.lost == 1)
     # The moment the connection dropped the lamps went unknown ...
     assert set(rig.lamps_when_lost.values()) == {"unknown"}
-    await rig.until(lambda: rig.synced == 2, timeout=3)
+    await rig.until(lambda: rig.synced == 2)
     # ... and after the re-sync they are exact again.
     assert rig.lamps() == {"alice": "idle", "bob": "idle", "carol": "ringing"}
     assert [c.remote for c in rig.tracker.state("carol").calls] == ["0305555"]
@@ -167,7 +167,7 @@ async def test_lamps_unknown_while_disconnected(rig, peer):
     with pytest.raises(AmiError):
         await rig.source.action("Ping")
     await peer.start()
-    await rig.until(lambda: rig.synced == 2, timeout=3)
+    await rig.until(lambda: rig.synced == 2)
     assert set(rig.lamps().values()) == {"idle"}
 
 

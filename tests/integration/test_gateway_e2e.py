@@ -355,11 +355,11 @@ async def test_config_change_of_blf_mode_reaches_watchers_without_reconnect(
     mark = len(carol.received)
     (start_gateway.dir / "gateway.toml").write_text(config(redis_url, alice_mode="first"))
     lamp = await carol.wait(lambda m: m.get("member") == "alice" and m.get("lamp") == "idle",
-                            timeout=3.0, start=mark)
+                            start=mark)
     assert lamp["calls"] == []
     # An invalid file is refused; the gateway keeps the last good configuration.
     (start_gateway.dir / "gateway.toml").write_text(config(redis_url, alice_mode="sometimes"))
-    await eventually(lambda: gw.metrics["config_rejected"] >= 1, timeout=3.0)
+    await eventually(lambda: gw.metrics["config_rejected"] >= 1)
     assert gw.config.client_by_name["alice"].blf.devices == "first"
     assert (await carol.request({"type": "subscribe", "device": "203"}))["type"] == "snapshot"
 

@@ -169,7 +169,7 @@ async def test_a_password_change_ends_older_sessions_on_every_process(redis_url,
     await gw1.store.set_password("alice", hash_password("a new password", n=2**10),
                                  at_next_login=False)
     for c in sessions:
-        await eventually(lambda c=c: c._reader.done(), timeout=5)
+        await eventually(lambda c=c: c._reader.done())
         assert c.ws.close_code == 4001 and "password changed" in c.ws.close_reason
     assert not other._reader.done()  # other clients keep their sessions
     fresh = await connect(gw2)
