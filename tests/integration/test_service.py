@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from conftest import free_port
+from conftest import PATIENCE, free_port
 
 BIN = [sys.executable, "-m", "gateway"]
 
@@ -102,7 +102,7 @@ async def test_sighup_rereads_the_configuration(tmp_path, redis_url):
         await asyncio.sleep(1.2)
         assert await device_name() == "Desk A"  # the file watcher cannot have seen it
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + PATIENCE
         while await device_name() != "Desk B":
             assert time.monotonic() < deadline, "SIGHUP did not reload the configuration"
             await asyncio.sleep(0.1)
