@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import eventually, free_port
+from conftest import PATIENCE, eventually, free_port
 from gateway.auth import hash_password
 from gateway.tapi.winbridge.link import Bridge, LinkOptions
 from gateway.tapi.winbridge.trace import Replay, load_trace
@@ -88,7 +88,7 @@ class Office:
         assert await self.replay.play(mark)
 
     async def sees(self, member: str, lamp: str, watcher=None, *, calls: int | None = None,
-                   remote: str | None = None, timeout: float = 5.0) -> dict:
+                   remote: str | None = None, timeout: float = PATIENCE) -> dict:
         """The newest state of a member on the watcher's panel, once it shows `lamp` (with
         that many calls, one of them with that remote party, where given)."""
         w = watcher or self.dan
