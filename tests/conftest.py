@@ -105,7 +105,7 @@ def no_redis_server_left_behind(tmp_path_factory):
     if not sys.platform.startswith("linux"):
         return
     base = tmp_path_factory.getbasetemp()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + PATIENCE  # one ending just now may still write its data
     while (left := _redis_servers_in(base)) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in left:
