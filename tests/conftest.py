@@ -237,7 +237,7 @@ async def start_gateway(tmp_path):
         gw = Gateway(load_config(path), path)
         task = asyncio.create_task(gw.run())
         ready = asyncio.create_task(gw.ready.wait())
-        done, _ = await asyncio.wait({task, ready}, timeout=20,
+        done, _ = await asyncio.wait({task, ready}, timeout=PATIENCE,
                                      return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()
