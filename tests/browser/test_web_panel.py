@@ -49,9 +49,9 @@ PASSWORDS = {"alice": "alice-pass-1", "bob": "bob-pass-12", "carol": "carol-pass
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from conftest import free_port as free  # one picker: never the same port twice
+
+    return free()
 
 
 CONFIG = """

@@ -38,11 +38,9 @@ needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None,
 
 
 def _free_udp_port() -> int:
-    import socket
+    from conftest import free_udp_port  # one picker: never the same port twice
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_udp_port()
 
 
 @pytest.fixture(scope="session")

@@ -18,11 +18,9 @@ __all__ = ["Pbx", "Lamps", "until", "free_udp_port"]
 
 
 def free_udp_port() -> int:
-    import socket
+    from conftest import free_udp_port as free  # one picker: never the same port twice
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free()
 
 
 _free_udp_port = free_udp_port
