@@ -287,6 +287,7 @@ async def connect():
     clients: list[WsClient] = []
 
     async def open_(gw, path: str = "/ws", **kw) -> WsClient:
+        kw.setdefault("open_timeout", PATIENCE)  # hundreds of handshakes at once on 2 cores
         ws = await websockets.connect(f"ws://127.0.0.1:{gw.ws_port}{path}", **kw)
         c = WsClient(ws)
         clients.append(c)
