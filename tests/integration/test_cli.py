@@ -17,7 +17,7 @@ import pytest
 import websockets
 
 from blf_gateway.client import GatewayClient
-from conftest import free_port
+from conftest import PATIENCE, free_port
 from test_gateway_e2e import PW, config, login
 
 BIN = [sys.executable, "-m", "gateway"]
@@ -214,17 +214,24 @@ async def test_demo_runs_and_lamps_change(tmp_path):
         [*BIN, "demo", "--state", str(tmp_path / "demo"), "--listen", f"127.0.0.1:{ws_port}",
          "--bridge", f"127.0.0.1:{bridge_port}", "--pace", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    head = []
     try:
         await asyncio.to_thread(_wait_port, ws_port)
+
+        def banner() -> None:
+            # The demo sets its passwords (production scrypt: seconds on a loaded machine),
+            # then prints its banner: log in after it, not by guessing until the address is
+            # rate limited.
+            while not head or "Stop with Ctrl+C." not in head[-1]:
+                line = proc.stdout.readline()
+                assert line, "the demo ended before its banner: " + "".join(head)[-2000:]
+                head.append(line)
+
+        await asyncio.wait_for(asyncio.to_thread(banner), PATIENCE)
         async with websockets.connect(f"ws://127.0.0.1:{ws_port}/ws") as ws:
-            welcome = None
-            for _ in range(50):  # the demo sets its passwords right after start
-                await ws.send(json.dumps({"type": "login", "id": 1, "client": "alice",
-                                          "password": "alice-demo"}))
-                welcome = json.loads(await ws.recv())
-                if welcome["type"] == "welcome":
-                    break
-                await asyncio.sleep(0.1)
+            await ws.send(json.dumps({"type": "login", "id": 1, "client": "alice",
+                                      "password": "alice-demo"}))
+            welcome = json.loads(await ws.recv())
             assert welcome["type"] == "welcome", welcome
             assert "reception" in welcome["panels"]
             await ws.send(json.dumps({"type": "subscribe", "id": 2, "panel": "everyone"}))
@@ -240,6 +247,7 @@ async def test_demo_runs_and_lamps_change(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = await asyncio.to_thread(proc.communicate, timeout=20)
+    out = "".join(head) + out
     assert "Switchboard: http://127.0.0.1:" in out
     assert "alice-demo" in out
     assert proc.returncode == 0, out[-2000:]
