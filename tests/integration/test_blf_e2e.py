@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import PATIENCE, free_port
 from test_cli import BIN, _wait_port, cli
 
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None,
@@ -94,7 +94,7 @@ class Gateway:
             self.writer.write(json.dumps(m).encode() + b"\n")
         await self.writer.drain()
 
-    async def lamp(self, device: str, lamp: str, timeout: float = 20.0,
+    async def lamp(self, device: str, lamp: str, timeout: float = PATIENCE,
                    client: str = "alice") -> None:
         """Wait until the gateway shows `device` with `lamp` (as a CTI client sees it), so a
         phone subscribing next gets that state first."""
@@ -174,7 +174,7 @@ class Sipp:
         return errors
 
 
-async def until(pred, timeout=20.0, what="condition"):
+async def until(pred, timeout=PATIENCE, what="condition"):
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not pred():

@@ -15,7 +15,7 @@ import sys
 import pytest
 import websockets
 
-from conftest import free_port
+from conftest import PATIENCE, free_port
 from test_cli import BIN, _wait_port, cli
 
 pj = pytest.importorskip("pjsua2", reason="pjsua2 has no wheel for this Python")
@@ -88,7 +88,7 @@ async def send(w, *msgs):
     await w.drain()
 
 
-async def until(pred, timeout=20.0, phone=None):
+async def until(pred, timeout=PATIENCE, phone=None):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not pred():
