@@ -42,7 +42,7 @@ def fill(disk) -> None:
 def refusing(url: str) -> bool:
     """Some other writer fills the last page of Redis' append-only file (small writes fit
     into the page the file already has): from then on Redis refuses writes."""
-    r = redis.Redis.from_url(url, socket_timeout=2)
+    r = redis.Redis.from_url(url, socket_timeout=PATIENCE)
     try:
         for _ in range(3):
             r.set("other-writer", "x" * 8192)
@@ -69,7 +69,7 @@ async def test_full_disk_makes_lamps_unknown_with_the_reason_then_exact(
         assert await asyncio.to_thread(refusing, server.url)
         await b.send({"device": "Line 201", "call": "a1", "state": "offering", "caller": "0301"})
         lamp = await carol.wait(lambda m: m.get("member") == "alice"
-                                and m.get("lamp") == "unknown", 10)
+                                and m.get("lamp") == "unknown", PATIENCE)
         detect = time.monotonic() - t_fault
         assert lamp["reason"] == "store_disk_full" and lamp["calls"] == []
         status, body = await asyncio.to_thread(healthz, gw.ws_port)
