@@ -11,6 +11,8 @@ from gateway.calls import CallReport, Phase, ServiceReport
 from gateway.model import Direction
 from gateway.tapi.bridge import TAPI_PHASES, BridgeLineError, TapiBridgeServer, parse_line
 
+from conftest import within
+
 LINES = {"Line 201": ("201", "201"), "Line 202": ("202", "+49 30 202")}
 
 
@@ -156,7 +158,7 @@ async def test_lines_split_anywhere_over_tcp_arrive_whole_and_an_over_long_line_
             await asyncio.sleep(0.02)
 
         async def settled() -> bool:
-            for _ in range(200):
+            for _ in within():
                 if sum(len(r) for _, r in handler.seen) >= 3:
                     return True
                 await asyncio.sleep(0.01)
