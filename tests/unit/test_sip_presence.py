@@ -110,7 +110,9 @@ def test_hostile_bodies_raise_pidf_error_only(body):
     started = time.monotonic()
     with pytest.raises(PidfError):
         parse_pidf(body)
-    assert time.monotonic() - started < 2
+    # Milliseconds when refused up front; an expanded bomb would take minutes and gigabytes
+    # (the bound leaves a loaded machine its slack).
+    assert time.monotonic() - started < 10
 
 
 @settings(max_examples=200, deadline=None)
