@@ -20,6 +20,8 @@ def digits(number: str | None) -> str:
     """The digits of `number` without leading zeros; "" for None or no digits."""
     if not number:
         return ""
+    if number.isdigit() and number.isascii():  # the commonest: digits only, no pass at all
+        return number.lstrip("0")
     if number.isascii():  # the usual case, on every bridge line: one regex pass
         return _NOT_ASCII_DIGITS.sub("", number).lstrip("0")
     return "".join(ch for ch in number if ch.isdigit()).lstrip("0")

@@ -21,6 +21,17 @@ __all__ = ["Publisher"]
 log = logging.getLogger("gateway")
 
 CHUNK = 1000  # states per pipelined round trip
+# A batch of at least this many states means a source is in a burst (a PBX reload, a flood,
+# a bridge catching up): it waits one more turn of the event loop before it is written, so
+# that the source's next chunk of lines coalesces into it. The bridge reader gives the loop
+# a turn after every chunk it reads (about 400 lines), and the round trip of a batch is
+# about as long as one chunk takes, so without the wait every chunk became a batch of its
+# own: twice the changes in the log, each one read back and applied by every process's
+# follower, for states that a line of the same chunk-pair had already replaced. A device
+# that changes twice within that turn (about 10-20 ms of a burst: far below what anybody
+# watching a lamp can see) shows its newer state; an everyday change, alone in its batch,
+# is written at once.
+BURST = 100
 
 
 class Publisher:
@@ -53,6 +64,8 @@ class Publisher:
             await self._wake.wait()
             self._wake.clear()
             while self._dirty:
+                if len(self._dirty) >= BURST:
+                    await asyncio.sleep(0)  # see BURST
                 batch = self._dirty
                 self._dirty = {}
                 try:

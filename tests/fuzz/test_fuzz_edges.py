@@ -162,6 +162,44 @@ def test_bridge_lines_of_anything(line):
     check_line(line)
 
 
+# Raw member texts, so that lines hold what json.dumps never writes: repeated keys, NaN,
+# numbers too large for a float, lone-surrogate escapes, deep nesting, keys out of place.
+raw_members = st.lists(st.tuples(
+    st.sampled_from(BRIDGE_FIELDS + ["pad"]),
+    st.one_of(field_values.map(raw_json),
+              st.sampled_from(["NaN", "-Infinity", "1e999", "1" * 400 + ".5", "1.0", "-0",
+                               "1E2", '"\\ud800"', '"a\\"b"', '"x:y"', "[[[[1]]]]", "{}",
+                               "18446744073709551616", "18446744073709551615", "007"]))),
+    max_size=9)
+
+
+@st.composite
+def raw_bridge_lines(draw) -> bytes:
+    members = draw(raw_members)
+    if draw(st.booleans()):
+        members = [("device", '"Line 201"'), ("call", '"c1"'), ("state", '"offering"')] + members
+    members = draw(st.permutations(members))
+    sep = draw(st.sampled_from([",", ", ", " ,"]))
+    return ("{" + sep.join(f'"{k}": {v}' for k, v in members) + "}").encode()
+
+
+@FUZZ
+@given(st.one_of(raw_bridge_lines(), bridge_lines().map(str.encode)))
+def test_the_fast_reading_of_a_bridge_line_agrees_with_the_strict_one(line):
+    """The one-pass reading of call lines (gateway.tapi.bridge._fast_read) may only take a
+    line the strict reading takes, and must read it the same; every other line goes the
+    strict way, so refusals and their texts are the strict reader's."""
+    from gateway.tapi.bridge import _fast_read, _strict_read
+
+    fast = _fast_read(line)
+    if fast is None:
+        return
+    strict = _strict_read(line, LINES, "tapi#1")  # raises if the strict reading refuses
+    assert strict.model_dump() == fast.model_dump()
+    assert type(strict.call) is type(fast.call)
+    check_line(line)
+
+
 # -- AMI ---------------------------------------------------------------------------------
 
 AMI_EVENTS = ["Newchannel", "Newstate", "NewConnectedLine", "Hangup", "DialBegin", "DialEnd",

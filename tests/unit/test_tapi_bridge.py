@@ -104,6 +104,44 @@ def test_malformed_lines_say_why(text, reason):
     assert str(exc.value).startswith(reason)
 
 
+@pytest.mark.parametrize(("text", "reason"), [
+    # A repeated key whose first value the strict reading refuses: refused, whichever comes
+    # last (the one-pass reading of plain call lines must not let it through).
+    (b'{"device": "Line 201", "call": "c1", "state": "offering", "caller": NaN, '
+     b'"caller": "0301"}', "NaN is not a JSON number"),
+    (b'{"device": "Line 201", "call": "c1", "state": "offering", "caller": 1e999, '
+     b'"caller": "0301"}', "number 1e999 is too large"),
+    (b'{"device": "Line 201", "call": "c1", "state": "offering", "pad": Infinity}',
+     "Infinity is not a JSON number"),
+    (b'{"device": "Line 201", "call": "c1", "state": "offering", "caller": "\\ud800"}',
+     "caller: a string with a lone surrogate"),
+    (b'{"device": "Line 201", "call": 1.0, "state": "offering"}', "call:"),
+    (b'{"device": "Line 201", "call": 18446744073709551616, "state": "offering"}', "call:"),
+    (b'{"device": "Line 2\xed\xa0\x80", "call": "c1", "state": "offering"}',
+     "not valid UTF-8"),
+])
+def test_call_lines_as_bytes_are_refused_as_strictly_as_text(text, reason):
+    with pytest.raises(BridgeLineError) as exc:
+        parse_line(text, LINES)
+    assert str(exc.value).startswith(reason)
+
+
+def test_plain_and_unusual_call_lines_as_bytes_read_alike():
+    """Bytes from the wire: a plain line, and lines the one-pass reading leaves to the strict
+    one (an escape, an extra key, a repeated key, a colon in a name), give the same report."""
+    plain = b'{"device": "Line 201", "call": "c1", "state": "offering", "caller": "0301"}'
+    want = CallReport("201", "c1", Phase.RINGING, Direction.IN, "0301", conn="tapi#1")
+    assert parse_line(plain, LINES, "tapi#1") == want
+    for text in (plain.replace(b'"0301"', b'"\\u00303\\u00301"'),
+                 plain[:-1] + b', "extra": [1, {"x": null}]}',
+                 plain[:-1] + b', "caller": "0301"}',
+                 plain[:-1].replace(b'"caller": "0301"', b'"caller": "9", "caller": "0301"')
+                 + b"}"):
+        assert parse_line(text, LINES, "tapi#1") == want, text
+    named = parse_line(plain[:-1] + b', "caller_name": "Sales: desk"}', LINES)
+    assert named.remote_name == "Sales: desk"
+
+
 class Handler:
     """The one handler of line-source events, recording."""
 
