@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from .calls import CallReport, CallTable, LineTracker, Phase, ServiceReport, Verdict
+from .jsontext import dumps
 from .model import Call, DeviceState, Lamp
 from .panels.engine import Engine, ShownOnce, shown_once
 from .panels.lamps import call_lamp, device_lamp, merge_lamps
@@ -64,13 +65,6 @@ SOURCE_WORDS = {
 }
 
 HIDDEN = "[number hidden]"
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-try:  # the C encoder itself, without json's Python wrapper: a record per report is encoded
-    from json.encoder import c_make_encoder, encode_basestring
-
-    _c_encode = c_make_encoder(None, None, encode_basestring, None, ":", ",", False, False, True)
-except ImportError:  # pragma: no cover - an interpreter without json's C speedups
-    _c_encode = None
 
 
 class Record(NamedTuple):
@@ -104,10 +98,7 @@ class Record(NamedTuple):
     hidden: bool = False
 
     def to_json(self) -> str:
-        row = (round(self.t, 3), *self[1:14])
-        if _c_encode is not None:  # the same text as _dumps (tests/unit/test_provenance.py)
-            return "".join(_c_encode(row, 0))
-        return _dumps(row)
+        return dumps((round(self.t, 3), *self[1:14]))  # (tests/unit/test_provenance.py)
 
     @classmethod
     def from_json(cls, text: str) -> Record | None:

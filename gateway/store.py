@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from .backoff import Backoff
+from .jsontext import dumps
 from .model import Call, CallState, ClientState, DeviceState, DeviceStatus, Direction, Presence
 
 __all__ = [
@@ -178,24 +179,8 @@ def _dec_calls(items: list) -> tuple[Call, ...]:
     )
 
 
-_json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-try:  # json's C encoder without its Python wrapper: the same text, cheaper per state
-    from json.encoder import c_make_encoder, encode_basestring
-
-    _c_encode = c_make_encoder(None, None, encode_basestring, None, ":", ",", False, False,
-                               True)
-except ImportError:  # pragma: no cover - an interpreter without json's C speedups
-    _c_encode = None
-
-
-def _dumps(obj: object) -> str:
-    if _c_encode is not None and isinstance(obj, (dict, list)):
-        return "".join(_c_encode(obj, 0))
-    return _json_dumps(obj)
-
-
 def encode_device(state: DeviceState) -> str:
-    return _dumps({"s": state.status._value_, "c": _enc_calls(state.calls)})
+    return dumps({"s": state.status._value_, "c": _enc_calls(state.calls)})
 
 
 def decode_device(device: str, text: str) -> DeviceState:
@@ -204,7 +189,7 @@ def decode_device(device: str, text: str) -> DeviceState:
 
 
 def encode_client(state: ClientState) -> str:
-    return _dumps(
+    return dumps(
         {
             "l": state.logged_in,
             "d": state.current_device,
@@ -323,7 +308,7 @@ class Store:
 
     async def stamp_config(self, digest: str) -> int:
         """The seq of this configuration: a new one when the content changed."""
-        return (await self.publish([("config", "config", _dumps(digest))]))[0][0]
+        return (await self.publish([("config", "config", dumps(digest))]))[0][0]
 
     # -- reading ------------------------------------------------------------------------
 
@@ -402,7 +387,7 @@ class Store:
         return bool(took), pw or None
 
     async def new_token(self, token: str, client: str, version: str, ttl: int) -> None:
-        await self.redis.set(K_TOKEN + token, _dumps([client, version]), ex=ttl)
+        await self.redis.set(K_TOKEN + token, dumps([client, version]), ex=ttl)
 
     async def check_token(self, token: str, ttl: int) -> tuple[str, str] | None:
         """(client, password version) for a live token, refreshing its idle timer."""
@@ -447,13 +432,13 @@ class Store:
         """Start operation `op` of `client`: None when it is new (now marked pending), else
         what is recorded for it ({"state": "pending"} or the finished outcome)."""
         key = K_OP + client + ":" + op
-        if await self.redis.set(key, _dumps({"state": "pending"}), nx=True, ex=ttl):
+        if await self.redis.set(key, dumps({"state": "pending"}), nx=True, ex=ttl):
             return None
         value = await self.redis.get(key)
         return json.loads(value) if value else {"state": "pending"}
 
     async def finish_op(self, client: str, op: str, outcome: dict, ttl: int = 600) -> None:
-        await self.redis.set(K_OP + client + ":" + op, _dumps({"state": "done", **outcome}),
+        await self.redis.set(K_OP + client + ":" + op, dumps({"state": "done", **outcome}),
                              ex=ttl)
 
 

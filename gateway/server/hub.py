@@ -8,7 +8,6 @@ that falls too far behind is cut off; either way the others never wait for it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 from websockets.asyncio.server import broadcast
 
 from ..config import Config
+from ..jsontext import dumps  # the text of every frame (re-exported: one encoder)
 from ..panels.engine import Delta, DeviceView, MemberView
 from ..panels.rights import Rights, render_device, render_member
 
@@ -29,13 +29,6 @@ BATCH_LIMIT = 500  # lamp changes in one `lamps` frame
 # Above this many bytes waiting in a socket's buffer, frames wait in the client's outbox,
 # where they coalesce (newest state per lamp) instead of piling up.
 WRITE_HIGH_WATER = 64 * 1024
-
-
-def dumps(obj: Any) -> str:
-    """Compact JSON, non-ASCII kept: the text of every frame."""
-    # allow_nan=False: the gateway never sends NaN or Infinity (not JSON); what comes in is
-    # checked at the edges (gateway.strictjson), so this only stops a bug at the door.
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class Outbox:
