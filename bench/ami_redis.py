@@ -9,11 +9,14 @@ devices; the AMI test peer runs here. Prints:
   DeviceStateList, CoreShowChannels);
 - a burst: an external call starts ringing on every device at once (N x 4 channel events,
   what a busy hunt group or a reload in the middle of traffic looks like): events/s from the
-  first byte on the wire to the last device state stored in Redis;
+  first byte on the wire to the last device state stored in Redis (the burst's bytes are
+  built before, see burst_bytes);
 - reconnect: Asterisk restarts (its calls gone) -> all N lamps exact (idle) in Redis again,
   none left ringing.
 
-Baseline in the same run: the pure parser + translator on the same burst bytes (no I/O).
+Baselines in the same run: pipelined redis-py SETs of as many keys on the gateway's Redis (as
+bench/run.py's ingest figure), and the pure parser + translator on the same bytes (no I/O).
+`bench/run.py --only ami` prints the burst figure in its table.
 """
 
 from __future__ import annotations
@@ -74,27 +77,40 @@ async def wait_until(pred, timeout: float = 60.0) -> float:
     return time.perf_counter() - t0
 
 
-async def main_async(n: int) -> None:
+def burst_bytes(peer: AmiPeer) -> tuple[bytes, int]:
+    """The burst (an external call ringing on every endpoint), as the bytes the peer writes,
+    and its number of events. Built one endpoint at a time on a scratch model that holds only
+    that endpoint and no channels: the same events as on the full model (a call changes only
+    its own endpoint's state), but each call costs the same however many endpoints there are
+    (on the full model every call walks every endpoint and channel: minutes for 2,000)."""
+    chunks: list[bytes] = []
+    scratch = PbxModel(sink=lambda p: chunks.append(format_message(p)), epoch=1800000000)
+    for ep in list(peer.model.endpoints.values()):
+        scratch.endpoints, scratch.channels, scratch.calls = {}, {}, []
+        scratch._dev_state = {}
+        scratch.add_endpoint(ep.device, ep.number, ep.name)
+        scratch.external_call("+4930" + ep.number, "Caller", ep.number)
+    return b"".join(chunks), len(chunks)
+
+
+async def measure(n: int) -> dict:
+    """Start a gateway with `n` Asterisk devices against the test peer; the figures of the
+    module docstring, plus pipelined SETs of as many keys on the gateway's Redis (the
+    ingest baseline of bench/run.py)."""
     peer = AmiPeer(secret="bench")
     for i in range(n):
         num = str(10000 + i)
         peer.model.add_endpoint(f"PJSIP/{num}", num, f"User {num}")
     await peer.start()
-    # The burst: every device rings. Generated up front (the scratch model is slow with many
-    # endpoints and would stall this process's event loop, the peer's), and timed through the
-    # pure parser + translator as the baseline.
-    chunks: list[bytes] = []
-    scratch = PbxModel(sink=lambda p: chunks.append(format_message(p)), epoch=1800000000)
-    for ep in peer.model.endpoints.values():
-        scratch.add_endpoint(ep.device, ep.number, ep.name)
-    for ep in scratch.endpoints.values():
-        scratch.external_call("+4930" + ep.number, "Caller", ep.number)
-    burst = b"".join(chunks)
+    t0 = time.perf_counter()
+    burst, events = burst_bytes(peer)
+    build_s = time.perf_counter() - t0
+    # Baseline: the pure parser + translator on the same bytes (no I/O).
     parser, tr = AmiParser(), AmiTranslator({f"PJSIP/{10000 + i}": f"d{10000 + i}"
                                              for i in range(n)})
     t0 = time.perf_counter()
     tr.feed_all(m for m in parser.feed(burst) if not hasattr(m, "reason"))
-    baseline = len(chunks) / (time.perf_counter() - t0)
+    baseline = events / (time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         ws = free_port()
         (Path(tmp) / "ami.secret").write_text("bench\n")
@@ -117,16 +133,15 @@ async def main_async(n: int) -> None:
             await wait_until(lambda: all_status("online"))
             first_sync = time.perf_counter() - t_login
 
-
             def all_ringing() -> bool:
                 st = states(r, keys)
                 return all(s is not None and len(s["c"]) == 1 and s["c"][0][2] == "ringing"
                            for s in st)
 
-            t0 = time.perf_counter()
+            seq0 = int(r.get("{blf}:seq") or 0)
             peer.send_raw(burst)
             burst_time = await wait_until(all_ringing)
-            rate = len(chunks) / burst_time
+            published = int(r.get("{blf}:seq") or 0) - seq0
 
             # Asterisk restarts: the connection drops, every call is gone when it is back (its
             # own model never had the burst's calls). No lamp may stay ringing.
@@ -138,17 +153,39 @@ async def main_async(n: int) -> None:
             await peer.restart(down_for=0.0)
             await wait_until(all_idle)
             reconnect = time.perf_counter() - t0
+
+            # Baseline: as many keys SET through redis-py, pipelined 1,000 at a time.
+            value = "1 " + json.dumps({"s": "online", "c": [["d10000/1800000000.1", "in",
+                                       "ringing", 1800000000.123, "+493010000", None, None]]})
+            t0 = time.perf_counter()
+            for i in range(0, events, 1000):
+                pipe = r.pipeline(transaction=False)
+                for j in range(i, min(events, i + 1000)):
+                    pipe.set(f"bench:{j % n}", value)
+                pipe.execute()
+            set_rate = events / (time.perf_counter() - t0)
+            r.close()
         finally:
             gw.terminate()
             gw.wait(30)
             await peer.stop()
+    return {"devices": n, "events": events, "build_s": build_s, "login_s": t_login - t_start,
+            "sync_s": first_sync, "burst_s": burst_time, "rate": events / burst_time,
+            "parse_rate": baseline, "set_rate": set_rate, "published": published,
+            "reconnect_s": reconnect}
 
+
+async def main_async(n: int) -> None:
+    m = await measure(n)
     print(f"\nAMI -> Redis through the gateway ({n} devices; gateway in its own process)")
-    print(f"  gateway start -> AMI login          : {t_login - t_start:8.2f} s")
-    print(f"  first re-sync -> {n} states in Redis: {first_sync * 1000:8.0f} ms")
-    print(f"  burst of {len(chunks)} events -> Redis  : {burst_time * 1000:8.0f} ms = "
-          f"{rate:,.0f} events/s  (baseline, pure parse+translate: {baseline:,.0f} events/s)")
-    print(f"  reconnect -> all {n} lamps exact   : {reconnect * 1000:8.0f} ms "
+    print(f"  burst built in                      : {m['build_s'] * 1000:8.0f} ms")
+    print(f"  gateway start -> AMI login          : {m['login_s']:8.2f} s")
+    print(f"  first re-sync -> {n} states in Redis: {m['sync_s'] * 1000:8.0f} ms")
+    print(f"  burst of {m['events']} events -> Redis  : {m['burst_s'] * 1000:8.0f} ms = "
+          f"{m['rate']:,.0f} events/s ({m['published']} changes published)")
+    print(f"    baselines: pipelined redis-py SET {m['set_rate']:,.0f}/s "
+          f"({m['rate'] / m['set_rate']:.2f}x); pure parse+translate {m['parse_rate']:,.0f}/s")
+    print(f"  reconnect -> all {n} lamps exact   : {m['reconnect_s'] * 1000:8.0f} ms "
           "(includes the gateway's reconnect backoff of 0.5 s)")
 
 

@@ -1,7 +1,8 @@
 """One command, one table: the gateway's figures, each beside a baseline measured in the same run.
 
-    .venv/bin/python bench/run.py            # full run (about 5-8 minutes on 2 cores)
+    .venv/bin/python bench/run.py            # full run (about 8-10 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick    # smaller N, shorter windows (under 2 minutes)
+    .venv/bin/python bench/run.py --only ingest --ingest-runs 3   # one figure, three times
 
 The gateway always runs in its own process (`python -m gateway run --config FILE`, embedded
 Redis, uvloop, fd limit raised by a small wrapper); the baselines are a bare `websockets`
@@ -20,7 +21,14 @@ Figures (docs/performance.md says what each one means):
 - reconnect: all big-N clients drop at once and come back (token login, subscribe with
   `since`): time until the last one has its snapshot;
 - burst: 10,000 bridge events at once (a PBX reload): time until every client shows the
-  final state, request round trips during it, RSS before/after (twice, to see growth stop).
+  final state, request round trips during it, RSS before/after (twice, to see growth stop);
+- AMI: a burst from the Asterisk test peer (2,000 devices ringing at once) into Redis state,
+  against pipelined SETs and the pure parser + translator (bench/ami_redis.py);
+- scale-out: fan-out and ingest with 1, 2 and 3 gateway processes on one Redis
+  (bench/scale.py).
+
+`--only PART ...` runs some of them (websocket, ingest, ami, scale); `--quick` runs the
+WebSocket figures and ingest unless told otherwise.
 """
 
 from __future__ import annotations
@@ -49,7 +57,9 @@ MEMBERS = 50  # panel members for fan-out, latency, memory, reconnect, burst
 INGEST_DEVICES = 500
 # What a run measures (--only picks some): the WebSocket figures against the bare server,
 # bridge ingest, AMI ingest, and 1/2/3 gateway processes on one Redis.
-PARTS = ("websocket", "ingest")
+PARTS = ("websocket", "ingest", "ami", "scale")
+QUICK_PARTS = ("websocket", "ingest")  # --quick without --only
+AMI_DEVICES = 2000
 PANEL = "board"
 PASSWORD = "bench-password"
 HOST = "127.0.0.1"
@@ -856,7 +866,8 @@ async def run_all(args) -> dict:  # noqa: ANN001, C901
     workers = Workers(2)
     tmp = Path(tempfile.mkdtemp(prefix="blf-bench-"))
     servers: list[Server] = []
-    parts = set(args.only or PARTS)
+    parts = set(args.only or (QUICK_PARTS if q else PARTS))
+    res["params"]["parts"] = sorted(parts)
     try:
         for kind in (("gateway", "raw") if "websocket" in parts else ()):
             gw = kind == "gateway"
@@ -950,6 +961,21 @@ async def run_all(args) -> dict:  # noqa: ANN001, C901
                 f"({r['published']} changes published, gateway CPU {r['cpu_us']:.1f} µs a "
                 f"line); redis-py SET {r['base_rate']:,.0f}/s")
             s.stop()
+        if "ami" in parts:
+            import ami_redis
+
+            n = 300 if q else AMI_DEVICES
+            say(f"gateway: AMI burst, {n} Asterisk devices (bench/ami_redis.py)")
+            res["ami"] = r = await ami_redis.measure(n)
+            say(f"  {r['events']} events in {r['burst_s']:.2f} s = {r['rate']:,.0f}/s; redis-py "
+                f"SET {r['set_rate']:,.0f}/s; pure parse+translate {r['parse_rate']:,.0f}/s")
+        if "scale" in parts:
+            import scale
+
+            say("gateway: 1, 2, 3 processes on one Redis (bench/scale.py)")
+            ns = argparse.Namespace(processes=[1, 2, 3], clients=1000, lines=ingest_lines,
+                                    warm=warm, window=window, keep=args.keep)
+            res["scale"] = await scale.measure(ns, workers)
     finally:
         for s in servers:
             if s.proc.poll() is None:
@@ -1019,6 +1045,14 @@ def table(res: dict) -> str:
                      ">= 0.8x SET", verdict(ing["gw_rate"] >= 0.8 * ing["base_rate"])))
         rows.append((f"ingest: changes published, gateway CPU µs a line{run_no}",
                      f"{ing['published']:,}, {ing['cpu_us']:.1f}", "-", "", "", "-"))
+    ami = res.get("ami")
+    if ami:
+        rows.append((f"AMI events/s ({ami['events']:,}, {ami['devices']:,} devices)",
+                     f"{ami['rate']:,.0f}", f"{ami['set_rate']:,.0f}",
+                     f"{ami['rate'] / ami['set_rate']:.2f}x", ">= 0.8x SET",
+                     verdict(ami["rate"] >= 0.8 * ami["set_rate"])))
+        rows.append(("AMI: pure parse+translate events/s", f"{ami['parse_rate']:,.0f}", "-", "",
+                     "", "-"))
     g, b = res.get(("gateway", "memory")), res.get(("raw", "memory"))
     if g and b:
         rows.append((f"KiB per idle connection ({g['clients']:,})", f"{g['kib']:.1f}",
@@ -1065,7 +1099,8 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures here")
     ap.add_argument("--keep", action="store_true", help="keep the servers' state dirs and logs")
     ap.add_argument("--only", nargs="+", choices=PARTS, metavar="PART",
-                    help=f"run only these parts ({', '.join(PARTS)}; default: all)")
+                    help=f"run only these parts ({', '.join(PARTS)}; default: all, "
+                    f"with --quick {', '.join(QUICK_PARTS)})")
     ap.add_argument("--ingest-runs", type=int, default=1, metavar="N",
                     help="repeat the ingest measurement N times, each on a fresh gateway "
                     "(default 1)")
@@ -1088,6 +1123,13 @@ def main() -> None:
           f"pipelined redis-py SET for ingest; fan-out window {p['window']:g} s, "
           f"latency {p['lat_s']:g} s per run")
     print(table(res))
+    if "scale" in res:
+        import scale
+
+        print()
+        print("scale-out: 1, 2, 3 gateway processes on one Redis (bench/scale.py); CPU in % of "
+              "one core during each measurement")
+        print(scale.table(*res["scale"]))
     if args.json:
         out = {(" ".join(map(str, k)) if isinstance(k, tuple) else k): v for k, v in res.items()}
         for k, v in list(out.items()):

