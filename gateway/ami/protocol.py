@@ -179,6 +179,14 @@ class AmiParser:
         pos = 0
         n = len(buf)
         while pos < n:
+            if not self._pairs and not self._bad:
+                # Between messages: a whole well-formed message is read in one go (see
+                # _whole_message); anything unusual goes line by line below.
+                end = buf.find(b"\r\n\r\n", pos)
+                if pos < end <= pos + self.max_line and self._whole_message(
+                        bytes(buf[pos:end]), out):
+                    pos = end + 4
+                    continue
             nl = buf.find(b"\n", pos)
             if nl < 0:
                 break
@@ -198,6 +206,38 @@ class AmiParser:
             buf.clear()
             self._skip_line = True
         return out
+
+    def _whole_message(self, block: bytes, out: list) -> bool:
+        """Read one message (its lines without the empty line) at once, where that gives
+        exactly what reading it line by line gives: CRLF line ends only, valid UTF-8, no
+        banner, a kind key first and only there, every line a printable key and a value.
+        Returns False (having changed nothing) for anything else: the line-by-line reading
+        then reports it as it always has. An event is about 16 lines: one decode and one
+        pass instead of sixteen calls with two decodes each."""
+        if block.count(b"\n") != block.count(b"\r\n") or block.startswith(b"Asterisk Call"):
+            return False
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError:
+            return False  # a Latin-1 field: decoded field by field below
+        parts = [line.partition(":") for line in text.split("\r\n")]
+        pairs = [(k.strip(), v.strip()) for k, sep, v in parts if sep]
+        if len(pairs) != len(parts):
+            return False
+        kind = _KIND_KEYS.get(pairs[0][0].lower())
+        if kind is None:
+            return False
+        for k, _ in pairs:
+            if not k or not k.isprintable():
+                return False
+        fields = AmiFields(pairs)
+        if (fields._d.keys() & _KIND_KEYS.keys() != {kind} or (
+                len(fields._d) < len(pairs)  # a repeated key: count the kind lines
+                and sum(k.lower() in _KIND_KEYS for k, _ in pairs) > 1)):
+            return False  # a second Event/Response/Action line: the lines tell what is wrong
+        self.messages += 1
+        out.append(AmiMessage(kind, pairs[0][1], fields, tuple(pairs)))
+        return True
 
     def _error(self, reason: str, sample: bytes, out: list) -> None:
         self.errors += 1

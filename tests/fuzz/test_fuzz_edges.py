@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.calls import CallReport, ServiceReport
@@ -248,6 +248,62 @@ def test_ami_parser_and_translator_take_any_stream(stream, cuts):
                 for report in translator.feed(item):
                     assert report.device in ("201", "202")
         assert len(parser._buf) <= parser.max_line + 1  # never more than one line buffered
+
+
+# Lines that make a message unusual, for the whole-message reading to leave alone.
+odd_ami_lines = st.sampled_from([
+    b"Event: Newstate", b"event: Hangup", b"Response: Success", b"Action: Ping",
+    b"Channel: PJSIP/201-0001", b"Uniqueid: a1", b"CallerIDName: M\xfcller",  # Latin-1
+    b"CallerIDName: M\xc3\xbcller", b": no key", b"no colon", b"Key\x01: control",
+    b"  Spaced  :  value  ", b"Value: a:b:c", b"Key: cr\rinside", b"Key: trailing\r",
+    b"Asterisk Call Manager/9.0.0", b"ChanVariable: x=1", b"ChanVariable: y=2", b"",
+    b"Status: " + b"x" * 300])
+
+
+@st.composite
+def odd_ami_streams(draw) -> bytes:
+    out = bytearray()
+    for _ in range(draw(st.integers(0, 10))):
+        lines = draw(st.lists(odd_ami_lines, max_size=8))
+        if draw(st.booleans()):
+            lines = [b"Event: " + draw(st.sampled_from(AMI_EVENTS)).encode()] + lines
+        for line in lines:
+            out += line + draw(st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
+        out += draw(st.sampled_from([b"\r\n", b"\r\n", b"\n", b""]))
+    return bytes(out)
+
+
+def ami_items(parser: AmiParser, stream: bytes, cuts: list[int]) -> list:
+    pos, out = 0, []
+    for cut in [*cuts, len(stream)]:
+        for item in parser.feed(stream[pos:pos + cut]):
+            out.append((item.kind, item.name, item.pairs, dict(item.fields))
+                       if isinstance(item, AmiMessage) else (item.reason, item.sample))
+        pos += cut
+    return out + [(parser.messages, parser.errors)]
+
+
+class LineByLine(AmiParser):
+    """The parser with its whole-message reading off: every line on its own."""
+
+    def _whole_message(self, block: bytes, out: list) -> bool:
+        return False
+
+
+@FUZZ
+@given(st.one_of(ami_streams(), odd_ami_streams()), st.lists(st.integers(1, 64), max_size=20))
+@example(b"Event: Hangup\r\nChannel: a\r\nEvent: Newstate\r\n\r\n", [])  # kind twice
+@example(b"Event: Hangup\r\nX: 1\r\nX: 2\r\nevent: Newstate\r\n\r\n", [])
+@example(b"Event: Hangup\r\nResponse: Success\r\n\r\n", [])
+@example(b"Channel: a\r\nEvent: Hangup\r\n\r\n", [])  # a line before the kind line
+@example(b"Event: Hangup\r\nCallerIDName: M\xfcller\r\n\r\n", [])  # Latin-1
+@example(b"Event: Hangup\nChannel: a\r\n\r\n", [])  # a bare LF inside
+@example(b"Asterisk Call Manager/9.0.0\r\nResponse: Success\r\n\r\n", [3, 30])
+def test_the_whole_message_reading_of_ami_agrees_with_the_line_by_line_one(stream, cuts):
+    """Reading a well-formed message at once must give exactly the messages, errors and
+    counts that reading it line by line gives, however the stream is cut."""
+    assert ami_items(AmiParser(max_line=256, max_message=2048), stream, cuts) == \
+        ami_items(LineByLine(max_line=256, max_message=2048), stream, cuts)
 
 
 # -- PIDF (SIP presence bodies) ----------------------------------------------------------
