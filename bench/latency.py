@@ -60,8 +60,10 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 
 def gateway_config(ws: int, bridge: int) -> str:
     pw = hash_password("bench-password", n=2**12)
+    # 200-1,000 sessions of one client from one address: the per-client limits lifted.
     out = [f'[server]\nlisten = "127.0.0.1:{ws}"\nmessages_per_second = 1000\n'
-           'login_attempts_per_minute = 100000\n',
+           'login_attempts_per_minute = 100000\nclient_messages_per_second = 1000000\n'
+           'client_message_burst = 2000000\nmax_connections_per_address = 100000\n',
            '[state]\ndir = "state"\n', f'[sources.tapi_bridge]\nlisten = "127.0.0.1:{bridge}"\n']
     for i in range(MEMBERS):
         out.append(f'[[devices]]\nid = "{1000 + i}"\nnumber = "{1000 + i}"\n')
