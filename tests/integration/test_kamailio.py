@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -72,9 +71,9 @@ test_certificate.__test__ = False  # type: ignore[attr-defined]  # a helper, not
 
 
 def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from conftest import free_port  # one picker: never the same port twice in a run
+
+    return free_port()
 
 
 class Kamailio:
