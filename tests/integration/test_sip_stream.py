@@ -100,12 +100,12 @@ async def test_every_publish_to_a_presence_server_goes_over_one_connection() -> 
     pub = _publisher(agent, server.port, states)
     try:
         await pub.start()  # 20 targets published at once, before any connection exists
-        await _until(lambda: len(server.requests) >= 20, 10, "not every target was published")
+        await _until(lambda: len(server.requests) >= 20, 30, "not every target was published")
         for n in (201, 202, 203):
             states[str(n)] = f"<presence>{n} busy</presence>".encode()
             pub.changed([str(n)])
-            await _until(lambda n=n: server.published(f"{n} busy"), 10, "a change was lost")
-        await _until(lambda: pub.healthy and all(p.etag for p in pub.pubs.values()), 5,
+            await _until(lambda n=n: server.published(f"{n} busy"), 30, "a change was lost")
+        await _until(lambda: pub.healthy and all(p.etag for p in pub.pubs.values()), 30,
                      "the server's answers did not reach the publications")
         assert server.connections == 1, "each PUBLISH opened a connection of its own"
         assert len(server.requests) == 23
@@ -132,7 +132,7 @@ async def test_a_connection_lost_without_an_answer_is_published_again_on_a_new_o
         assert server.connections == 2
         assert server.requests[1].count(b"201 ringing") == 1
         assert b"SIP-If-Match" not in server.requests[1]  # the whole state, as new
-        await _until(lambda: pub.healthy and pub.pubs[("201", "presence")].etag, 5,
+        await _until(lambda: pub.healthy and pub.pubs[("201", "presence")].etag, 30,
                      "the second PUBLISH was not taken as answered")
     finally:
         await pub.stop()
@@ -150,7 +150,7 @@ async def test_a_peer_that_cannot_be_reached_fails_the_request_instead_of_waitin
     pub = _publisher(agent, port, states)
     try:
         await pub.start()
-        await _until(lambda: not pub.healthy, 15, "the failure was not noticed")
+        await _until(lambda: not pub.healthy, 30, "the failure was not noticed")
         assert pub.pubs[("201", "presence")].failed == "no answer"
     finally:
         await pub.stop()
