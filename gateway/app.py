@@ -98,7 +98,8 @@ class Gateway:
         self.clients = Clients(store, engine, self.journal, conf, self.recorder)
         self.cluster = Cluster(store, self.pid, conf, self.sources.start, self.sources.stop,
                                orphaned=self.recorder.orphaned,
-                               on_write_refused=self.follower.store_refusing)
+                               on_write_refused=self.follower.store_refusing,
+                               presumed_dead=self._rejoin)
         self.config_watcher = (ConfigWatcher(self.config_path, conf, self.apply_config,
                                              self.metrics) if self.config_path else None)
         self.auth = auth = Auth(store, self.clients, conf)
@@ -254,6 +255,11 @@ class Gateway:
         """After a Redis reload: what our sources and sessions know goes there again."""
         self.sources.republish()
         await self.clients.republish()
+
+    async def _rejoin(self) -> None:
+        """Taken for dead while silent: own our devices again and publish what we know."""
+        self.publisher.forget_owned()
+        await self._republish()
 
     async def apply_config(self, new: Config) -> None:
         """Install a new configuration (validated) in every part, live."""

@@ -4,7 +4,9 @@ Every second (:meth:`Cluster.run`) a process renews its liveness key, takes or r
 leases of the sources only one process may hold (the Asterisk login and the SIP user agent),
 and runs the janitor: devices owned by a process whose liveness key expired turn `unknown`
 (its source connection went with it) until the process that takes the source over re-syncs
-them. See docs/scale-out.md.
+them. A process that was only silent (stopped, starved of CPU, a VM paused) finds its own
+key expired at its next round: it publishes what its sources know again, so the lamps the
+others turned unknown come back without waiting for the next event. See docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -49,8 +51,12 @@ class Cluster:
         stop_source: Callable[[str], Awaitable[None]],
         orphaned: Callable[[str, str], None] | None = None,
         on_write_refused: Callable[[str | None, str], None] | None = None,
+        presumed_dead: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
+        # Awaited when this process finds its liveness key expired: publish everything again.
+        self._presumed_dead = presumed_dead
+        self._joined = False
         # Told (device, dead process) when the janitor turns a device unknown: provenance.
         self._orphaned = orphaned
         self.pid = pid
@@ -69,6 +75,7 @@ class Cluster:
     async def join(self) -> None:
         """Say we are alive and take the free leases (before serving clients)."""
         await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
+        self._joined = True
         await self.renew_leases()
 
     async def run(self) -> None:
@@ -87,9 +94,11 @@ class Cluster:
                         self._on_write_refused(REASON_NOT_ANSWERING, f"Redis has not answered "
                                                f"a PING for {PING_TIMEOUT:.0f} s")
                     continue
-                await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
+                still = await self.store.heartbeat(self.pid, HEARTBEAT_TTL_MS)
                 if self._on_write_refused is not None:
                     self._on_write_refused(None, "")  # the heartbeat was written
+                if not still and self._joined:
+                    await self._rejoin()
                 await self.renew_leases()
                 await self.janitor()
             except (RedisError, OSError) as exc:
@@ -102,6 +111,13 @@ class Cluster:
             except Exception:  # noqa: BLE001 - liveness must outlive any one failing round
                 log.exception("keepalive round failed; trying again in %.0f s",
                               HEARTBEAT_SECONDS)
+
+    async def _rejoin(self) -> None:
+        log.warning("this process was silent for over %.0f s (stopped, starved of CPU, Redis "
+                    "away): the others may have made its devices unknown; publishing what "
+                    "its sources know again", HEARTBEAT_TTL_MS / 1000)
+        if self._presumed_dead is not None:
+            await self._presumed_dead()
 
     async def renew_leases(self) -> None:
         cfg = self._config()

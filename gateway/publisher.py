@@ -84,6 +84,11 @@ class Publisher:
                 else:
                     self._refused.reset()
 
+    def forget_owned(self) -> None:
+        """Record ownership again with the next write of each device (the janitor of another
+        process may have dropped it while this one was silent)."""
+        self._owned.clear()
+
     async def flush(self) -> None:
         """Write what is queued now, once, without retrying (the last word at shutdown)."""
         batch, self._dirty = self._dirty, {}

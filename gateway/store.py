@@ -548,8 +548,14 @@ class Store:
 
     # -- several processes: liveness, device owners, source leases ---------------------------
 
-    async def heartbeat(self, pid: str, ttl_ms: int) -> None:
-        await self.redis.set(K_ALIVE + pid, "1", px=ttl_ms)
+    async def heartbeat(self, pid: str, ttl_ms: int) -> bool:
+        """Renew `pid`'s liveness key; False when it had expired (the others may have taken
+        the process for dead and made its devices unknown)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.exists(K_ALIVE + pid)
+            pipe.set(K_ALIVE + pid, "1", px=ttl_ms)
+            existed, _ = await pipe.execute()
+        return bool(existed)
 
     async def alive(self) -> set[str]:
         return {k[len(K_ALIVE):] async for k in self.redis.scan_iter(match=K_ALIVE + "*")}
