@@ -458,20 +458,40 @@ def _reason(err: dict) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _dupes(items: list[str]) -> set[str]:
+    return {k for k, n in Counter(items).items() if n > 1}
+
+
+def _again(keys: list[str]) -> set[int]:
+    """The indexes of the keys that stand earlier in the list too (the first one of each is
+    fine: the error names the later copies, where the admin would delete)."""
+    seen: set[str] = set()
+    out: set[int] = set()
+    for i, k in enumerate(keys):
+        if k in seen:
+            out.add(i)
+        seen.add(k)
+    return out
+
+
+def _references(where: str, names: list[str], known: set[str], what: str) -> list[str]:
+    """Errors of a list that names other entries (a client's devices, a group's members):
+    each name must exist, and stand once."""
+    errors = [f"{where}[{j}]: unknown {what} {n!r}" for j, n in enumerate(names)
+              if n not in known]
+    errors += [f"{where}: {what} {n!r} is listed twice" for n in _dupes(names)]
+    return errors
+
+
 def _cross_check(cfg: Config) -> list[str]:
     errors: list[str] = []
     configured = {s for s in SOURCES if getattr(cfg.sources, s) is not None}
 
-    def dupes(items: list[str]) -> set[str]:
-        return {k for k, n in Counter(items).items() if n > 1}
-
-    dup_dev = dupes([d.id for d in cfg.devices])
-    seen: set[str] = set()
+    again = _again([d.id for d in cfg.devices])
     lines: dict[tuple[str, str], str] = {}
     for i, d in enumerate(cfg.devices):
-        if d.id in dup_dev and d.id in seen:
+        if i in again:
             errors.append(f"devices[{i}].id: duplicate device id {d.id!r}")
-        seen.add(d.id)
         if d.source not in configured:
             errors.append(
                 f"devices[{i}].source: source {d.source!r} is not configured "
@@ -490,17 +510,11 @@ def _cross_check(cfg: Config) -> list[str]:
         lines.setdefault(key, d.id)
 
     devices = {d.id for d in cfg.devices}
-    dup_cli = dupes([c.name for c in cfg.clients])
-    seen = set()
+    again = _again([c.name for c in cfg.clients])
     for i, c in enumerate(cfg.clients):
-        if c.name in dup_cli and c.name in seen:
+        if i in again:
             errors.append(f"clients[{i}].name: duplicate client name {c.name!r}")
-        seen.add(c.name)
-        for j, dev in enumerate(c.devices):
-            if dev not in devices:
-                errors.append(f"clients[{i}].devices[{j}]: unknown device {dev!r}")
-        for j, dev in enumerate(dupes(c.devices)):
-            errors.append(f"clients[{i}].devices: device {dev!r} is listed twice")
+        errors += _references(f"clients[{i}].devices", c.devices, devices, "device")
         for j, m in enumerate(c.monitor):
             if m.device not in devices:
                 errors.append(f"clients[{i}].monitor[{j}].device: unknown device {m.device!r}")
@@ -519,17 +533,11 @@ def _cross_check(cfg: Config) -> list[str]:
             )
 
     clients = {c.name for c in cfg.clients}
-    dup_grp = dupes([g.name for g in cfg.groups])
-    seen = set()
+    again = _again([g.name for g in cfg.groups])
     for i, g in enumerate(cfg.groups):
-        if g.name in dup_grp and g.name in seen:
+        if i in again:
             errors.append(f"groups[{i}].name: duplicate group name {g.name!r}")
-        seen.add(g.name)
-        for j, m in enumerate(g.members):
-            if m not in clients:
-                errors.append(f"groups[{i}].members[{j}]: unknown client {m!r}")
-        for m in dupes(g.members):
-            errors.append(f"groups[{i}].members: client {m!r} is listed twice")
+        errors += _references(f"groups[{i}].members", g.members, clients, "client")
         for j, o in enumerate(g.overrides):
             if o.client not in g.members:
                 errors.append(f"groups[{i}].overrides[{j}].client: {o.client!r} is not a "

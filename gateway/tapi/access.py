@@ -1,23 +1,23 @@
 """Who may feed lamps through the TAPI bridge port: address allow-list and shared secret.
 
 :class:`BridgeAccess` (pure) says whether a peer address may connect and whether a bridge's
-first line is the right ``{"auth": "SECRET"}`` (compared in constant time), and
-:class:`RefusalLog` (pure, `now` passed in) turns a flood of refused connections into a few
-log lines with counts. The file I/O is at the edge: :func:`load_secret` and
-:class:`SecretFile`, which re-reads the secret when its file changes (rotation without a
-restart).
+first line is the right ``{"auth": "SECRET"}`` (compared in constant time). A flood of
+refused connections is logged as a few lines with counts by the gateway's one aggregator of
+peer-caused lines, :mod:`gateway.logrepeat` (the refusal names its address as the source).
+The file I/O is at the edge: :func:`load_secret` and :class:`SecretFile`, which re-reads
+the secret when its file changes (rotation without a restart).
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import strictjson
 
-__all__ = ["BridgeAccess", "RefusalLog", "SecretFile", "load_secret", "AUTH_TIMEOUT",
+__all__ = ["BridgeAccess", "SecretFile", "load_secret", "AUTH_TIMEOUT",
            "MAX_UNAUTHENTICATED"]
 
 AUTH_TIMEOUT = 10.0  # seconds a connection may take to send its auth line
@@ -115,37 +115,3 @@ class BridgeAccess:
             return "wrong secret"
         return None
 
-
-@dataclass
-class RefusalLog:
-    """Aggregates refused connections: the first of a kind (reason, address) in a window is
-    said at once, the others are counted and said in one line when the window is over (at
-    the next refusal or :meth:`flush`). `now` is passed in."""
-
-    window: float = 60.0
-    _open: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
-
-    def refused(self, host: str, reason: str, now: float) -> list[str]:
-        """Lines to log for this refusal (maybe none)."""
-        out = self.flush(now)
-        key = (reason, host)
-        if key in self._open:
-            start, n = self._open[key]
-            self._open[key] = (start, n + 1)
-        else:
-            self._open[key] = (now, 0)
-            out.append(f"TAPI bridge connection from {host} refused: {reason} (nothing "
-                       "applied; the same within a minute is counted, not logged)")
-        if len(self._open) > 1000:  # bounded: many addresses at once are summed up at once
-            out += self.flush(now, force=True)
-        return out
-
-    def flush(self, now: float, force: bool = False) -> list[str]:
-        out = []
-        for key, (start, n) in list(self._open.items()):
-            if force or now - start >= self.window:
-                del self._open[key]
-                if n:
-                    out.append(f"TAPI bridge: {n} more connection(s) from {key[1]} refused "
-                               f"in the last {now - start:.0f} s: {key[0]}")
-        return out

@@ -25,7 +25,6 @@ import json
 import logging
 import secrets
 import ssl as ssl_module
-import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Literal
 
@@ -37,7 +36,7 @@ from ..linesource import Lines, SourceEvents
 from ..logrepeat import should_log
 from ..model import Direction
 from ..numbers import digits, own_match, redact
-from .access import AUTH_TIMEOUT, MAX_UNAUTHENTICATED, BridgeAccess, RefusalLog
+from .access import AUTH_TIMEOUT, MAX_UNAUTHENTICATED, BridgeAccess
 
 __all__ = ["parse_line", "BridgeLineError", "TAPI_PHASES", "TapiBridgeServer",
            "COMMAND_TIMEOUT"]
@@ -262,7 +261,6 @@ class TapiBridgeServer:
         # The TLS context asks for a client certificate and verifies one that is presented
         # (CERT_OPTIONAL); a connection that presents none is refused here, with a log line.
         self.require_client_cert = require_client_cert
-        self.refusals = RefusalLog()
         self.refused = 0
         self._unauthenticated = 0
         self.handler = handler
@@ -334,8 +332,10 @@ class TapiBridgeServer:
         if reason is None:
             return True
         self.refused += 1
-        for text in self.refusals.refused(host, reason, time.monotonic()):
-            log.warning("%s", text)
+        # The address is the source: gateway.logrepeat logs the first few refusals of an
+        # address at once and counts the rest in one line a minute (a flood writes a few).
+        log.warning("TAPI bridge connection from %s refused: %s (nothing applied)", host,
+                    reason, extra={"source": host})
         writer.close()
         return False
 

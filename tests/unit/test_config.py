@@ -84,6 +84,11 @@ def test_good_config_and_defaults():
          "devices[1].line: line 'Line 201' of source 'tapi_bridge' is already device '201'"),
         (('name = "sales"', 'name = "sales"\n[[groups]]\nname = "sales"'),
          "groups[1].name: duplicate group name 'sales'"),
+        (('name = "lobby"', 'name = "alice"'), "clients[1].name: duplicate client name 'alice'"),
+        (('devices = ["201"]', 'devices = ["201", "201"]'),
+         "clients[0].devices: device '201' is listed twice"),
+        (('members = ["alice", "lobby"]', 'members = ["lobby", "alice", "lobby"]'),
+         "groups[0].members: client 'lobby' is listed twice"),
     ],
 )
 def test_each_error_names_key_and_reason(change, expected):
