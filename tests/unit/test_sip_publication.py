@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gateway.auth import sip_ha1
+from gateway.sip.digest import DigestAuthenticator
 from gateway.sip.proto import Local, make_response
 from gateway.sip.proto.publication import Publication
 
@@ -64,3 +66,17 @@ def test_failure_is_reported_and_retried_with_the_whole_state():
     assert p.failed == "403 Forbidden"
     retry = p.tick(5.1)
     assert retry is not None and retry.body == BUSY and retry.header("SIP-If-Match") is None
+
+
+def test_a_proxy_challenge_is_answered_with_the_whole_state_again():
+    auth = DigestAuthenticator("kam", lifetime=60)
+    p = Publication("sip:201@kam", LOCAL, "dialog", "application/dialog-info+xml",
+                    credentials=("gw", "secret-pw"))
+    r1 = p.set_state(BUSY, 0.0)
+    assert r1.header("Proxy-Authorization") is None
+    again = p.on_response(make_response(r1, 407, headers=(
+        ("Proxy-Authenticate", auth.challenge(0.0)),)), 0.1)
+    assert again is not None and again.body == BUSY and again.cseq[0] > r1.cseq[0]
+    assert again.header("Authorization") is None
+    assert auth.verify(again.header("Proxy-Authorization"), "PUBLISH",
+                       lambda u: sip_ha1("gw", "secret-pw", realm="kam"), 0.2).client == "gw"

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import secrets
 
-from .message import Request, Response, new_branch, new_tag
-from .subscription import Local, authorization, ha1_of, parse_expires
-from ..digest import parse_digest
+from .message import Request, Response, new_tag
+from .subscription import Local, answer_challenge, parse_expires, request_head
 
 __all__ = ["Publication"]
 
@@ -66,14 +65,9 @@ class Publication:
         if body is not None and body != self.sent and self._all_terminated(self.sent):
             self.etag = None  # a new dialog entity (the finished one expires by itself)
         self.cseq += 1
-        headers: list[tuple[str, str]] = [
-            ("Via", f"SIP/2.0/{self.local.transport} {self.local.sent_by};"
-                    f"branch={new_branch()};rport"),
-            ("Max-Forwards", "70"),
-            ("From", f"<{self.target}>;tag={self.tag}"),
-            ("To", f"<{self.target}>"),
-            ("Call-ID", self.call_id),
-            ("CSeq", f"{self.cseq} PUBLISH"),
+        headers = request_head(self.local, f"<{self.target}>;tag={self.tag}",
+                               f"<{self.target}>", self.call_id, self.cseq, "PUBLISH")
+        headers += [
             ("Event", self.event),
             ("Expires", str(self.expires)),
         ]
@@ -82,14 +76,10 @@ class Publication:
         if body is not None:
             headers.append(("Content-Type", self.content_type))
         if self._challenge is not None and self.credentials:
-            name, value = self._challenge
-            user, password = self.credentials
-            realm = (parse_digest(value) or {}).get("realm", "")
-            answer = authorization(value, "PUBLISH", self.target, user,
-                                   ha1_of(user, realm, password))
+            answer = answer_challenge(self._challenge, "PUBLISH", self.target,
+                                      self.credentials)
             if answer is not None:
-                headers.append(("Authorization" if name == "WWW-Authenticate"
-                                else "Proxy-Authorization", answer))
+                headers.append(answer)
         req = Request(tuple(headers), body or b"", "PUBLISH", self.target)
         self.in_flight = req
         self.sent = body if body is not None else self.sent

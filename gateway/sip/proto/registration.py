@@ -12,9 +12,8 @@ from __future__ import annotations
 import secrets
 
 from ...backoff import Backoff
-from ..digest import parse_digest
-from .message import Request, Response, new_branch, new_tag, parse_name_addr
-from .subscription import Local, authorization, ha1_of, parse_expires
+from .message import Request, Response, new_tag, parse_name_addr
+from .subscription import Local, answer_challenge, parse_expires, request_head
 
 __all__ = ["Registration"]
 
@@ -45,28 +44,19 @@ class Registration:
         self.cseq += 1
         self.in_flight = True
         exp = self.expires if expires is None else expires
-        headers: list[tuple[str, str]] = [
-            ("Via", f"SIP/2.0/{self.local.transport} {self.local.sent_by};"
-                    f"branch={new_branch()};rport"),
-            ("Max-Forwards", "70"),
-            ("From", f"<{self.aor}>;tag={self.tag}"),
-            ("To", f"<{self.aor}>"),
-            ("Call-ID", self.call_id),
-            ("CSeq", f"{self.cseq} REGISTER"),
+        headers = request_head(self.local, f"<{self.aor}>;tag={self.tag}", f"<{self.aor}>",
+                               self.call_id, self.cseq, "REGISTER")
+        headers += [
             ("Contact", f"<{self.local.contact}>"),
             ("Expires", str(exp)),
             ("Allow", "SUBSCRIBE, NOTIFY, OPTIONS"),
         ]
         if self._challenge is not None and self.credentials:
-            name, value = self._challenge
-            user, password = self.credentials
-            realm = (parse_digest(value) or {}).get("realm", "")
             self._nc += 1
-            answer = authorization(value, "REGISTER", self.registrar, user,
-                                   ha1_of(user, realm, password), nc=self._nc)
+            answer = answer_challenge(self._challenge, "REGISTER", self.registrar,
+                                      self.credentials, nc=self._nc)
             if answer is not None:
-                headers.append(("Authorization" if name == "WWW-Authenticate"
-                                else "Proxy-Authorization", answer))
+                headers.append(answer)
         return Request(tuple(headers), b"", "REGISTER", self.registrar)
 
     def on_response(self, resp: Response | None, now: float) -> Request | None:

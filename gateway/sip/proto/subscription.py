@@ -40,6 +40,8 @@ __all__ = [
     "Active",
     "RESUBSCRIBE_AFTER",
     "authorization",
+    "answer_challenge",
+    "request_head",
     "parse_expires",
     "ha1_of",
 ]
@@ -83,6 +85,19 @@ def make_response(req: Request, status: int, reason: str | None = None, *,
     return Response(tuple(copied) + tuple(headers), body, status,
                     reason or REASONS.get(status, "Unknown"))
 
+
+def request_head(local: Local, from_: str, to: str, call_id: str, cseq: int, method: str,
+                 route_set: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """The headers every request we send starts with (RFC 3261 8.1.1): our Via with a new
+    branch (rport: answers come back to where we sent from), Max-Forwards, the dialog's
+    route set, From, To, Call-ID and CSeq."""
+    headers = [
+        ("Via", f"SIP/2.0/{local.transport} {local.sent_by};branch={new_branch()};rport"),
+        ("Max-Forwards", "70"),
+    ]
+    headers += [("Route", r) for r in route_set]
+    headers += [("From", from_), ("To", to), ("Call-ID", call_id), ("CSeq", f"{cseq} {method}")]
+    return headers
 
 def parse_expires(value: str | None, default: int) -> int:
     if value is None:
@@ -177,17 +192,10 @@ class ServerSubscription:
         else:
             state = f"active;expires={self.expires_in(now)}"
         event = self.event + (f";id={self.event_id}" if self.event_id else "")
-        headers: list[tuple[str, str]] = [
-            ("Via", f"SIP/2.0/{self.local.transport} {self.local.sent_by};"
-                    f"branch={new_branch()};rport"),
-            ("Max-Forwards", "70"),
-        ]
-        headers += [("Route", r) for r in self.route_set]
+        headers = request_head(self.local, f"<{self.local_uri}>;tag={self.local_tag}",
+                               f"<{self.remote_uri}>;tag={self.remote_tag}", self.call_id,
+                               self.local_cseq, "NOTIFY", self.route_set)
         headers += [
-            ("From", f"<{self.local_uri}>;tag={self.local_tag}"),
-            ("To", f"<{self.remote_uri}>;tag={self.remote_tag}"),
-            ("Call-ID", self.call_id),
-            ("CSeq", f"{self.local_cseq} NOTIFY"),
             ("Contact", f"<{self.local.contact}>"),
             ("Event", event),
             ("Subscription-State", state),
@@ -257,6 +265,20 @@ def authorization(challenge: str, method: str, uri: str, username: str, ha1: str
     return value
 
 
+def answer_challenge(challenge: tuple[str, str], method: str, uri: str,
+                     credentials: tuple[str, str], *, nc: int = 1) -> tuple[str, str] | None:
+    """The header answering a 401's WWW-Authenticate or a 407's Proxy-Authenticate
+    (`challenge`: its name and value) with `credentials` (user, password); None if the
+    challenge is not one we can answer."""
+    name, value = challenge
+    user, password = credentials
+    realm = (parse_digest(value) or {}).get("realm", "")
+    answer = authorization(value, method, uri, user, ha1_of(user, realm, password), nc=nc)
+    if answer is None:
+        return None
+    return ("Authorization" if name.lower() == "www-authenticate"
+            else "Proxy-Authorization", answer)
+
 def ha1_of(username: str, realm: str, password: str) -> str:
     return hashlib.md5(f"{username}:{realm}:{password}".encode()).hexdigest()  # noqa: S324
 
@@ -311,17 +333,9 @@ class ClientSubscription:
         self.cseq += 1
         uri = self.remote_target or self.target
         to = f"<{self.target}>" + (f";tag={self.remote_tag}" if self.remote_tag else "")
-        headers: list[tuple[str, str]] = [
-            ("Via", f"SIP/2.0/{self.local.transport} {self.local.sent_by};"
-                    f"branch={new_branch()};rport"),
-            ("Max-Forwards", "70"),
-        ]
-        headers += [("Route", r) for r in self.route_set]
+        headers = request_head(self.local, f"<{self.local_uri}>;tag={self.local_tag}", to,
+                               self.call_id, self.cseq, "SUBSCRIBE", self.route_set)
         headers += [
-            ("From", f"<{self.local_uri}>;tag={self.local_tag}"),
-            ("To", to),
-            ("Call-ID", self.call_id),
-            ("CSeq", f"{self.cseq} SUBSCRIBE"),
             ("Contact", f"<{self.local.contact}>"),
             ("Event", self.event),
             ("Accept", self.accept),
@@ -338,16 +352,8 @@ class ClientSubscription:
                 ) -> tuple[str, str] | None:
         if not self.credentials:
             return None
-        name, value = challenge
-        user, password = self.credentials
-        realm = (parse_digest(value) or {}).get("realm", "")
         self._nc += 1
-        answer = authorization(value, method, uri, user, ha1_of(user, realm, password),
-                               nc=self._nc)
-        if answer is None:
-            return None
-        return ("Authorization" if name.lower() == "www-authenticate"
-                else "Proxy-Authorization", answer)
+        return answer_challenge(challenge, method, uri, self.credentials, nc=self._nc)
 
     def on_response(self, req: Request, resp: Response, now: float
                     ) -> tuple[list[Active | Failed], Request | None]:
