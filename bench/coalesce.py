@@ -100,12 +100,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=5.0)
     args = p.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(main_async(args))
-    except ImportError:
-        asyncio.run(main_async(args))
+    b.fast_run(main_async(args))
 
 
 if __name__ == "__main__":

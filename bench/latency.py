@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,27 +34,12 @@ import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from gateway.auth import hash_password  # noqa: E402
+from run import fast_run, free_port, wait_port  # noqa: E402
 
 MEMBERS = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
 
 
 def gateway_config(ws: int, bridge: int) -> str:
@@ -305,12 +289,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=1,
                    help="consecutive gateway + baseline pairs, one line each (default 1)")
     args = p.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(main_async(args))
-    except ImportError:
-        asyncio.run(main_async(args))
+    fast_run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,16 @@ RLIMIT_PRELUDE = (
 GATEWAY_WRAPPER = RLIMIT_PRELUDE + "import runpy\nrunpy.run_module('gateway', run_name='__main__')\n"
 
 
+def fast_run(main):  # noqa: ANN001, ANN201
+    """Run the coroutine `main` on uvloop where it is installed (as the gateway runs), else
+    on asyncio; its result."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -385,12 +395,7 @@ async def open_many(port: int, n: int, token: str | None, since: int | None, con
 
 def worker_main(conn, wid: int) -> None:  # noqa: ANN001
     raise_nofile()
-    try:
-        import uvloop
-
-        uvloop.run(worker_async(conn))
-    except ImportError:
-        asyncio.run(worker_async(conn))
+    fast_run(worker_async(conn))
 
 
 async def worker_async(conn) -> None:  # noqa: ANN001
@@ -708,6 +713,18 @@ def pct(values: list[float], p: float) -> float:
 
 # -- ingest ------------------------------------------------------------------------------------
 
+async def wait_stored(r, keys: list[str], want: list[str], t0: float) -> None:  # noqa: ANN001
+    """Poll Redis until each of `keys` holds its `want` text (the final states of an ingest
+    run), at most 120 s after `t0` (perf_counter)."""
+    while True:
+        vals = await r.mget(keys)
+        if all(v is not None and x in v for v, x in zip(vals, want)):
+            return
+        if time.perf_counter() - t0 > 120:
+            raise RuntimeError("ingest: final states not stored within 120 s")
+        await asyncio.sleep(0.002)
+
+
 async def ingest(server: Server, lines: int) -> dict:
     import redis.asyncio as aioredis
 
@@ -743,13 +760,7 @@ async def ingest(server: Server, lines: int) -> dict:
     w.write(blob)
     await w.drain()
     t_sent = time.perf_counter() - t0
-    while True:
-        vals = await r.mget(keys)
-        if all(v is not None and x in v for v, x in zip(vals, want)):
-            break
-        if time.perf_counter() - t0 > 120:
-            raise RuntimeError("ingest: final states not stored within 120 s")
-        await asyncio.sleep(0.002)
+    await wait_stored(r, keys, want, t0)
     gw_s = time.perf_counter() - t0
     cpu = cpu_seconds(server.pid) - cpu0
     seq1 = int(await r.get("{blf}:seq") or 0)
@@ -1113,12 +1124,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.monotonic()
     load0 = os.getloadavg()[0]
-    try:
-        import uvloop
-
-        res = uvloop.run(run_all(args))
-    except ImportError:
-        res = asyncio.run(run_all(args))
+    res = fast_run(run_all(args))
     p = res["params"]
     print()
     print(f"BLF gateway benchmark ({'quick' if p['quick'] else 'full'} run, "

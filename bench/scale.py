@@ -198,13 +198,7 @@ async def ingest_k(tmp: Path, k: int, lines: int) -> dict:
         for w, b in zip(writers, blobs):
             w.write(b"".join(b))
         await asyncio.gather(*(w.drain() for w in writers))
-        while True:
-            vals = await r.mget(keys)
-            if all(v is not None and x in v for v, x in zip(vals, want)):
-                break
-            if time.perf_counter() - t0 > 120:
-                raise RuntimeError("ingest: final states not stored within 120 s")
-            await asyncio.sleep(0.002)
+        await run.wait_stored(r, keys, want, t0)
         gw_s = time.perf_counter() - t0
         cpu = meter.stop()
         for w in writers:
@@ -297,12 +291,7 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=4.0, help="fan-out window, s (default 4)")
     ap.add_argument("--keep", action="store_true", help="keep state dirs and logs")
     args = ap.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(main_async(args))
-    except ImportError:
-        asyncio.run(main_async(args))
+    run.fast_run(main_async(args))
 
 
 if __name__ == "__main__":

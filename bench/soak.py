@@ -89,12 +89,7 @@ async def open_soak_client(port: int, token: str, since: int | None, slow: bool)
 
 def soak_worker_main(conn, wid: int) -> None:  # noqa: ANN001
     run.raise_nofile()
-    try:
-        import uvloop
-
-        uvloop.run(soak_worker(conn, wid))
-    except ImportError:
-        asyncio.run(soak_worker(conn, wid))
+    run.fast_run(soak_worker(conn, wid))
 
 
 async def soak_worker(conn, wid: int) -> None:  # noqa: ANN001
@@ -498,12 +493,7 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    try:
-        import uvloop
-
-        code = uvloop.run(soak(args))
-    except ImportError:
-        code = asyncio.run(soak(args))
+    code = run.fast_run(soak(args))
     sys.exit(code)
 
 
