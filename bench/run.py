@@ -725,6 +725,19 @@ async def wait_stored(r, keys: list[str], want: list[str], t0: float) -> None:  
         await asyncio.sleep(0.002)
 
 
+async def baseline_sets(r, n: int, devices: int) -> float:  # noqa: ANN001
+    """The ingest baseline: seconds to SET `n` device-state values (over `devices` keys)
+    through redis-py, pipelined 1,000 at a time."""
+    value = "1 " + '{"s":"ok","c":[["1000/i0x0","in","ringing",1700000000.123,"555",null,null]]}'
+    t0 = time.perf_counter()
+    for i in range(0, n, 1000):
+        pipe = r.pipeline(transaction=False)
+        for j in range(i, min(n, i + 1000)):
+            pipe.set(f"bench:{j % devices}", value)
+        await pipe.execute()
+    return time.perf_counter() - t0
+
+
 async def ingest(server: Server, lines: int) -> dict:
     import redis.asyncio as aioredis
 
@@ -765,16 +778,8 @@ async def ingest(server: Server, lines: int) -> dict:
     cpu = cpu_seconds(server.pid) - cpu0
     seq1 = int(await r.get("{blf}:seq") or 0)
     w.close()
-    # Baseline: the same number of keys SET through redis-py, pipelined 1,000 at a time.
-    value = "1 " + '{"s":"ok","c":[["1000/i0x0","in","ringing",1700000000.123,"555",null,null]]}'
-    t0 = time.perf_counter()
     n = len(out)
-    for i in range(0, n, 1000):
-        pipe = r.pipeline(transaction=False)
-        for j in range(i, min(n, i + 1000)):
-            pipe.set(f"bench:{j % INGEST_DEVICES}", value)
-        await pipe.execute()
-    base_s = time.perf_counter() - t0
+    base_s = await baseline_sets(r, n, INGEST_DEVICES)
     await r.aclose()
     return {"lines": n, "gw_rate": n / gw_s, "gw_s": gw_s, "sent_s": t_sent,
             "published": seq1 - seq0, "base_rate": n / base_s, "cpu_us": cpu / n * 1e6}

@@ -203,14 +203,7 @@ async def ingest_k(tmp: Path, k: int, lines: int) -> dict:
         cpu = meter.stop()
         for w in writers:
             w.close()
-        value = "1 " + '{"s":"ok","c":[["1000/i0x0","in","ringing",1700000000.123,"555",null,null]]}'
-        t0 = time.perf_counter()
-        for i in range(0, n, 1000):
-            pipe = r.pipeline(transaction=False)
-            for j in range(i, min(n, i + 1000)):
-                pipe.set(f"bench:{j % devices}", value)
-            await pipe.execute()
-        base_s = time.perf_counter() - t0
+        base_s = await run.baseline_sets(r, n, devices)
         await r.aclose()
         return {"k": k, "lines": n, "gw_rate": n / gw_s, "base_rate": n / base_s, "cpu": cpu}
     finally:
