@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -462,16 +463,17 @@ def _dupes(items: list[str]) -> set[str]:
     return {k for k, n in Counter(items).items() if n > 1}
 
 
-def _again(keys: list[str]) -> set[int]:
-    """The indexes of the keys that stand earlier in the list too (the first one of each is
-    fine: the error names the later copies, where the admin would delete)."""
+def _entries(table: str, items: list, key: str, what: str
+             ) -> Iterator[tuple[int, Any, list[str]]]:
+    """(index, entry, its error if its `key` stands earlier in the list too) for each entry
+    of a list (the first one of each is fine: the error names the later copies, where the
+    admin would delete)."""
     seen: set[str] = set()
-    out: set[int] = set()
-    for i, k in enumerate(keys):
-        if k in seen:
-            out.add(i)
-        seen.add(k)
-    return out
+    for i, item in enumerate(items):
+        value = getattr(item, key)
+        yield i, item, ([f"{table}[{i}].{key}: duplicate {what} {value!r}"] if value in seen
+                        else [])
+        seen.add(value)
 
 
 def _references(where: str, names: list[str], known: set[str], what: str) -> list[str]:
@@ -487,11 +489,9 @@ def _cross_check(cfg: Config) -> list[str]:
     errors: list[str] = []
     configured = {s for s in SOURCES if getattr(cfg.sources, s) is not None}
 
-    again = _again([d.id for d in cfg.devices])
     lines: dict[tuple[str, str], str] = {}
-    for i, d in enumerate(cfg.devices):
-        if i in again:
-            errors.append(f"devices[{i}].id: duplicate device id {d.id!r}")
+    for i, d, again in _entries("devices", cfg.devices, "id", "device id"):
+        errors += again
         if d.source not in configured:
             errors.append(
                 f"devices[{i}].source: source {d.source!r} is not configured "
@@ -510,10 +510,8 @@ def _cross_check(cfg: Config) -> list[str]:
         lines.setdefault(key, d.id)
 
     devices = {d.id for d in cfg.devices}
-    again = _again([c.name for c in cfg.clients])
-    for i, c in enumerate(cfg.clients):
-        if i in again:
-            errors.append(f"clients[{i}].name: duplicate client name {c.name!r}")
+    for i, c, again in _entries("clients", cfg.clients, "name", "client name"):
+        errors += again
         errors += _references(f"clients[{i}].devices", c.devices, devices, "device")
         for j, m in enumerate(c.monitor):
             if m.device not in devices:
@@ -533,10 +531,8 @@ def _cross_check(cfg: Config) -> list[str]:
             )
 
     clients = {c.name for c in cfg.clients}
-    again = _again([g.name for g in cfg.groups])
-    for i, g in enumerate(cfg.groups):
-        if i in again:
-            errors.append(f"groups[{i}].name: duplicate group name {g.name!r}")
+    for i, g, again in _entries("groups", cfg.groups, "name", "group name"):
+        errors += again
         errors += _references(f"groups[{i}].members", g.members, clients, "client")
         for j, o in enumerate(g.overrides):
             if o.client not in g.members:
