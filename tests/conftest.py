@@ -9,16 +9,24 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
+from gateway.auth import hash_password
 from gateway.store import die_with_parent_preexec, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+TRACES = ROOT / "tests" / "tapi_bridge" / "traces"
+
+# The test clients' password, and its hash as the configuration holds it (a cheap scrypt cost
+# for tests; the format is the production one).
+PW = "correct horse battery"
+HASH = hash_password(PW, n=2**10)
 
 
 # Property and fuzz tests: no per-example deadline and no "too slow" health check (they
@@ -234,6 +242,88 @@ class Bridge:
             pass
 
 
+# A gateway with embedded Redis (its data in the state directory) and one line: format it
+# with its WebSocket port `ws` and bridge port `bridge`.
+EMBEDDED_CONFIG = """
+[server]
+listen = "127.0.0.1:{ws}"
+[state]
+dir = "state"
+[sources.tapi_bridge]
+listen = "127.0.0.1:{bridge}"
+[[devices]]
+id = "201"
+[[clients]]
+name = "alice"
+devices = ["201"]
+[[groups]]
+name = "g"
+members = ["alice"]
+rights = {{ numbers = "all" }}
+"""
+
+
+def toml_value(value) -> str:
+    """`value` as TOML: bool, number, string, list, or a dict as an inline table."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def toml_table(header: str, **keys) -> str:
+    """One table of a configuration: `toml_table("[[clients]]", name="alice")`."""
+    return "\n" + header + "\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items())
+
+
+def gateway_config(redis_url: str | None, *, listen: str = "127.0.0.1:0",
+                   bridge: str = "127.0.0.1:0", lines: tuple[str, ...] = ("201", "202"),
+                   owners: tuple[str, ...] = ("alice", "bob"), password_hash: str | None = None,
+                   server: dict | None = None, server_extra: str = "", sip: dict | None = None,
+                   sections: str = "", device_keys: Callable[[str], dict] | None = None,
+                   client_keys: dict[str, dict] | None = None, more: str = "") -> str:
+    """The configuration most end-to-end tests start from: [server] `listen` (and the keys of
+    `server`, then the lines `server_extra`), [redis] (none: embedded), a TAPI bridge
+    listening on `bridge`, [sources.sip] where `sip` is given, then `sections` (TOML text); a
+    device per entry of `lines` (its number the same, plus `device_keys(id)`), each owned by
+    the client of `owners` at the same place (plus its `client_keys`, and `password_hash`
+    where given); then `more` (other devices, clients, groups)."""
+    text = toml_table("[server]", listen=listen, **(server or {}))
+    text += server_extra + "\n" if server_extra else ""
+    if redis_url is not None:
+        text += toml_table("[redis]", url=redis_url)
+    text += toml_table("[sources.tapi_bridge]", listen=bridge)
+    if sip is not None:
+        text += toml_table("[sources.sip]", **sip)
+    text += sections
+    text += "".join(toml_table("[[devices]]", id=n, number=n,
+                               **(device_keys(n) if device_keys else {})) for n in lines)
+    pw = {} if password_hash is None else {"password_hash": password_hash}
+    text += "".join(toml_table("[[clients]]", name=c, devices=[n],
+                               **(client_keys or {}).get(c, {}), **pw)
+                    for c, n in zip(owners, lines))
+    return text + more
+
+
+def ami_source(port: int, **keys) -> str:
+    """[sources.ami] for the AMI test peer (tests/amipeer.py) on `port`: user blf, its secret
+    in ami.secret beside the configuration; plus `keys`."""
+    return toml_table("[sources.ami]", host="127.0.0.1", port=port, username="blf",
+                      secret_file="ami.secret", **keys)
+
+
+def ami_line(device: str) -> dict:
+    """The keys of a device on the Asterisk endpoint PJSIP/`device`."""
+    return {"source": "ami", "line": f"PJSIP/{device}"}
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -307,6 +397,46 @@ async def connect():
         pytest.fail("frames that disagree with docs/asyncapi.yaml:\n  " + "\n  ".join(problems))
 
 
+async def login(connect, gw, client: str, password: str = PW, panel: str | None = None
+                ) -> WsClient:
+    """A WebSocket client logged in as `client` (welcomed), subscribed to `panel` (its
+    snapshot received) where one is given."""
+    c = await connect(gw)
+    reply = await c.request({"type": "login", "client": client, "password": password})
+    assert reply["type"] == "welcome", reply
+    if panel is not None:
+        reply = await c.request({"type": "subscribe", "panel": panel})
+        assert reply["type"] == "snapshot", reply
+    return c
+
+
+@pytest.fixture
+async def replay_bridge():
+    """The bridge program itself (its gateway link and TAPI translator) with the TSP replayed
+    from a trace of tests/tapi_bridge/traces: `link, replay = await replay_bridge(port,
+    "trace.jsonl")` connects it to the gateway's bridge port; `await replay.play(MARK)` plays
+    the trace up to a mark. Stopped when the test ends."""
+    from gateway.tapi.winbridge.link import Bridge as Link
+    from gateway.tapi.winbridge.link import LinkOptions
+    from gateway.tapi.winbridge.trace import Replay, load_trace
+
+    running: list[tuple[Link, asyncio.Task]] = []
+
+    async def start(port: int, trace: str):
+        # Short back-off: a test that restarts the gateway sees the bridge back at once.
+        link = Link(LinkOptions("127.0.0.1", port, backoff_min=0.05, backoff_max=0.2))
+        replay = Replay(load_trace(TRACES / trace), link, speed=0)
+        link.provider = replay
+        running.append((link, asyncio.create_task(link.run())))
+        await asyncio.wait_for(link.connected.wait(), 10)
+        return link, replay
+
+    yield start
+    for link, task in running:
+        link.stop()
+        await asyncio.wait_for(task, 5)
+
+
 @pytest.fixture
 async def bridge():
     bridges: list[Bridge] = []
@@ -346,15 +476,33 @@ def within(seconds: float = PATIENCE):
             return
 
 
-async def eventually(pred, timeout: float = PATIENCE, interval: float = 0.02):
-    """Wait until pred() is truthy (for state that is reached asynchronously)."""
+def wait_port(port: int, timeout: float = PATIENCE, *, proc: subprocess.Popen | None = None
+              ) -> None:
+    """Wait until something listens on the loopback `port` (a gateway process started);
+    with `proc`, fail at once with its output when it exits instead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"port {port} did not open")
+
+
+async def eventually(pred, timeout: float = PATIENCE, interval: float = 0.02,
+                     what: str = "condition"):
+    """Wait until pred() is truthy (for state that is reached asynchronously); its value.
+    `what` names the state in the error when it is not reached within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
+            raise AssertionError(f"{what} not reached within {timeout} s")
         await asyncio.sleep(interval)
 
 

@@ -16,12 +16,14 @@ import time
 import pytest
 
 from test_web_panel import (  # noqa: F401 - fixtures used by name
+    CONFIG_HEAD,
     AsteriskPeer,
     WAIT_MS,
     Gateway,
     browser,
     page,
 )
+from test_web_panel import login as web_login
 
 pytestmark = pytest.mark.browser
 
@@ -31,17 +33,7 @@ OUT_NUMBER = "+4940999888"
 PASSWORDS = {"alice": "alice-pass-1", "bob": "bob-pass-12", "root": "root-pass-12",
              "auditor": "auditor-pass"}
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:{port}"
-login_attempts_per_minute = 500
-
-[state]
-dir = "{state}"
-
-[sources.tapi_bridge]
-listen = "127.0.0.1:{bport}"
-
+CONFIG = CONFIG_HEAD + """
 [sources.ami]
 host = "127.0.0.1"
 port = {ami_port}
@@ -104,26 +96,13 @@ rights = {{ numbers = "none" }}
 class Office(Gateway):
     """The switchboard tests' gateway process, with an Asterisk line and admins."""
 
+    in_service = ["L201", "L203"]  # its TAPI lines (202 is Asterisk's)
+
     def __init__(self, tmp, ami_port: int) -> None:
         super().__init__(tmp)
         self.config.write_text(CONFIG.format(port=self.port, bport=self.bport,
                                              state=self.state, ami_port=ami_port))
         (tmp / "ami.secret").write_text("s3cret\n")
-
-    def connect_bridge(self) -> None:
-        import socket
-
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.bridge = socket.create_connection(("127.0.0.1", self.bport), timeout=5)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        for line in ("L201", "L203"):
-            self._send({"device": line, "devstate": "inservice"})
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +121,7 @@ def office(tmp_path_factory):
 
 
 def login(page, gw, client: str) -> None:
-    page.goto(gw.url)
-    page.fill("#login-client", client)
-    page.fill("#login-password", PASSWORDS[client])
-    page.click("#login-submit")
-    page.wait_for_selector("#board-view:not([hidden])", timeout=WAIT_MS)
+    web_login(page, gw, client, PASSWORDS[client], panels=False)
 
 
 def wait_for(pred, timeout: float = WAIT_MS / 1000):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_port
 from gateway.auth import hash_password
 
 pytestmark = pytest.mark.browser
@@ -52,19 +52,6 @@ TRY = """(url) => new Promise(resolve => {
   ws.onmessage = (e) => { resolve("session:" + JSON.parse(e.data).type); ws.close(); };
   ws.onclose = (e) => resolve("closed:" + e.code);
 })""" % PW
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"port {port} did not open")
 
 
 class OtherSite:

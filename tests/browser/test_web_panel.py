@@ -54,7 +54,8 @@ def free_port() -> int:
     return free()
 
 
-CONFIG = """
+# What every switchboard test gateway has: its ports, its state directory and a TAPI bridge.
+CONFIG_HEAD = """
 [server]
 listen = "127.0.0.1:{port}"
 login_attempts_per_minute = 500
@@ -64,7 +65,9 @@ dir = "{state}"
 
 [sources.tapi_bridge]
 listen = "127.0.0.1:{bport}"
+"""
 
+CONFIG = CONFIG_HEAD + """
 [[devices]]
 id = "201"
 name = "Alice line"
@@ -148,6 +151,8 @@ ALL_LINES = ["L201", "L202", "L203", "L204", "L205"]
 class Gateway:
     """A `blf-gateway run` subprocess plus one TAPI bridge connection to it."""
 
+    in_service = ALL_LINES  # the lines the bridge says are in service when it connects
+
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.port = free_port()
@@ -201,7 +206,7 @@ class Gateway:
                     raise
                 time.sleep(0.2)
         # Full current state first (contract section 5).
-        for line in ALL_LINES:
+        for line in self.in_service:
             self._send({"device": line, "devstate": "inservice"})
         for msg in self.lines.values():
             self._send(msg)
@@ -297,11 +302,18 @@ def page(browser):
     assert not [e for e in errors if "WebSocket connection" not in e], errors
 
 
-def login(page, gw: Gateway, client: str, password: str | None = None, panels: bool = True) -> None:
-    page.goto(gw.url)
+def submit_login(page, client: str, password: str) -> None:
+    """Fill in the login form the page shows and send it."""
     page.fill("#login-client", client)
-    page.fill("#login-password", password if password is not None else PASSWORDS[client])
+    page.fill("#login-password", password)
     page.click("#login-submit")
+
+
+def login(page, gw: Gateway, client: str, password: str | None = None, panels: bool = True) -> None:
+    """Log in as `client` (its password in PASSWORDS unless given) and wait for the board
+    (and its panels loaded, where `panels`)."""
+    page.goto(gw.url)
+    submit_login(page, client, password if password is not None else PASSWORDS[client])
     page.wait_for_selector("#board-view:not([hidden])", timeout=WAIT_MS)
     if panels:
         page.wait_for_selector("section.panel:not(.loading)", timeout=WAIT_MS)
@@ -322,9 +334,7 @@ def wait_lamp(page, panel: str, member: str, lamp: str, timeout: float = WAIT_MS
 
 def test_wrong_password_is_refused_clearly(page, gateway):
     page.goto(gateway.url)
-    page.fill("#login-client", "alice")
-    page.fill("#login-password", "not-the-password")
-    page.click("#login-submit")
+    submit_login(page, "alice", "not-the-password")
     msg = page.locator("#login-message")
     msg.filter(has_text="Wrong client name or password").wait_for(timeout=WAIT_MS)
     assert page.locator("#board-view").is_hidden()
@@ -333,9 +343,7 @@ def test_wrong_password_is_refused_clearly(page, gateway):
 def test_gateway_down_at_login(page, gateway):
     dead = free_port()
     page.goto(f"{gateway.url}?gateway=ws://127.0.0.1:{dead}/ws")
-    page.fill("#login-client", "alice")
-    page.fill("#login-password", PASSWORDS["alice"])
-    page.click("#login-submit")
+    submit_login(page, "alice", PASSWORDS["alice"])
     page.locator("#login-message").filter(has_text="Cannot reach the gateway").wait_for(timeout=WAIT_MS)
 
 
@@ -736,9 +744,7 @@ def test_first_login_with_an_empty_password_field(page, gateway):
     page.click("#pw-ok")
     # The mark is used up: an empty field now gets the ordinary refusal.
     page.click("#logout")
-    page.fill("#login-client", "frank")
-    page.fill("#login-password", "")
-    page.click("#login-submit")
+    submit_login(page, "frank", "")
     page.locator("#login-message").filter(has_text="Wrong client name or password").wait_for(
         timeout=WAIT_MS)
     # And the password he was shown works.

@@ -10,15 +10,12 @@ import signal
 import time
 from pathlib import Path
 
-from gateway.auth import hash_password
-
-PW = "correct horse battery"
-HASH = hash_password(PW, n=2**10)  # cheap hash for tests; the format is the production one
+from conftest import HASH, PATIENCE, login
 
 # Devices 201-203 are people's lines; 299 is the probe line the honest watcher times.
 CONFIG = """
 [server]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{ws_port}"
 {server_extra}
 {redis}
 [state]
@@ -77,9 +74,10 @@ rights = {{ numbers = "all" }}
 
 
 def config(redis_url: str | None = None, bridge_port: int = 0, server_extra: str = "",
-           journal_extra: str = "") -> str:
+           journal_extra: str = "", ws_port: int = 0) -> str:
+    """The fault tests' office; `redis_url` None: embedded Redis; port 0: any free one."""
     redis = f'[redis]\nurl = "{redis_url}"\n' if redis_url else ""
-    return CONFIG.format(redis=redis, bridge_port=bridge_port, hash=HASH,
+    return CONFIG.format(redis=redis, bridge_port=bridge_port, hash=HASH, ws_port=ws_port,
                          server_extra=server_extra, journal_extra=journal_extra)
 
 
@@ -90,11 +88,15 @@ async def all_in_service(b) -> None:
     await b.send(*[{"device": line, "devstate": "inservice"} for line in LINES.values()])
 
 
-async def login(connect, gw, client: str = "carol", password: str = PW):
-    c = await connect(gw)
-    reply = await c.request({"type": "login", "client": client, "password": password})
-    assert reply["type"] == "welcome", reply
-    return c
+async def busy_office(gw, connect, bridge):
+    """Every line in service and alice on a call; carol watching the office panel. Returns
+    (the bridge connection, carol's client)."""
+    b = await bridge(gw)
+    await all_in_service(b)
+    await b.send({"device": "Line 201", "call": "a1", "state": "connected", "caller": "0301"})
+    carol = await login(connect, gw, "carol", panel="office")
+    await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, PATIENCE)
+    return b, carol
 
 
 def lamp_of(client, member: str) -> str | None:

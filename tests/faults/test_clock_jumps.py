@@ -18,9 +18,9 @@ import time
 import pytest
 import websockets
 
-from conftest import PATIENCE, RedisServer, WsClient, free_port, within
-from faultkit import LINES, PW, HonestWatcher, config, lamp_of, wait_lamps
-from test_process_faults import BridgeProgram, _wait_port
+from conftest import PATIENCE, PW, RedisServer, WsClient, free_port, wait_port, within
+from faultkit import LINES, HonestWatcher, config, lamp_of, wait_lamps
+from test_process_faults import BridgeProgram
 
 LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
                                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -49,16 +49,15 @@ async def test_clock_jumps_forward_and_back_without_a_stall(tmp_path):
     offset.write_text("+0\n")
     ws, br = free_port(), free_port()
     path = tmp_path / "gw.toml"
-    path.write_text(config(server.url, bridge_port=br,
-                           server_extra="login_attempts_per_minute = 1000").replace(
-        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{ws}"', 1))
+    path.write_text(config(server.url, bridge_port=br, ws_port=ws,
+                           server_extra="login_attempts_per_minute = 1000"))
     env = {**os.environ, "LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(offset),
            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     prog = None
     try:
-        await asyncio.to_thread(_wait_port, ws, proc)
+        await asyncio.to_thread(wait_port, ws, proc=proc)
         prog = BridgeProgram(br, list(LINES.values()))
         await prog.ready()
         carol = WsClient(await websockets.connect(f"ws://127.0.0.1:{ws}/ws"))

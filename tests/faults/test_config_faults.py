@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import PATIENCE, within
-from faultkit import all_in_service, config, login, wait_lamps
+from conftest import PATIENCE, login, within
+from faultkit import all_in_service, config, wait_lamps
 
 
 async def test_an_emptied_config_file_is_refused_and_subscriptions_survive(

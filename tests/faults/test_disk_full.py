@@ -13,8 +13,8 @@ import time
 import pytest
 import redis
 
-from conftest import PATIENCE, RedisServer, free_port, within
-from faultkit import all_in_service, config, healthz, login, wait_lamps
+from conftest import PATIENCE, RedisServer, free_port, login, within
+from faultkit import all_in_service, config, healthz, wait_lamps
 
 
 @pytest.fixture
@@ -103,8 +103,7 @@ async def test_gateway_started_on_a_full_disk_says_so_in_one_line(small_disk, tm
         await asyncio.to_thread(fill, small_disk)
         assert await asyncio.to_thread(refusing, server.url)
         f = tmp_path / "gw.toml"
-        f.write_text(config(server.url, bridge_port=free_port()).replace(
-            'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{free_port()}"', 1))
+        f.write_text(config(server.url, bridge_port=free_port(), ws_port=free_port()))
         r = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "gateway", "run", "--config", str(f)],
             capture_output=True, text=True, timeout=30)

@@ -12,14 +12,14 @@ import time
 
 import redis
 
-from conftest import PATIENCE, eventually, free_port, within
+from conftest import EMBEDDED_CONFIG, PATIENCE, eventually, free_port, login, wait_port, within
 from faultkit import (
     HonestWatcher,
     all_in_service,
+    busy_office,
     config,
     healthz,
     kill,
-    login,
     pid_alive,
     redis_servers_under,
     wait_gone,
@@ -32,12 +32,7 @@ BIN = [sys.executable, "-m", "gateway"]
 async def _busy_office(start_gateway, connect, bridge):
     gw = await start_gateway(config())
     assert gw.embedded is not None and gw.embedded.owner
-    b = await bridge(gw)
-    await all_in_service(b)
-    await b.send({"device": "Line 201", "call": "a1", "state": "connected", "caller": "0301"})
-    carol = await login(connect, gw, "carol")
-    await carol.request({"type": "subscribe", "panel": "office"})
-    await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, PATIENCE)
+    b, carol = await busy_office(gw, connect, bridge)
     return gw, b, carol
 
 
@@ -96,45 +91,13 @@ async def test_hung_embedded_redis_is_killed_and_restarted(start_gateway, connec
     print(f"\nFIGURE embedded-redis-sigstop heal_s={heal:.2f}")
 
 
-GW_CONFIG = """
-[server]
-listen = "127.0.0.1:{ws}"
-[state]
-dir = "state"
-[sources.tapi_bridge]
-listen = "127.0.0.1:{bridge}"
-[[devices]]
-id = "201"
-[[clients]]
-name = "alice"
-devices = ["201"]
-[[groups]]
-name = "g"
-members = ["alice"]
-"""
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"port {port} never opened")
-
-
 def _start_gateway_process(tmp_path):
     ws = free_port()
     f = tmp_path / "gw.toml"
-    f.write_text(GW_CONFIG.format(ws=ws, bridge=free_port()))
+    f.write_text(EMBEDDED_CONFIG.format(ws=ws, bridge=free_port()))
     proc = subprocess.Popen([*BIN, "run", "--config", str(f)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    _wait_port(ws, proc)
+    wait_port(ws, proc=proc)
     return proc, f
 
 
@@ -221,8 +184,8 @@ async def test_the_test_suite_leaves_no_redis_server_behind_when_killed(tmp_path
     work = tmp_path / "work"
     work.mkdir()
     cfg = tmp_path / "child.toml"
-    cfg.write_text(GW_CONFIG.format(ws=0, bridge=0).replace('dir = "state"',
-                                                            'dir = "{STATE}"'))
+    cfg.write_text(EMBEDDED_CONFIG.format(ws=0, bridge=0).replace('dir = "state"',
+                                                                  'dir = "{STATE}"'))
     test_file = tmp_path / "test_child.py"
     test_file.write_text(CHILD_TEST.format(tests=tests, work=str(work), cfg=str(cfg)))
     child = subprocess.Popen(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 
-from conftest import RedisServer, within
-from faultkit import all_in_service, config, login
+from conftest import RedisServer, login, within
+from faultkit import all_in_service, config
 
 CALLS = [("Line 201", "c1", "0301"), ("Line 201", "c2", "0302"), ("Line 202", "c3", "0303")]
 
@@ -26,6 +26,17 @@ async def _journals(connect, gw) -> tuple[list[str], list[str]]:
     alice = await login(connect, gw, "alice")
     offline = (await alice.request({"type": "journal", "scope": "offline"}))["entries"]
     return sorted(e["remote"] for e in server), sorted(e["remote"] for e in offline)
+
+
+async def _journaled_once(connect, gw) -> None:
+    """The spool delivered (within PATIENCE): every call is in each journal once."""
+    for _ in within():
+        if not gw.journal.spool.pending():
+            break
+        await asyncio.sleep(0.02)
+    server_j, offline_j = await _journals(connect, gw)
+    assert server_j == ["0301", "0302", "0303"]
+    assert offline_j == ["0301", "0302"]
 
 
 async def _wait_spooled(gw, n: int) -> None:
@@ -50,13 +61,7 @@ async def test_calls_ended_while_redis_is_away_are_journaled_once_when_it_is_bac
         await _wait_spooled(gw, 5)
         assert (start_gateway.dir / "state" / "journal.spool").exists()
         server.start()
-        for _ in within():
-            if not gw.journal.spool.pending():
-                break
-            await asyncio.sleep(0.02)
-        server_j, offline_j = await _journals(connect, gw)
-        assert server_j == ["0301", "0302", "0303"]
-        assert offline_j == ["0301", "0302"]
+        await _journaled_once(connect, gw)
         assert not gw.journal.spool.pending()
     finally:
         server.stop()
@@ -81,13 +86,7 @@ async def test_spooled_calls_survive_a_stop_and_a_crash_and_are_written_once(
         shutil.copy(spool, start_gateway.dir / "state" / "journal.spool.crashed.draining")
         server.start()
         gw = await start_gateway(text)
-        for _ in within():
-            if not gw.journal.spool.pending():
-                break
-            await asyncio.sleep(0.02)
-        server_j, offline_j = await _journals(connect, gw)
-        assert server_j == ["0301", "0302", "0303"]
-        assert offline_j == ["0301", "0302"]
+        await _journaled_once(connect, gw)
         w = (await login(connect, gw, "alice")).received[0]
         assert w["offline_calls"] == 2
     finally:

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import PATIENCE
-from faultkit import HonestWatcher, all_in_service, config, login, wait_lamps
+from conftest import PATIENCE, login
+from faultkit import HonestWatcher, all_in_service, config, wait_lamps
 
 
 async def test_a_login_flood_does_not_slow_an_honest_watcher(redis_url, start_gateway,

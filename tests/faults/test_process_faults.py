@@ -13,9 +13,16 @@ from pathlib import Path
 
 import websockets
 
-from conftest import PATIENCE, WsClient, free_port, within
-from faultkit import LINES, PW, HonestWatcher, config, lamp_of, login, redis_servers_under, \
-    wait_gone, wait_lamps
+from conftest import PATIENCE, PW, WsClient, free_port, login, wait_port, within
+from faultkit import (
+    LINES,
+    HonestWatcher,
+    config,
+    lamp_of,
+    redis_servers_under,
+    wait_gone,
+    wait_lamps,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -116,24 +123,10 @@ async def test_bridge_stopped_then_continued_delivers_what_it_held(redis_url, st
 GW_CONFIG_EXTRA = 'login_attempts_per_minute = 1000'
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"port {port} never opened")
-
-
 def _run_gateway(path: Path, ws: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(ws, proc)
+    wait_port(ws, proc=proc)
     return proc
 
 
@@ -143,15 +136,20 @@ async def _client(ws_port: int, **login_fields) -> tuple[WsClient, dict]:
     return c, w
 
 
+async def _gateway_process(tmp_path):
+    """A gateway process (embedded Redis) on free ports: (ws port, bridge port, its
+    configuration file, the process)."""
+    ws, br = free_port(), free_port()
+    path = tmp_path / "gw.toml"
+    path.write_text(config(bridge_port=br, ws_port=ws, server_extra=GW_CONFIG_EXTRA))
+    return ws, br, path, await asyncio.to_thread(_run_gateway, path, ws)
+
+
 async def test_gateway_killed_and_restarted_clients_resume_with_nothing_lost(tmp_path):
     """kill -9 of the gateway (embedded Redis): its Redis ends with it; the restarted
     gateway has the tokens, the seq and the journals; the bridge reconnects and the
     lamps are exact; a client resumes with its token."""
-    ws, br = free_port(), free_port()
-    path = tmp_path / "gw.toml"
-    path.write_text(config(bridge_port=br, server_extra=GW_CONFIG_EXTRA).replace(
-        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{ws}"', 1))
-    proc = await asyncio.to_thread(_run_gateway, path, ws)
+    ws, br, path, proc = await _gateway_process(tmp_path)
     prog = None
     try:
         prog = BridgeProgram(br, list(LINES.values()))
@@ -209,11 +207,7 @@ async def test_gateway_killed_and_restarted_clients_resume_with_nothing_lost(tmp
 async def test_gateway_stopped_then_continued_loses_nothing(tmp_path):
     """SIGSTOP of the gateway for 2 s: bridge lines and client frames wait in the
     kernel; after SIGCONT every change arrives, the journal has the call that ended."""
-    ws, br = free_port(), free_port()
-    path = tmp_path / "gw.toml"
-    path.write_text(config(bridge_port=br, server_extra=GW_CONFIG_EXTRA).replace(
-        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{ws}"', 1))
-    proc = await asyncio.to_thread(_run_gateway, path, ws)
+    ws, br, path, proc = await _gateway_process(tmp_path)
     prog = None
     try:
         prog = BridgeProgram(br, list(LINES.values()))

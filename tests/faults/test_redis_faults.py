@@ -8,17 +8,12 @@ import signal
 import time
 
 from conftest import PATIENCE, RedisServer
-from faultkit import all_in_service, config, healthz, login, wait_lamps
+from faultkit import busy_office, config, healthz, wait_lamps
 
 
 async def _office(server, start_gateway, connect, bridge):
     gw = await start_gateway(config(server.url))
-    b = await bridge(gw)
-    await all_in_service(b)
-    await b.send({"device": "Line 201", "call": "a1", "state": "connected", "caller": "0301"})
-    carol = await login(connect, gw, "carol")
-    await carol.request({"type": "subscribe", "panel": "office"})
-    await wait_lamps(carol, {"alice": "busy", "bob": "idle"}, PATIENCE)
+    b, carol = await busy_office(gw, connect, bridge)
     return gw, b, carol
 
 

@@ -7,83 +7,34 @@ import asyncio
 
 import pytest
 
-from conftest import eventually
-from test_gateway_e2e import HASH, login
+from conftest import (
+    HASH,
+    ami_line,
+    ami_source,
+    eventually,
+    gateway_config,
+    login,
+    toml_table,
+)
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:0"
-login_attempts_per_minute = 1000
-
-[redis]
-url = "{redis}"
-
-[sources.ami]
-host = "127.0.0.1"
-port = {port}
-username = "blf"
-secret_file = "ami.secret"
-pickup = "{method}"
-context = "from-internal"
-
-[sources.tapi_bridge]
-listen = "127.0.0.1:0"
-
-[pickup]
-dial = "**{{number}}"
-
-[[devices]]
-id = "201"
-number = "201"
-source = "ami"
-line = "PJSIP/201"
-[[devices]]
-id = "202"
-number = "202"
-source = "ami"
-line = "PJSIP/202"
-[[devices]]
-id = "203"
-number = "203"
-source = "ami"
-line = "203"
-[[devices]]
-id = "204"
-number = "204"
-source = "tapi_bridge"
-
-[[clients]]
-name = "alice"
-devices = ["201"]
-password_hash = "{hash}"
-[[clients]]
-name = "bob"
-devices = ["202"]
-sip_user = "bob.sip"
-password_hash = "{hash}"
-[[clients]]
-name = "carol"
-devices = ["203"]
-password_hash = "{hash}"
-[[clients]]
-name = "dan"
-devices = ["204"]
-password_hash = "{hash}"
-[[clients]]
-name = "eve"
-password_hash = "{hash}"
-monitor = [ {{ device = "202", clip = false, pickup = true }} ]
-
-[[groups]]
-name = "team"
-members = ["alice", "bob", "carol", "dan"]
-rights = {{ numbers = "all", pickup = true }}
-
-[[groups]]
-name = "quiet"
-members = ["alice", "bob", "eve"]
-rights = {{ numbers = "none", pickup = false }}
-"""
+def config(redis_url: str, ami_port: int, method: str) -> str:
+    """alice, bob and carol on Asterisk (carol's line is the hint 203), dan on the TAPI
+    bridge; eve monitors bob's line and may pick up his calls (by `method`)."""
+    return gateway_config(
+        redis_url, server={"login_attempts_per_minute": 1000},
+        sections=ami_source(ami_port, pickup=method, context="from-internal")
+        + toml_table("[pickup]", dial="**{number}"),
+        lines=("201", "202", "203", "204"), owners=("alice", "bob", "carol", "dan"),
+        device_keys=lambda n: {"201": ami_line(n), "202": ami_line(n),
+                               "203": {"source": "ami", "line": "203"},
+                               "204": {"source": "tapi_bridge"}}[n],
+        client_keys={"bob": {"sip_user": "bob.sip"}}, password_hash=HASH,
+        more=toml_table("[[clients]]", name="eve", password_hash=HASH,
+                        monitor=[{"device": "202", "clip": False, "pickup": True}])
+        + toml_table("[[groups]]", name="team", members=["alice", "bob", "carol", "dan"],
+                     rights={"numbers": "all", "pickup": True})
+        + toml_table("[[groups]]", name="quiet", members=["alice", "bob", "eve"],
+                     rights={"numbers": "none", "pickup": False}))
 
 
 @pytest.fixture
@@ -93,8 +44,7 @@ async def gw(peer, redis_url, start_gateway):
 
 async def start(peer, redis_url, start_gateway, method="redirect", secret="s3cret"):
     (start_gateway.dir / "ami.secret").write_text(secret + "\n")
-    gw = await start_gateway(CONFIG.format(redis=redis_url, port=peer.port, hash=HASH,
-                                           method=method))
+    gw = await start_gateway(config(redis_url, peer.port, method))
     return gw
 
 

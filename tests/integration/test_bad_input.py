@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
-from conftest import eventually
+from conftest import eventually, login
 from gateway.tapi.bridge import BridgeLineError, parse_line
-from test_gateway_e2e import all_in_service, config, login
+from test_gateway_e2e import all_in_service, config
 
 
 def strict_json(frame: str):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PATIENCE, free_port
-from test_cli import BIN, _wait_port, cli
+from conftest import PATIENCE, free_port, gateway_config, toml_table, wait_port
+from test_cli import BIN, cli
 
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None,
                                 reason="sipp is not installed (apt-get install sip-tester)")
@@ -28,48 +28,23 @@ def scenario(name: str) -> str:
     """A desk phone scenario with the passwords of this test's clients."""
     return (SIPDIR / name).read_text().replace("password=s3cret", f"password={ALICE_PW}")
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:{ws}"
-[redis]
-url = "{redis}"
-[sources.tapi_bridge]
-listen = "127.0.0.1:{bridge}"
-[sources.sip]
-bind = "127.0.0.1:{sip}"
-tcp = "127.0.0.1:{sip}"
-[[devices]]
-id = "201"
-number = "201"
-[[devices]]
-id = "202"
-number = "202"
-[[devices]]
-id = "203"
-number = "203"
-computer = "DESK-3"
-[[clients]]
-name = "carol"
-devices_by_computer = true
-[[clients]]
-name = "alice"
-devices = ["201"]
-[[clients]]
-name = "bob"
-devices = ["202"]
-[[groups]]
-name = "desk"
-members = ["alice", "bob"]
-rights = {{ numbers = "none" }}
-"""
+def config(ws: int, bridge: int, sip: int, redis_url: str) -> str:
+    """alice's 201 and bob's 202 on a desk panel without numbers; 203 is the device of the
+    computer DESK-3, carol's while she is logged in there."""
+    return gateway_config(
+        redis_url, listen=f"127.0.0.1:{ws}", bridge=f"127.0.0.1:{bridge}",
+        sip={"bind": f"127.0.0.1:{sip}", "tcp": f"127.0.0.1:{sip}"},
+        more=toml_table("[[devices]]", id="203", number="203", computer="DESK-3")
+        + toml_table("[[clients]]", name="carol", devices_by_computer=True)
+        + toml_table("[[groups]]", name="desk", members=["alice", "bob"],
+                     rights={"numbers": "none"}))
 
 
 class Gateway:
     def __init__(self, tmp: Path, redis_url: str) -> None:
         self.ws, self.bridge_port, self.sip = free_port(), free_port(), free_port()
         self.cfg = tmp / "gw.toml"
-        self.cfg.write_text(CONFIG.format(ws=self.ws, bridge=self.bridge_port, sip=self.sip,
-                                          redis=redis_url))
+        self.cfg.write_text(config(self.ws, self.bridge_port, self.sip, redis_url))
         self.proc: subprocess.Popen | None = None
         self.out = ""
         self.writer: asyncio.StreamWriter | None = None
@@ -83,9 +58,9 @@ class Gateway:
     async def start(self) -> None:
         self.proc = subprocess.Popen([*BIN, "run", "--config", str(self.cfg)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        await asyncio.to_thread(_wait_port, self.ws, 30)
-        await asyncio.to_thread(_wait_port, self.bridge_port, 30)
-        await asyncio.to_thread(_wait_port, self.sip, 30)  # the BLF server's TCP side
+        await asyncio.to_thread(wait_port, self.ws, 30)
+        await asyncio.to_thread(wait_port, self.bridge_port, 30)
+        await asyncio.to_thread(wait_port, self.sip, 30)  # the BLF server's TCP side
         _, self.writer = await asyncio.open_connection("127.0.0.1", self.bridge_port)
 
     async def send(self, *msgs: dict) -> None:

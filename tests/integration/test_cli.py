@@ -13,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import websockets
 
 from blf_gateway.client import GatewayClient
-from conftest import PATIENCE, free_port
-from test_gateway_e2e import PW, config, login
+from conftest import EMBEDDED_CONFIG, PATIENCE, PW, free_port, wait_port
+from test_gateway_e2e import config
 
 BIN = [sys.executable, "-m", "gateway"]
 
@@ -119,42 +118,10 @@ def test_password_refuses_nologin_and_unknown_clients(tmp_path, redis_url):
     assert r.returncode == 2 and "--stdin, --generate or --at-next-login" in r.stderr
 
 
-EMBEDDED = """
-[server]
-listen = "127.0.0.1:{ws}"
-[state]
-dir = "state"
-[sources.tapi_bridge]
-listen = "127.0.0.1:{bridge}"
-[[devices]]
-id = "201"
-[[clients]]
-name = "alice"
-devices = ["201"]
-[[groups]]
-name = "g"
-members = ["alice"]
-rights = {{ numbers = "all" }}
-"""
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"port {port} never opened")
-
-
 async def test_run_with_embedded_redis_persists_and_stops_it(tmp_path):
     ws_port, bridge_port = free_port(), free_port()
     f = tmp_path / "gw.toml"
-    f.write_text(EMBEDDED.format(ws=ws_port, bridge=bridge_port))
+    f.write_text(EMBEDDED_CONFIG.format(ws=ws_port, bridge=bridge_port))
     # Set a password while no gateway runs: the command starts the embedded Redis itself.
     r = await asyncio.to_thread(cli, "password", "alice", "--config", str(f), "--stdin",
                                 stdin="embedded secret\n")
@@ -164,8 +131,8 @@ async def test_run_with_embedded_redis_persists_and_stops_it(tmp_path):
         proc = subprocess.Popen([*BIN, "run", "--config", str(f)], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
-            await asyncio.to_thread(_wait_port, ws_port)
-            await asyncio.to_thread(_wait_port, bridge_port)
+            await asyncio.to_thread(wait_port, ws_port)
+            await asyncio.to_thread(wait_port, bridge_port)
             _, w = await asyncio.open_connection("127.0.0.1", bridge_port)
             w.write(json.dumps({"device": "201", "call": "1", "state": "connected",
                                 "caller": "0301"}).encode() + b"\n")
@@ -216,7 +183,7 @@ async def test_demo_runs_and_lamps_change(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     head = []
     try:
-        await asyncio.to_thread(_wait_port, ws_port)
+        await asyncio.to_thread(wait_port, ws_port)
 
         def banner() -> None:
             # The demo sets its passwords (production scrypt: seconds on a loaded machine),

@@ -8,50 +8,17 @@ import asyncio
 import pytest
 
 from blf_gateway.client import GatewayClient, GatewayError, backoff_delay
-from conftest import PATIENCE, Bridge, free_port
-from gateway.auth import hash_password
+from conftest import HASH, PATIENCE, PW, Bridge, free_port, gateway_config, toml_table
 from gateway.server.messages import Action, PanelSnapshot
-
-PW = "client library pw"
-HASH = hash_password(PW, n=2**10)
-
-CONFIG = """
-[server]
-listen = "127.0.0.1:{port}"
-
-[redis]
-url = "{redis}"
-
-[sources.tapi_bridge]
-listen = "127.0.0.1:{bridge}"
-
-[[devices]]
-id = "201"
-number = "201"
-[[devices]]
-id = "202"
-number = "202"
-
-[[clients]]
-name = "alice"
-devices = ["201"]
-password_hash = "{hash}"
-
-[[clients]]
-name = "bob"
-devices = ["202"]
-password_hash = "{hash}"
-
-[[groups]]
-name = "team"
-members = ["alice", "bob"]
-rights = {{ numbers = "all", pickup = true }}
-"""
 
 
 @pytest.fixture
 def config(redis_url):
-    return CONFIG.format(port=free_port(), bridge=free_port(), redis=redis_url, hash=HASH)
+    return gateway_config(
+        redis_url, listen=f"127.0.0.1:{free_port()}", bridge=f"127.0.0.1:{free_port()}",
+        password_hash=HASH,
+        more=toml_table("[[groups]]", name="team", members=["alice", "bob"],
+                        rights={"numbers": "all", "pickup": True}))
 
 
 def ring(device: str, call: str, caller: str = "+4930555") -> dict:

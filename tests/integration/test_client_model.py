@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from datetime import datetime
 
-from conftest import eventually
-from gateway.auth import hash_password
+from conftest import HASH, PW, eventually, login
 from test_cli import cli
-from test_gateway_e2e import HASH, PW, login
 
 CONFIG = """
 [server]

@@ -8,9 +8,8 @@ import json
 import time
 import urllib.request
 
-from conftest import PATIENCE, eventually, within
+from conftest import PATIENCE, eventually, login, within
 from test_privacy import config, in_service
-from test_gateway_e2e import login
 
 
 async def test_server_journal_reads_are_limited_per_client_across_connections(

@@ -7,11 +7,8 @@ import json
 
 import pytest
 
-from conftest import PATIENCE, eventually
+from conftest import HASH, PATIENCE, PW, eventually, login
 from gateway.auth import hash_password
-
-PW = "correct horse battery"
-HASH = hash_password(PW, n=2**10)  # cheap hash for tests; the format is the production one
 
 CONFIG = """
 [server]
@@ -101,13 +98,6 @@ rights = {{ visible = false }}
 def config(redis_url, alice_mode="all", alice_softphone="true", server_extra=""):
     return CONFIG.format(redis=redis_url, alice_mode=alice_mode, alice_softphone=alice_softphone,
                          hash=HASH, server_extra=server_extra)
-
-
-async def login(connect, gw, client="alice", password=PW):
-    c = await connect(gw)
-    reply = await c.request({"type": "login", "client": client, "password": password})
-    assert reply["type"] == "welcome", reply
-    return c
 
 
 async def all_in_service(b):
@@ -506,23 +496,32 @@ async def test_healthz_and_metrics(redis_url, start_gateway):
     assert json.loads(body)["redis"] is True
 
 
-async def test_a_client_that_stops_reading_never_slows_the_others(redis_url, start_gateway,
-                                                                   connect, bridge):
+async def _small_buffer_client(gw, **login):
+    """A raw WebSocket client with a 2 KiB receive buffer, logged in as carol (with the
+    `login` keys); the test decides when, if ever, it reads."""
     import socket
 
     import websockets
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(("127.0.0.1", gw.ws_port))
+    ws = await websockets.connect(f"ws://127.0.0.1:{gw.ws_port}/ws", sock=sock, max_queue=1)
+    await ws.send(json.dumps({"type": "login", "id": 1, "client": "carol", "password": PW,
+                              **login}))
+    await ws.recv()
+    return ws
+
+
+async def test_a_client_that_stops_reading_never_slows_the_others(redis_url, start_gateway,
+                                                                   connect, bridge):
+    import socket
 
     gw = await start_gateway(config(redis_url))
     b = await bridge(gw)
     await all_in_service(b)
     # The stalled client: a tiny receive buffer and it never reads after subscribing.
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-    sock.connect(("127.0.0.1", gw.ws_port))
-    stalled = await websockets.connect(f"ws://127.0.0.1:{gw.ws_port}/ws", sock=sock,
-                                       max_queue=1)
-    await stalled.send(json.dumps({"type": "login", "id": 1, "client": "carol", "password": PW}))
-    await stalled.recv()
+    stalled = await _small_buffer_client(gw)
     await stalled.send(json.dumps({"type": "subscribe", "id": 2, "panel": "all_numbers"}))
     await stalled.recv()
     [stalled_session] = gw.clients.sessions["carol"]
@@ -570,18 +569,10 @@ async def test_a_batching_client_that_fell_behind_catches_up_in_few_frames(
         redis_url, start_gateway, connect, bridge):
     import socket
 
-    import websockets
-
     gw = await start_gateway(config(redis_url))
     b = await bridge(gw)
     await all_in_service(b)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-    sock.connect(("127.0.0.1", gw.ws_port))
-    slow = await websockets.connect(f"ws://127.0.0.1:{gw.ws_port}/ws", sock=sock, max_queue=1)
-    await slow.send(json.dumps({"type": "login", "id": 1, "client": "carol", "password": PW,
-                                "batch": True}))
-    await slow.recv()
+    slow = await _small_buffer_client(gw, batch=True)
     await slow.send(json.dumps({"type": "subscribe", "id": 2, "panel": "all_numbers"}))
     await slow.recv()
     [session] = gw.clients.sessions["carol"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_gateway_e2e import HASH  # noqa: E402
+from conftest import HASH  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sip.pbx import free_udp_port  # noqa: E402
@@ -217,7 +217,7 @@ def publish(tmp_path: Path, kam: int, tuple_id: str, basic: str, note: str,
 @pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_line_watched_through_kamailio_merges_devices_and_notices_expiry(
         kamailio_on, redis_url, start_gateway, connect, tmp_path, transport):
-    from test_gateway_e2e import login
+    from conftest import login
 
     k = await kamailio_on(transport)
     kamailio = k.port  # the softphones publish over UDP; the gateway watches on `transport`

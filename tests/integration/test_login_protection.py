@@ -12,9 +12,9 @@ import logging
 
 import redis
 
-from conftest import eventually
+from conftest import HASH, PW, eventually
 from gateway.auth import hash_password
-from test_gateway_e2e import HASH, PW, config
+from test_gateway_e2e import config
 
 
 def cfg(redis_url: str, extra: str = 'trusted_proxies = ["127.0.0.1"]') -> str:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from conftest import eventually
-from test_gateway_e2e import PW
+from conftest import PW, eventually
 from test_privacy import config, in_service
 
 

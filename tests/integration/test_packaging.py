@@ -138,7 +138,7 @@ def test_compose_file_wires_gateway_redis_and_the_config_path():
 async def test_healthcheck_command_against_a_running_gateway(tmp_path, redis_url):
     """The HEALTHCHECK's command, run as written against the example configuration (made
     local: this Redis, free ports): 0 while the gateway is healthy, 1 when nothing answers."""
-    from test_service import wait_port
+    from conftest import wait_port
 
     ws, bridge = free_port(), free_port()
     text = (PKG / "gateway.example.toml").read_text()

@@ -4,83 +4,28 @@ may not see must not be in any of them."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 
-from conftest import eventually
-from test_gateway_e2e import HASH, PW, login
-
-CONFIG = """
-[server]
-listen = "127.0.0.1:0"
-login_attempts_per_minute = 1000
-{server_extra}
-
-[redis]
-url = "{redis}"
-
-[sources.tapi_bridge]
-listen = "127.0.0.1:0"
-
-[[devices]]
-id = "201"
-number = "201"
-line = "Line 201"
-journal = true
-[[devices]]
-id = "202"
-number = "202"
-line = "Line 202"
-journal = true
-
-[[clients]]
-name = "alice"
-devices = ["201"]
-journal = "w"
-password_hash = "{hash}"
-[[clients]]
-name = "bob"
-devices = ["202"]
-password_hash = "{hash}"
-[[clients]]
-name = "inb"
-journal = "r"
-password_hash = "{hash}"
-[[clients]]
-name = "full"
-journal = "r"
-password_hash = "{hash}"
-[[clients]]
-name = "lamp"
-journal = "r"
-password_hash = "{hash}"
-[[clients]]
-name = "mix"
-journal = "r"
-password_hash = "{hash}"
-
-[[groups]]
-name = "inbound"
-members = ["alice", "bob", "inb"]
-rights = {{ numbers = "inbound" }}
-[[groups]]
-name = "all"
-members = ["alice", "bob", "full"]
-rights = {{ numbers = "all" }}
-[[groups]]
-name = "lamps"
-members = ["alice", "bob", "lamp", "mix"]
-rights = {{ calls = false, numbers = "all" }}
-[[groups]]
-name = "plain"
-members = ["alice", "bob", "mix"]
-rights = {{ numbers = "none" }}
-"""
-
+from conftest import HASH, eventually, gateway_config, login, toml_table
 
 def config(redis_url: str, server_extra: str = "") -> str:
-    return CONFIG.format(redis=redis_url, hash=HASH, server_extra=server_extra)
+    """alice (201) and bob (202) journal their calls; inb, full, lamp and mix watch them on
+    panels with each of the numbers rights and read the journal."""
+    readers = ("inb", "full", "lamp", "mix")
+    return gateway_config(
+        redis_url, server={"login_attempts_per_minute": 1000}, server_extra=server_extra,
+        device_keys=lambda n: {"line": f"Line {n}", "journal": True},
+        client_keys={"alice": {"journal": "w"}}, password_hash=HASH,
+        more="".join(toml_table("[[clients]]", name=c, journal="r", password_hash=HASH)
+                     for c in readers)
+        + toml_table("[[groups]]", name="inbound", members=["alice", "bob", "inb"],
+                     rights={"numbers": "inbound"})
+        + toml_table("[[groups]]", name="all", members=["alice", "bob", "full"],
+                     rights={"numbers": "all"})
+        + toml_table("[[groups]]", name="lamps", members=["alice", "bob", "lamp", "mix"],
+                     rights={"calls": False, "numbers": "all"})
+        + toml_table("[[groups]]", name="plain", members=["alice", "bob", "mix"],
+                     rights={"numbers": "none"}))
 
 
 async def in_service(b) -> None:

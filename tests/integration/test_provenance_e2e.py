@@ -12,87 +12,44 @@ import sys
 
 import pytest
 
-from conftest import eventually, within
-from test_gateway_e2e import HASH, PW, login
+from conftest import (
+    HASH,
+    PW,
+    ami_line,
+    ami_source,
+    eventually,
+    gateway_config,
+    login,
+    toml_table,
+    within,
+)
 
 NUMBER = "+4930123456"
 NAME = "Miller Ltd"
 OUT_NUMBER = "+4940999888"
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:0"
-login_attempts_per_minute = 1000
-
-[redis]
-url = "{redis}"
-
-[provenance]
-keep = {keep}
-
-[sources.ami]
-host = "127.0.0.1"
-port = {port}
-username = "blf"
-secret_file = "ami.secret"
-
-[sources.tapi_bridge]
-listen = "127.0.0.1:0"
-
-[[devices]]
-id = "201"
-name = "Alice Asterisk"
-number = "201"
-source = "ami"
-line = "PJSIP/201"
-[[devices]]
-id = "204"
-name = "Alice TAPI"
-number = "204"
-source = "tapi_bridge"
-line = "Line 204"
-[[devices]]
-id = "202"
-number = "202"
-source = "ami"
-line = "PJSIP/202"
-
-[[clients]]
-name = "alice"
-first_name = "Alice"
-last_name = "Archer"
-devices = ["201", "204"]
-password_hash = "{hash}"
-
-[[clients]]
-name = "bob"
-devices = ["202"]
-password_hash = "{hash}"
-
-[[clients]]
-name = "eve"
-password_hash = "{hash}"
-
-[[clients]]
-name = "root"
-admin = true
-password_hash = "{hash}"
-
-[[clients]]
-name = "auditor"
-admin = true
-password_hash = "{hash}"
-
-[[groups]]
-name = "team"
-members = ["alice", "bob", "root"]
-rights = {{ numbers = "all", pickup = true }}
-
-[[groups]]
-name = "quiet"
-members = ["alice", "eve", "auditor"]
-rights = {{ numbers = "none" }}
-"""
+def config(redis_url: str, ami_port: int, keep: int) -> str:
+    """alice has an Asterisk line (201) and a TAPI line (204), bob an Asterisk line (202);
+    root and auditor are admins, auditor without the numbers right."""
+    admins = "".join(toml_table("[[clients]]", name=n, admin=True, password_hash=HASH)
+                     for n in ("root", "auditor"))
+    return gateway_config(
+        redis_url, server={"login_attempts_per_minute": 1000},
+        sections=toml_table("[provenance]", keep=keep) + ami_source(ami_port),
+        lines=(), owners=(),
+        more=toml_table("[[devices]]", id="201", name="Alice Asterisk", number="201",
+                        **ami_line("201"))
+        + toml_table("[[devices]]", id="204", name="Alice TAPI", number="204",
+                     source="tapi_bridge", line="Line 204")
+        + toml_table("[[devices]]", id="202", number="202", **ami_line("202"))
+        + toml_table("[[clients]]", name="alice", first_name="Alice", last_name="Archer",
+                     devices=["201", "204"], password_hash=HASH)
+        + toml_table("[[clients]]", name="bob", devices=["202"], password_hash=HASH)
+        + toml_table("[[clients]]", name="eve", password_hash=HASH) + admins
+        + toml_table("[[groups]]", name="team", members=["alice", "bob", "root"],
+                     rights={"numbers": "all", "pickup": True})
+        + toml_table("[[groups]]", name="quiet", members=["alice", "eve", "auditor"],
+                     rights={"numbers": "none"}))
 
 BIN = [sys.executable, "-m", "gateway"]
 
@@ -104,7 +61,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 async def office(peer, redis_url, start_gateway, bridge):
     (start_gateway.dir / "ami.secret").write_text("s3cret\n")
-    gw = await start_gateway(CONFIG.format(redis=redis_url, port=peer.port, hash=HASH, keep=50))
+    gw = await start_gateway(config(redis_url, peer.port, 50))
     await eventually(lambda: gw.engine.device_view("201").lamp.value == "idle")
     b = await bridge(gw)
     return gw, b, start_gateway.dir / "gateway.toml"
@@ -192,7 +149,7 @@ async def test_explain_never_shows_a_number_without_the_right(office, peer, conn
 
 async def test_history_is_capped_per_device(peer, redis_url, start_gateway, bridge):
     (start_gateway.dir / "ami.secret").write_text("s3cret\n")
-    gw = await start_gateway(CONFIG.format(redis=redis_url, port=peer.port, hash=HASH, keep=5))
+    gw = await start_gateway(config(redis_url, peer.port, 5))
     b = await bridge(gw)
     await b.send({"device": "Line 204", "devstate": "inservice"})
     for i in range(12):
@@ -312,7 +269,7 @@ async def test_every_process_tells_the_same_history(peer, redis_url, start_gatew
     # Two gateway processes on one Redis: the bridge talks to the first; an admin connected
     # to the second sees both processes and the first one's reports.
     (start_gateway.dir / "ami.secret").write_text("s3cret\n")
-    text = CONFIG.format(redis=redis_url, port=peer.port, hash=HASH, keep=50)
+    text = config(redis_url, peer.port, 50)
     first = await start_gateway(text, "first.toml")
     second = await start_gateway(text, "second.toml")
     b = await bridge(first)

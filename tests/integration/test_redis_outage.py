@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import RedisServer, eventually
-from test_gateway_e2e import all_in_service, config, login
+from conftest import RedisServer, eventually, login
+from test_gateway_e2e import all_in_service, config
 
 
 async def test_redis_outage_makes_lamps_unknown_then_exact_again(tmp_path, start_gateway,

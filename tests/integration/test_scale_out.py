@@ -13,54 +13,28 @@ import urllib.request
 
 import websockets
 
-from conftest import free_port
-from test_cli import BIN, _wait_port
-from test_gateway_e2e import HASH, PW
+from conftest import (
+    HASH,
+    PW,
+    ami_line,
+    ami_source,
+    free_port,
+    gateway_config,
+    toml_table,
+    wait_port,
+)
+from test_cli import BIN
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:{ws}"
-login_attempts_per_minute = 1000
-[redis]
-url = "{redis}"
-[sources.ami]
-host = "127.0.0.1"
-port = {ami}
-username = "blf"
-secret_file = "ami.secret"
-[sources.tapi_bridge]
-listen = "127.0.0.1:{bridge}"
-[[devices]]
-id = "201"
-number = "201"
-source = "ami"
-line = "PJSIP/201"
-[[devices]]
-id = "202"
-number = "202"
-source = "ami"
-line = "PJSIP/202"
-[[devices]]
-id = "301"
-number = "301"
-source = "tapi_bridge"
-[[clients]]
-name = "alice"
-devices = ["201"]
-password_hash = "{hash}"
-[[clients]]
-name = "bob"
-devices = ["202"]
-password_hash = "{hash}"
-[[clients]]
-name = "tess"
-devices = ["301"]
-password_hash = "{hash}"
-[[groups]]
-name = "all"
-members = ["alice", "bob", "tess"]
-rights = {{ numbers = "all" }}
-"""
+def config(ws: int, bridge: int, ami_port: int, redis_url: str) -> str:
+    """alice (201) and bob (202) on Asterisk, tess (301) on the TAPI bridge, one panel."""
+    return gateway_config(
+        redis_url, listen=f"127.0.0.1:{ws}", bridge=f"127.0.0.1:{bridge}",
+        server={"login_attempts_per_minute": 1000}, sections=ami_source(ami_port),
+        device_keys=ami_line, password_hash=HASH,
+        more=toml_table("[[devices]]", id="301", number="301", source="tapi_bridge")
+        + toml_table("[[clients]]", name="tess", devices=["301"], password_hash=HASH)
+        + toml_table("[[groups]]", name="all", members=["alice", "bob", "tess"],
+                     rights={"numbers": "all"}))
 
 
 class Proc:
@@ -69,8 +43,7 @@ class Proc:
         d = tmp / f"p{n}"
         d.mkdir()
         (d / "ami.secret").write_text("s3cret\n")
-        (d / "gw.toml").write_text(CONFIG.format(ws=self.ws, bridge=self.bridge, ami=ami_port,
-                                                 redis=redis_url, hash=HASH))
+        (d / "gw.toml").write_text(config(self.ws, self.bridge, ami_port, redis_url))
         self.proc = subprocess.Popen([*BIN, "run", "--config", str(d / "gw.toml")],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -126,7 +99,7 @@ async def test_three_processes_one_asterisk_login_same_order_and_failover(
     watchers: list[Watcher] = []
     try:
         for p in procs:
-            await asyncio.to_thread(_wait_port, p.ws, 30)
+            await asyncio.to_thread(wait_port, p.ws, 30)
         await until(lambda: peer.sessions == 1, what="one AMI login")
         await asyncio.sleep(1.5)  # a few lease rounds: still exactly one
         assert peer.sessions == 1 and peer.logins == 1

@@ -7,9 +7,9 @@ import time
 
 import redis
 
-from conftest import RedisServer, eventually, free_port
+from conftest import RedisServer, eventually, free_port, login
 from gateway.store import redis_server_binary
-from test_gateway_e2e import all_in_service, config, login
+from test_gateway_e2e import all_in_service, config
 
 
 async def test_gateway_finds_its_redis_through_sentinel(tmp_path, start_gateway, connect, bridge):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-from conftest import PATIENCE, free_port
+from conftest import PATIENCE, free_port, wait_port
 
 BIN = [sys.executable, "-m", "gateway"]
 
@@ -29,17 +28,6 @@ listen = "127.0.0.1:{bridge}"
 id = "201"
 {more}
 """
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"port {port} did not open")
 
 
 async def test_json_log_lines_one_object_each(tmp_path, redis_url):

@@ -8,60 +8,32 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
-import sys
 
 import pytest
-import websockets
 
-from conftest import PATIENCE, free_port
-from test_cli import BIN, _wait_port, cli
+from conftest import HASH, PATIENCE, free_port, gateway_config, toml_table, wait_port
+from test_cli import BIN, cli
 
 pj = pytest.importorskip("pjsua2", reason="pjsua2 has no wheel for this Python")
 
 from test_sip import DeskPhone, _free_udp_port  # noqa: E402
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:{ws}"
 
-[redis]
-url = "{redis}"
-
-[sources.tapi_bridge]
-listen = "127.0.0.1:{bridge}"
-
-[sources.sip]
-bind = "127.0.0.1:{sip}"
-
-[[devices]]
-id = "201"
-number = "201"
-[[devices]]
-id = "202"
-number = "202"
-
-[[clients]]
-name = "alice"
-devices = ["201"]
-[[clients]]
-name = "bob"
-devices = ["202"]
-[[clients]]
-name = "mallory"
-
-[[groups]]
-name = "desk"
-members = ["alice", "bob"]
-"""
+def config(ws: int, bridge: int, sip: int, redis_url: str) -> str:
+    """alice's 201 and bob's 202 on a desk panel; mallory owns no line and is on no panel."""
+    return gateway_config(
+        redis_url, listen=f"127.0.0.1:{ws}", bridge=f"127.0.0.1:{bridge}",
+        sip={"bind": f"127.0.0.1:{sip}"},
+        more=toml_table("[[clients]]", name="mallory")
+        + toml_table("[[groups]]", name="desk", members=["alice", "bob"]))
 
 
 @pytest.fixture
 async def sip_gateway(tmp_path, redis_url):
     ws, bridge, sip = free_port(), free_port(), _free_udp_port()
     cfg = tmp_path / "gw.toml"
-    cfg.write_text(CONFIG.format(ws=ws, bridge=bridge, sip=sip, redis=redis_url))
+    cfg.write_text(config(ws, bridge, sip, redis_url))
     for client, pw in (("alice", "alice-pass-1"), ("mallory", "mallory-pass")):
         r = await asyncio.to_thread(cli, "password", client, "--config", str(cfg), "--stdin",
                                     stdin=pw + "\n")
@@ -69,8 +41,8 @@ async def sip_gateway(tmp_path, redis_url):
     proc = subprocess.Popen([*BIN, "run", "--config", str(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        await asyncio.to_thread(_wait_port, ws, 30)
-        await asyncio.to_thread(_wait_port, bridge, 30)
+        await asyncio.to_thread(wait_port, ws, 30)
+        await asyncio.to_thread(wait_port, bridge, 30)
         _, w = await asyncio.open_connection("127.0.0.1", bridge)
         yield {"sip": sip, "ws": ws, "bridge": w, "proc": proc}
         w.close()
@@ -141,30 +113,18 @@ async def test_desk_phone_sees_only_what_its_client_may_see(sip_gateway):
 
 SOFTPHONE = BIN[0], str(__import__("pathlib").Path(__file__).resolve().parents[1] / "sip" / "softphone.py")
 
-SOFTPHONE_CONFIG = """
-[server]
-listen = "127.0.0.1:0"
-[redis]
-url = "{redis}"
-[sources.tapi_bridge]
-listen = "127.0.0.1:0"
-[[devices]]
-id = "201"
-number = "201"
-[[clients]]
-name = "alice"
-sip_user = "alice.sip"
-devices = ["201"]
-password_hash = "{hash}"
-blf = {{ devices = "all", softphone = {softphone} }}
-[[clients]]
-name = "carol"
-password_hash = "{hash}"
-[[groups]]
-name = "g"
-members = ["alice", "carol"]
-rights = {{ numbers = "all" }}
-"""
+
+def softphone_config(redis_url: str, softphone: bool) -> str:
+    """alice has 201 and a softphone (`softphone`: shown on her lamp); carol watches her."""
+    return gateway_config(
+        redis_url, lines=(), owners=(),
+        more=toml_table("[[devices]]", id="201", number="201")
+        + toml_table("[[clients]]", name="alice", sip_user="alice.sip", devices=["201"],
+                     password_hash=HASH, blf={"devices": "all", "softphone": softphone})
+        + toml_table("[[clients]]", name="carol", password_hash=HASH)
+        + toml_table("[[groups]]", name="g", members=["alice", "carol"],
+                     rights={"numbers": "all"}))
+
 
 _STATE = {"CALLING": "dialing", "EARLY": "dialing", "CONNECTING": "dialing",
           "CONFIRMED": "connected", "DISCONNECTED": "ended"}
@@ -176,10 +136,9 @@ async def test_real_softphone_call_also_on_the_line_is_shown_once(
         redis_url, start_gateway, connect, bridge, softphone):
     """A pjsua2 softphone places a real call (to a sipp UAS); alice's CTI client reports it
     with `softphone` messages while her TAPI line reports the same call."""
-    from test_gateway_e2e import HASH, PW, login
+    from conftest import login
 
-    gw = await start_gateway(SOFTPHONE_CONFIG.format(redis=redis_url, hash=HASH,
-                                                     softphone=softphone))
+    gw = await start_gateway(softphone_config(redis_url, softphone == "true"))
     b = await bridge(gw)
     await b.send({"device": "201", "devstate": "inservice"})
     carol = await login(connect, gw, "carol")

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("defusedxml", reason="defusedxml is needed for the XML bodies")
 
-from test_gateway_e2e import HASH, login  # noqa: E402
+from conftest import HASH, login  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sip import scenarios as sc  # noqa: E402

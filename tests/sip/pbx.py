@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 from pathlib import Path
 
+from conftest import eventually
 from gateway.calls import CallReport, LineTracker, ServiceReport
 from gateway.model import Lamp
 from gateway.panels.lamps import device_lamp
@@ -95,11 +95,5 @@ class Lamps:
 
 
 async def until(pred, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.02)
+    """conftest.eventually with the longer wait that SIP exchanges need."""
+    return await eventually(pred, timeout, what=what)

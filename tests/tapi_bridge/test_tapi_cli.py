@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import eventually, free_port
-from test_tapi_replay_e2e import CONFIG, HASH, PW
+from conftest import eventually, free_port, login
+from tapikit import office_config
 
 TRACES = Path(__file__).parent / "traces"
 CMD = [sys.executable, "-m", "gateway.tapi.winbridge.cli"]
@@ -22,10 +22,8 @@ def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
 async def test_replay_process_lights_the_lamps_and_leaves_them_unknown_when_it_stops(
         redis_url, start_gateway, connect, tmp_path):
     port = free_port()
-    gw = await start_gateway(CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH))
-    dan = await connect(gw)
-    await dan.request({"type": "login", "client": "dan", "password": PW})
-    await dan.request({"type": "subscribe", "panel": "office"})
+    gw = await start_gateway(office_config(redis_url, port))
+    dan = await login(connect, gw, "dan", panel="office")
     secret = tmp_path / "secret"
     secret.write_text("s3cr3t-bridge-key\n")
     log = tmp_path / "logs" / "bridge.log"

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from conftest import eventually, free_port
+from conftest import eventually, free_port, login
 from faketsp import FakeTapi
 from gateway.tapi.winbridge import constants as C
 from gateway.tapi.winbridge.callinfo import CallInfo, Party
@@ -16,7 +16,7 @@ from gateway.tapi.winbridge.driver import Driver, LineChoice
 from gateway.tapi.winbridge.link import Bridge, LinkOptions
 from gateway.tapi.winbridge.trace import Recorder, Replay, load_trace
 from gateway.tapi.winbridge.translate import Translator
-from test_tapi_replay_e2e import CONFIG, HASH, PW
+from tapikit import office_config
 
 EXTERNAL = C.CALLORIGIN["LINECALLORIGIN_EXTERNAL"]
 MILLER = CallInfo(call_id=0x77, origin=EXTERNAL, called=Party("201"),
@@ -29,11 +29,8 @@ async def live(redis_url, start_gateway, connect):
 
     async def open_(choice=LineChoice(), port=None, record=None):
         port = port or free_port()
-        gw = await start_gateway(CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH))
-        dan = await connect(gw)
-        assert (await dan.request({"type": "login", "client": "dan", "password": PW}))[
-            "type"] == "welcome"
-        await dan.request({"type": "subscribe", "panel": "office"})
+        gw = await start_gateway(office_config(redis_url, port))
+        dan = await login(connect, gw, "dan", panel="office")
         tsp = FakeTapi([("Line 201", "201"), ("Line 202", "202"), ("Line 203", "203"),
                         ("Fax", "299")])
         bridge = Bridge(LinkOptions("127.0.0.1", port, backoff_min=0.05, backoff_max=0.2))
@@ -133,10 +130,9 @@ async def test_live_gateway_restart_resends_state_read_from_tapi(live, start_gat
     # is read again (lineGetCallStatus) when the gateway is back.
     key = next(iter(tsp.calls))
     tsp.calls[key].state = C.CALLSTATE["LINECALLSTATE_ONHOLD"]
-    gw2 = await start_gateway(CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH))
+    gw2 = await start_gateway(office_config(redis_url, port))
     await asyncio.wait_for(bridge.connected.wait(), 10)
-    dan2 = await connect(gw2)
-    await dan2.request({"type": "login", "client": "dan", "password": PW})
+    dan2 = await login(connect, gw2, "dan")
     await eventually(lambda: gw2.engine.member("bob").lamp.value == "held")
     snap = await dan2.request({"type": "subscribe", "panel": "office"})
     members = {m["client"]: m for m in snap["members"]}

@@ -13,12 +13,12 @@ import time
 
 import websockets
 
-from conftest import ROOT, eventually, free_port
+from conftest import PW, ROOT, eventually, free_port
 from gateway.tapi.winbridge import constants as C
 from gateway.tapi.winbridge.callinfo import CallInfo, Party
 from gateway.tapi.winbridge.link import Bridge, LinkOptions
 from gateway.tapi.winbridge.translate import LineOpened, TapiMessage
-from test_tapi_replay_e2e import CONFIG, HASH, PW
+from tapikit import office_config
 
 M, CS = C.MESSAGES, C.CALLSTATE
 
@@ -41,7 +41,7 @@ async def test_stalled_gateway_costs_the_bridge_nothing_and_gets_the_full_state(
         redis_url, tmp_path):
     port, ws_port = free_port(), free_port()
     cfg = tmp_path / "gw.toml"
-    cfg.write_text(CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH).replace(
+    cfg.write_text(office_config(redis_url, port).replace(
         'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{ws_port}"', 1))
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(cfg)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,52 +6,36 @@ bridge program's own link and translator, the TSP replayed from a trace."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-from conftest import eventually, free_port
-from gateway.tapi.winbridge.link import Bridge, LinkOptions
-from gateway.tapi.winbridge.trace import Replay, load_trace
-from test_tapi_replay_e2e import CONFIG, HASH, PW
+from conftest import HASH, eventually, free_port, login
+from tapikit import office_config
 
-TRACES = Path(__file__).parent / "traces"
 
-PICKUP_CONFIG = CONFIG.replace(
-    '[[clients]]\nname = "bob"\ndevices = ["202"]\n',
-    '[[clients]]\nname = "bob"\ndevices = ["202"]\npassword_hash = "{hash}"\n',
-).replace('rights = {{ numbers = "all" }}', 'rights = {{ numbers = "all", pickup = true }}')
+def pickup_config(redis_url: str, port: int) -> str:
+    """The office, where bob logs in too and the office group may pick up."""
+    return office_config(redis_url, port).replace(
+        '[[clients]]\nname = "bob"\ndevices = ["202"]\n',
+        f'[[clients]]\nname = "bob"\ndevices = ["202"]\npassword_hash = "{HASH}"\n',
+    ).replace('rights = { numbers = "all" }', 'rights = { numbers = "all", pickup = true }')
 
 
 @pytest.fixture
-async def setup(redis_url, start_gateway, connect):
-    running = []
-
+def setup(redis_url, start_gateway, connect, replay_bridge):
     async def open_(trace: str | None):
         port = free_port()
-        gw = await start_gateway(PICKUP_CONFIG.format(redis=redis_url, bridge_port=port,
-                                                      hash=HASH))
-        clients = {}
-        for name in ("bob", "dan"):
-            c = await connect(gw)
-            assert (await c.request({"type": "login", "client": name, "password": PW}))[
-                "type"] == "welcome"
-            await c.request({"type": "subscribe", "panel": "office"})
-            clients[name] = c
+        config = pickup_config(redis_url, port)
+        assert "pickup = true" in config and config.count("password_hash") == 3
+        gw = await start_gateway(config)
+        bob = await login(connect, gw, "bob", panel="office")
+        dan = await login(connect, gw, "dan", panel="office")
         replay = None
         if trace is not None:
-            bridge = Bridge(LinkOptions("127.0.0.1", port, backoff_min=0.05))
-            replay = Replay(load_trace(TRACES / trace), bridge, speed=0)
-            bridge.provider = replay
-            task = asyncio.create_task(bridge.run())
-            running.append((bridge, task))
-            await asyncio.wait_for(bridge.connected.wait(), 10)
-        return gw, port, replay, clients["bob"], clients["dan"]
+            _, replay = await replay_bridge(port, trace)
+        return gw, port, replay, bob, dan
 
-    yield open_
-    for bridge, task in running:
-        bridge.stop()
-        await asyncio.wait_for(task, 5)
+    return open_
 
 
 def member(c, name):

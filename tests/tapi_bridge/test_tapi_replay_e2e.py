@@ -8,70 +8,13 @@ group with `numbers = "none"`. Each test plays a trace mark by mark and checks w
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-from conftest import PATIENCE, eventually, free_port
-from gateway.auth import hash_password
-from gateway.tapi.winbridge.link import Bridge, LinkOptions
-from gateway.tapi.winbridge.trace import Replay, load_trace
-
-TRACES = Path(__file__).parent / "traces"
-PW = "correct horse battery"
-HASH = hash_password(PW, n=2**10)
-
-CONFIG = """
-[server]
-listen = "127.0.0.1:0"
-
-[redis]
-url = "{redis}"
-
-[sources.tapi_bridge]
-listen = "127.0.0.1:{bridge_port}"
-
-[[devices]]
-id = "201"
-number = "201"
-line = "Line 201"
-[[devices]]
-id = "202"
-number = "202"
-line = "Line 202"
-[[devices]]
-id = "203"
-number = "203"
-line = "Line 203"
-
-[[clients]]
-name = "alice"
-first_name = "Alice"
-last_name = "Archer"
-devices = ["201"]
-[[clients]]
-name = "bob"
-devices = ["202"]
-[[clients]]
-name = "carol"
-devices = ["203"]
-[[clients]]
-name = "dan"
-password_hash = "{hash}"
-[[clients]]
-name = "nina"
-password_hash = "{hash}"
-
-[[groups]]
-name = "office"
-members = ["alice", "bob", "carol", "dan"]
-rights = {{ numbers = "all" }}
-
-[[groups]]
-name = "quiet"
-members = ["alice", "bob", "carol", "nina"]
-rights = {{ numbers = "none" }}
-"""
+from conftest import PATIENCE, eventually, free_port, login
+from gateway.tapi.winbridge.link import Bridge
+from gateway.tapi.winbridge.trace import Replay
+from tapikit import office_config
 
 # Numbers and names of the traces' outside parties: nina must never receive them.
 SECRETS = ("+4930", "0401234567", "Miller", "First Caller", "Second Caller")
@@ -80,8 +23,8 @@ SECRETS = ("+4930", "0401234567", "Miller", "First Caller", "Second Caller")
 class Office:
     """The gateway, the bridge program replaying a trace into it, and the two watchers."""
 
-    def __init__(self, gw, bridge: Bridge, replay: Replay, task, dan, nina) -> None:
-        self.gw, self.bridge, self.replay, self.task = gw, bridge, replay, task
+    def __init__(self, gw, bridge: Bridge, replay: Replay, dan, nina) -> None:
+        self.gw, self.bridge, self.replay = gw, bridge, replay
         self.dan, self.nina = dan, nina
 
     async def to(self, mark: str) -> None:
@@ -122,31 +65,16 @@ class Office:
 
 
 @pytest.fixture
-async def office(redis_url, start_gateway, connect):
-    running: list[tuple[Bridge, asyncio.Task]] = []
-
+def office(redis_url, start_gateway, connect, replay_bridge):
     async def open_(trace: str, bridge_port: int | None = None) -> Office:
         port = bridge_port or free_port()
-        gw = await start_gateway(CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH))
-        watchers = []
-        for name, panel in (("dan", "office"), ("nina", "quiet")):
-            c = await connect(gw)
-            assert (await c.request({"type": "login", "client": name,
-                                     "password": PW}))["type"] == "welcome"
-            assert (await c.request({"type": "subscribe", "panel": panel}))["type"] == "snapshot"
-            watchers.append(c)
-        bridge = Bridge(LinkOptions("127.0.0.1", port, backoff_min=0.05, backoff_max=0.2))
-        replay = Replay(load_trace(TRACES / trace), bridge, speed=0)
-        bridge.provider = replay
-        task = asyncio.create_task(bridge.run())
-        running.append((bridge, task))
-        await asyncio.wait_for(bridge.connected.wait(), 10)
-        return Office(gw, bridge, replay, task, *watchers)
+        gw = await start_gateway(office_config(redis_url, port))
+        dan = await login(connect, gw, "dan", panel="office")
+        nina = await login(connect, gw, "nina", panel="quiet")
+        bridge, replay = await replay_bridge(port, trace)
+        return Office(gw, bridge, replay, dan, nina)
 
-    yield open_
-    for bridge, task in running:
-        bridge.stop()
-        await asyncio.wait_for(task, 5)
+    return open_
 
 
 async def test_internal_call_answered(office):
@@ -325,11 +253,9 @@ async def test_gateway_restart_mid_call(office, start_gateway, connect, redis_ur
     await start_gateway.stop(o.gw)
     await eventually(lambda: not o.bridge.connected.is_set())
     # The bridge keeps retrying; a new gateway on the same port gets the full state.
-    gw2 = await start_gateway(CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH))
+    gw2 = await start_gateway(office_config(redis_url, port))
     await asyncio.wait_for(o.bridge.connected.wait(), 10)
-    dan = await connect(gw2)
-    assert (await dan.request({"type": "login", "client": "dan", "password": PW}))[
-        "type"] == "welcome"
+    dan = await login(connect, gw2, "dan")
     await eventually(lambda: gw2.engine.member("alice").lamp.value == "ringing")
     snap = await dan.request({"type": "subscribe", "panel": "office"})
     alice = next(m for m in snap["members"] if m["client"] == "alice")

@@ -9,21 +9,14 @@ import ssl
 
 import trustme
 
-from conftest import eventually, free_port
+from conftest import eventually, free_port, login
 from gateway.tapi.winbridge.link import Bridge, LinkOptions
 from gateway.tapi.winbridge.translate import LineOpened
-from test_tapi_replay_e2e import CONFIG, HASH, PW
+from tapikit import office_config
 
 
 def secured(config: str, extra: str) -> str:
     return config.replace('[sources.tapi_bridge]\n', f'[sources.tapi_bridge]\n{extra}\n', 1)
-
-
-async def watcher(connect, gw):
-    dan = await connect(gw)
-    await dan.request({"type": "login", "client": "dan", "password": PW})
-    await dan.request({"type": "subscribe", "panel": "office"})
-    return dan
 
 
 def lamp_of(dan, name):
@@ -44,9 +37,9 @@ async def test_secret_first_line(redis_url, start_gateway, connect, tmp_path):
     secret.write_text("a-long-shared-secret-for-the-bridge-0123456789\n")
     port = free_port()
     gw = await start_gateway(secured(
-        CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH),
+        office_config(redis_url, port),
         f'secret_file = "{secret}"'))
-    dan = await watcher(connect, gw)
+    dan = await login(connect, gw, "dan", panel="office")
 
     intruder, t1 = await run_bridge(LinkOptions("127.0.0.1", port, secret="wrong",
                                                 backoff_min=0.05, backoff_max=0.1))
@@ -79,10 +72,10 @@ async def test_tls_with_client_certificate(redis_url, start_gateway, connect, tm
         blob.write_to_path(str(paths[name]))
     port = free_port()
     gw = await start_gateway(secured(
-        CONFIG.format(redis=redis_url, bridge_port=port, hash=HASH),
+        office_config(redis_url, port),
         f'tls_cert = "{paths["cert"]}"\ntls_key = "{paths["key"]}"\n'
         f'tls_client_ca = "{paths["ca"]}"'))
-    dan = await watcher(connect, gw)
+    dan = await login(connect, gw, "dan", panel="office")
 
     no_cert = ssl.create_default_context(cafile=str(paths["ca"]))
     anonymous, t1 = await run_bridge(LinkOptions("127.0.0.1", port, ssl=no_cert,
