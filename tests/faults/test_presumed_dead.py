@@ -14,8 +14,8 @@ from pathlib import Path
 
 import websockets
 
-from conftest import PATIENCE, WsClient, free_port
-from faultkit import LINES, PW, config, lamp_of, wait_lamps
+from conftest import PATIENCE, PW, WsClient, free_port
+from faultkit import LINES, config, lamp_of, wait_lamps
 from test_process_faults import BridgeProgram
 
 
