@@ -271,6 +271,10 @@ class SipAgent:
             log.info("SIP %s: cannot reach %s:%d: %s", transport, host, port, exc)
             self._fail([m for m in self._connecting.pop(key, []) if isinstance(m, Request)])
             return
+        if self._closing:  # the agent closed while this connection was being made
+            if proto.transport is not None:
+                proto.transport.close()
+            return
         proto.dialed = key
         self._dialed[key] = proto
         for message in self._connecting.pop(key, []):
