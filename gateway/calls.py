@@ -186,6 +186,14 @@ class Verdict:
         return self.outcome == "accepted"
 
 
+# The verdict of every accepted move, made once: nearly every report gets one of these, and
+# a Verdict is immutable, so one object per (from, to) pair serves them all.
+_ACCEPTED: dict[tuple[Phase | None, Phase], Verdict] = {
+    (phase_from, phase): Verdict("accepted", reason, phase_from)
+    for phase_from, row in TRANSITIONS.items() for phase, reason in row.items()
+}
+
+
 def _learn_remote(call: Call, report: CallReport) -> Call:
     """What a later report says about the far party, applied to a known call.
 
@@ -255,6 +263,30 @@ class CallTable:
         phase_from = _STATE_PHASE[current.state] if current else None
         if report.phase not in TRANSITIONS[phase_from]:
             return False
+        return self._change(report, current, now)
+
+    def decide(self, report: CallReport, now: float) -> tuple[Verdict, bool]:
+        """:meth:`judge` and :meth:`apply` in one derivation (what provenance needs for every
+        report): the verdict, and whether the calls changed. The verdict alone decides
+        whether the report is applied, so the two cannot disagree."""
+        key = report.call
+        current = self.calls.get(key)
+        # The common case first, read straight off the table (the same reading as judge():
+        # a known call, or a new one that is neither tombstoned nor one too many).
+        if current is not None:
+            verdict = _ACCEPTED.get((_STATE_PHASE[current.state], report.phase))
+        elif key not in self.tombstones and len(self.calls) < self.max_calls:
+            verdict = _ACCEPTED.get((None, report.phase))
+        else:
+            verdict = None
+        if verdict is None:
+            return self.judge(report), False  # refused, and why
+        return verdict, self._change(report, current, now)
+
+    def _change(self, report: CallReport, current: Call | None, now: float) -> bool:
+        """Apply a report the transitions table accepts (`current`: the call it is about,
+        None for a new one); True if the calls changed."""
+        key = report.call
         if report.phase is Phase.ENDED:
             # What the last report says of the far party counts for the journals too (a
             # number it reports as dialled stays hidden from inbound-only readers).
@@ -308,9 +340,9 @@ class CallTable:
             return Verdict("over_limit", f"{len(self.calls)} calls already, the most kept for "
                            "one line or softphone: a new call is ignored")
         phase_from = _STATE_PHASE[current.state] if current else None
-        reason = TRANSITIONS[phase_from].get(report.phase)
-        if reason is not None:
-            return Verdict("accepted", reason, phase_from)
+        accepted = _ACCEPTED.get((phase_from, report.phase))
+        if accepted is not None:
+            return accepted
         why = REFUSED.get((phase_from, report.phase), "not a move the transitions table allows")
         before = phase_from.value if phase_from is not None else "not known"
         return Verdict("out_of_order", f"{report.phase.value} while the call is {before}: "
@@ -412,6 +444,30 @@ class LineTracker:
             self._status[report.device] = DeviceStatus.ONLINE
             changed = True
         return [self.state(report.device)] if changed else []
+
+    def decide(self, report: CallReport,
+               now: float) -> tuple[Verdict, DeviceState, bool, Call | None]:
+        """:meth:`judge` and :meth:`call` in one derivation, for provenance: the verdict, the
+        device's state after the report (one snapshot), whether it changed, and the reported
+        call as tracked (after the report; a call the report ended: its last state; None: not
+        tracked). Changes the tracker exactly as :meth:`call` does. The device must be known
+        (:meth:`has`)."""
+        device = report.device
+        table = self._tables[device]
+        self._owner[device] = report.conn
+        current = table.calls.get(report.call)
+        verdict, changed = table.decide(report, now)
+        if verdict.outcome == "over_limit":
+            if len(self._refused) < MAX_TOMBSTONES:  # bounded until the adapter takes them
+                self._refused.append(report)
+            return verdict, self.state(device), False, current
+        if table.ended:
+            self._ended_in.add(device)
+        if self._status[device] is not DeviceStatus.ONLINE:
+            # A source that reports a call on a line tells us the line works (as in call()).
+            self._status[device] = DeviceStatus.ONLINE
+            changed = True
+        return verdict, self.state(device), changed, table.calls.get(report.call) or current
 
     def judge(self, report: CallReport) -> Verdict:
         """What :meth:`call` will do with `report` and why (nothing is changed)."""

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from .calls import CallReport, CallTable, LineTracker, Phase, ServiceReport, Verdict
+from .calls import CallReport, CallTable, LineTracker, ServiceReport, Verdict
 from .jsontext import dumps
 from .model import Call, DeviceState, Lamp
 from .panels.engine import Engine, ShownOnce, shown_once
@@ -159,14 +159,6 @@ def lost_record(source: str, conn: str, now: float, reason: str = "") -> Record:
                   changed=True, lamp=Lamp.UNKNOWN.value)
 
 
-def _direction_in(state: DeviceState, call: str) -> str | None:
-    cid = f"{state.device}/{call}"
-    for c in state.calls:
-        if c.id == cid:
-            return c.direction._value_
-    return None
-
-
 def apply_report(tracker: LineTracker, source: str, report: CallReport | ServiceReport,
                  now: float) -> tuple[list[DeviceState], Record | None]:
     """Apply one report to the tracker, as the tracker would without provenance, and say what
@@ -179,26 +171,23 @@ def apply_report(tracker: LineTracker, source: str, report: CallReport | Service
         states = tracker.service(report, now)
         lamp = device_lamp(tracker.state(report.device))
         return states, service_record(source, report, bool(states), lamp, now)
-    verdict = tracker.judge(report)
-    # The direction the report's number belongs to: the report's own, else the call's (read
-    # before an `ended` removes the call). Only looked up where the report does not say.
-    before = (_direction_in(tracker.state(report.device), report.call)
-              if report.direction is None and report.phase is Phase.ENDED else None)
-    states = tracker.call(report, now)
-    after = states[-1] if states else tracker.state(report.device)
-    direction = (None if report.direction is not None
-                 else _direction_in(after, report.call) or before)
-    return states, call_record(source, report, verdict, bool(states), device_lamp(after), now,
-                               direction)
+    # One derivation: the verdict and the change come from the same look at the call table,
+    # and the device's state is snapshotted once (it is both what changed and the lamp).
+    verdict, after, changed, call = tracker.decide(report, now)
+    # The direction the report's number belongs to: the report's own, else the call's (the
+    # call as it was before an `ended` removed it).
+    direction = (call.direction._value_ if report.direction is None and call is not None
+                 else None)
+    return ([after] if changed else []), call_record(source, report, verdict, changed,
+                                                     device_lamp(after), now, direction)
 
 
 def apply_softphone(table: CallTable, report: CallReport, now: float,
                     conn: str = "") -> tuple[bool, Record]:
     """Apply a client's softphone report to its call table: (changed, the record). The
     record's lamp is the lamp the softphone's calls alone would give."""
-    verdict = table.judge(report)
     before = table.calls.get(report.call)
-    changed = table.apply(report, now)
+    verdict, changed = table.decide(report, now)
     after = table.calls.get(report.call) or before
     lamp = merge_lamps((call_lamp(c) for c in table.calls.values()), default=Lamp.IDLE)
     record = call_record("softphone", replace(report, conn=conn), verdict, changed, lamp, now,
