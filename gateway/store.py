@@ -170,13 +170,43 @@ def _enc_calls(calls: Iterable[Call]) -> list:
     return [_enc_call(c) for c in calls]
 
 
+def _member(members: dict, enum: type, value: object):  # noqa: ANN202
+    # An enum member by its value through a dict (the Enum call costs several Python
+    # calls, and this runs for every call of every state read from the log); anything
+    # else goes through the Enum itself, so a bad value fails exactly as before.
+    try:
+        return members[value]
+    except (KeyError, TypeError):
+        return enum(value)
+
+
+_DIRECTIONS = {m.value: m for m in Direction}
+_CALL_STATES = {m.value: m for m in CallState}
+_STATUSES = {m.value: m for m in DeviceStatus}
+
+
 def _dec_calls(items: list) -> tuple[Call, ...]:
     return tuple(
-        Call(id=i, direction=Direction(d), state=CallState(s), since=t, remote=r,
-             remote_name=n, link=lk, replaces=rest[0] if rest else None,
-             remote_out=bool(len(rest) > 1 and rest[1]))
+        Call(i, _member(_DIRECTIONS, Direction, d), _member(_CALL_STATES, CallState, s), t, r,
+             n, lk, rest[0] if rest else None, bool(len(rest) > 1 and rest[1]))
         for i, d, s, t, r, n, lk, *rest in items
     )
+
+
+# json's C scanner called directly: json.loads' Python layers (loads, decode, raw_decode)
+# cost as much as the scan for a state this small. What it does not read whole, from the
+# first character to the last, goes through json.loads, so every error is json.loads' own.
+_scan = json.JSONDecoder().scan_once
+
+
+def _loads(text: str) -> object:
+    try:
+        raw, end = _scan(text, 0)
+    except (StopIteration, ValueError, TypeError):
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return raw
 
 
 def encode_device(state: DeviceState) -> str:
@@ -184,8 +214,8 @@ def encode_device(state: DeviceState) -> str:
 
 
 def decode_device(device: str, text: str) -> DeviceState:
-    raw = json.loads(text)
-    return DeviceState(device, DeviceStatus(raw["s"]), _dec_calls(raw["c"]))
+    raw = _loads(text)
+    return DeviceState(device, _member(_STATUSES, DeviceStatus, raw["s"]), _dec_calls(raw["c"]))
 
 
 def encode_client(state: ClientState) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from ..config import ClientCfg, Config
-from ..model import Call, CallState, ClientState, DeviceState, Lamp, Presence
+from ..model import Call, CallState, ClientState, DeviceState, DeviceStatus, Lamp, Presence
 from ..numbers import digits
 from .lamps import call_lamp, device_lamp, merge_lamps
 
@@ -158,6 +158,11 @@ def _sort_calls(calls: Iterable[Call]) -> tuple[Call, ...]:
     return tuple(sorted(calls, key=lambda c: (c.since, c.id)))
 
 
+# A device's lamp from its status alone (its calls count through the member's calls): what
+# device_lamp says of a state without calls, read once per status rather than built per change.
+_STATUS_LAMP = {s: device_lamp(DeviceState("", s)) for s in DeviceStatus}
+
+
 class Engine:
     """Computes member and device views from states; see the module docstring."""
 
@@ -183,6 +188,9 @@ class Engine:
     # -- configuration -------------------------------------------------------------------
 
     def _index(self, config: Config) -> None:
+        # The state of a configured client that has told nothing yet, made once (every lamp
+        # computed for such a client reads it; frozen, so one object serves every read).
+        self._blank_clients = {c.name: ClientState(c.name) for c in config.clients}
         self._clients_of_device: dict[str, list[str]] = {}
         for c in config.clients:
             for d in c.devices:
@@ -266,7 +274,7 @@ class Engine:
         return self._devices.get(device) or DeviceState(device)
 
     def client_state(self, client: str) -> ClientState:
-        return self._clients.get(client) or ClientState(client)
+        return self._clients.get(client) or self._blank_clients.get(client) or ClientState(client)
 
     def member(self, client: str) -> MemberView:
         return self._members[client]
@@ -335,7 +343,7 @@ class Engine:
             dstate = self.device_state(d)
             # Calls count through line_calls below (after the shown-once rule); the device
             # itself contributes its state without calls: idle, offline or unknown.
-            lamps.append(device_lamp(DeviceState(d, dstate.status)))
+            lamps.append(_STATUS_LAMP[dstate.status])
             line_calls.extend(dstate.calls)
         shown_sp: list[Call] = []
         if cfg.blf.softphone:

@@ -67,3 +67,28 @@ def test_a_call_with_a_sip_dialog_keeps_its_replaces_value():
     text = encode_device(DeviceState("201", DeviceStatus.ONLINE, (with_dialog,)))
     assert text.endswith('"link-1","abc@pbx;to-tag=lt;from-tag=rt;early-only"]]}')
     assert decode_device("201", text).calls == (with_dialog,)
+
+
+def test_a_stored_device_text_reads_as_json_reads_it_or_fails_as_it_does():
+    """The log follower reads states with json's scanner directly: text json.loads reads
+    (spaces around it) reads the same, and what it refuses fails with json.loads' error or
+    the enum's, never with something else."""
+    import json
+
+    import pytest
+
+    text = encode_device(DEVICE)
+    assert decode_device(DEVICE.device, f"  {text}\n") == DEVICE
+    for bad in (text + "x", text[:-1], "", "[1]"):
+        with pytest.raises((json.JSONDecodeError, TypeError)) as got:
+            decode_device(DEVICE.device, bad)
+        with pytest.raises(type(got.value)):
+            json.loads(bad)["s"]
+    with pytest.raises(ValueError, match="not a valid DeviceStatus"):
+        decode_device(DEVICE.device, '{"s":"sideways","c":[]}')
+    with pytest.raises(ValueError, match="not a valid Direction"):
+        decode_device(DEVICE.device, '{"s":"online","c":[["d/1","both","ringing",1.0,null,'
+                                     'null,null]]}')
+    with pytest.raises(ValueError, match="not a valid CallState"):
+        decode_device(DEVICE.device, '{"s":"online","c":[["d/1","in",["x"],1.0,null,'
+                                     'null,null]]}')
