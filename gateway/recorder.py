@@ -86,15 +86,19 @@ class Recorder:
         now = time.time() if now is None else now
         changed: dict[str, DeviceState] = {}
         st = self._stats(source)
+        add = self.pending.add
+        n = 0
         for r in reports:
             states, record = apply_report(tracker, source, r, now)
-            st.events += 1
-            st.last_event = now
+            n += 1
             if record is not None:
-                self.pending.add("dev", r.device, record)
+                add("dev", r.device, record)
             for s in states:
                 changed.pop(s.device, None)
                 changed[s.device] = s
+        if n:  # counted once per batch: every report of it came at `now`
+            st.events += n
+            st.last_event = now
         self._wake.set()
         return list(changed.values())
 
