@@ -7,32 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import websockets
 
 from conftest import PATIENCE, PW, WsClient, free_port
-from faultkit import LINES, config, lamp_of, wait_lamps
-from test_process_faults import BridgeProgram
-
-
-def _run_gateway(path: Path, ws: int) -> subprocess.Popen:
-    import socket
-
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + PATIENCE
-    while True:
-        assert proc.poll() is None, "the gateway exited"
-        try:
-            socket.create_connection(("127.0.0.1", ws), 0.2).close()
-            return proc
-        except OSError:
-            assert time.monotonic() < deadline, f"port {ws} never opened"
-            time.sleep(0.05)
+from faultkit import LINES, config, wait_lamps
+from test_process_faults import BridgeProgram, _run_gateway
 
 
 async def test_a_process_taken_for_dead_while_stopped_brings_its_lines_back(
@@ -40,8 +21,7 @@ async def test_a_process_taken_for_dead_while_stopped_brings_its_lines_back(
     ws, br = free_port(), free_port()
     (tmp_path / "a").mkdir()
     path = tmp_path / "a" / "gw.toml"
-    path.write_text(config(redis_url, bridge_port=br).replace(
-        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{ws}"', 1))
+    path.write_text(config(redis_url, bridge_port=br, ws_port=ws))
     holder = await asyncio.to_thread(_run_gateway, path, ws)  # holds the bridge's lines
     prog = None
     carol = None
