@@ -76,6 +76,20 @@ def _free_tcp_port() -> int:
     return free_port()
 
 
+def gateway_sip_cfg(transport: str, cert: Path | None = None,
+                    key: Path | None = None) -> str:
+    """[sources.sip] lines for a gateway talking to Kamailio on `transport`: Kamailio's
+    requests come back to the gateway's Contact (sip:...;transport=tcp or sips:), so it
+    listens there too; over TLS with the test certificate, which it also checks Kamailio's
+    against."""
+    if transport == "tcp":
+        return f'tcp = "127.0.0.1:{_free_tcp_port()}"'
+    if transport == "tls":
+        return (f'tls = "127.0.0.1:{_free_tcp_port()}"\ntls_cert = "{cert}"\n'
+                f'tls_key = "{key}"\ntls_verify = true\ntls_ca = "{cert}"')
+    return ""
+
+
 class Kamailio:
     """scripts/kamailio in its own process: UDP for the phones and publishing softphones,
     and where asked a TCP or TLS socket for the gateway."""
@@ -123,14 +137,9 @@ class Kamailio:
         return f"sip:{at}127.0.0.1:{self.gw_port}{tail}"
 
     def gateway_cfg(self, tmp_path: Path) -> str:
-        """[sources.sip] lines for the gateway on this transport: Kamailio's NOTIFYs come back
-        to the gateway's Contact (sip:...;transport=tcp or sips:), so it listens there too."""
-        if self.transport == "tcp":
-            return f'tcp = "127.0.0.1:{_free_tcp_port()}"'
-        if self.transport == "tls":
-            return (f'tls = "127.0.0.1:{_free_tcp_port()}"\ntls_cert = "{self.cert}"\n'
-                    f'tls_key = "{self.key}"\ntls_verify = true\ntls_ca = "{self.cert}"')
-        return ""
+        """[sources.sip] lines for the gateway on this transport."""
+        return gateway_sip_cfg(self.transport, getattr(self, "cert", None),
+                               getattr(self, "key", None))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -284,13 +293,12 @@ async def test_gateway_registers_at_kamailio_with_digest(redis_url, start_gatewa
                     "kamailio-tls-modules)")
     port = _free_tcp_port()
     defines = ["-A", f"LISTEN={transport}:127.0.0.1:{port}", "-A", 'PASSWORD="secret-pw"']
-    k = Kamailio.__new__(Kamailio)  # only for gateway_cfg(): the certificate and the socket
-    k.transport = transport
+    cert = key = None
     if transport == "tls":
-        k.cert, k.key = test_certificate(tmp_path)
+        cert, key = test_certificate(tmp_path)
         (tmp_path / "tls.cfg").write_text(
             f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n"
-            f"require_certificate = no\ncertificate = {k.cert}\nprivate_key = {k.key}\n")
+            f"require_certificate = no\ncertificate = {cert}\nprivate_key = {key}\n")
         defines += ["-A", "WITH_TLS", "-A", f'TLS_CONFIG="{tmp_path / "tls.cfg"}"']
     log = tmp_path / "kamailio.log"
     with log.open("w") as out:
@@ -316,7 +324,7 @@ async def test_gateway_registers_at_kamailio_with_digest(redis_url, start_gatewa
             secret.write_text(password + "\n")
             gw = await start_gateway(REGISTER_CONFIG.format(
                 redis=redis_url, sip=free_udp_port(), registrar=registrar, secret=secret,
-                transport_cfg=k.gateway_cfg(tmp_path), hash=HASH))
+                transport_cfg=gateway_sip_cfg(transport, cert, key), hash=HASH))
             reg = gw.sources.sip.registration
             end = loop.time() + 20
             while (not reg.up if up else "refused" not in (reg.reg.reason or "")):
