@@ -9,7 +9,7 @@ that falls too far behind is cut off; either way the others never wait for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from websockets.frames import Frame, Opcode
@@ -101,21 +101,25 @@ def _batch(frames: list[str]) -> str:
     return '{"type":"lamps","changes":[' + ",".join(frames) + "]}"
 
 
-def broadcast(connections: Iterable[Any], text: str) -> int:
-    """Write one text message to many open WebSocket connections; returns how many got it.
+def broadcast(connections: Iterable[Any], texts: str | Sequence[str]) -> int:
+    """Write text messages, in order, to many open WebSocket connections; returns how many
+    connections got them.
 
-    Like ``websockets.broadcast``, but the frame is built once: a server's frames are not
-    masked and the gateway negotiates no extension, so the bytes are the same for every
-    connection, and each connection costs one ``transport.write``. (``websockets.broadcast``
-    builds a frame object, serializes it and runs the protocol's output queue for every
-    connection: a third of the fan-out's CPU at 1,000 clients, measured in
-    docs/performance.md.) As there, a connection that is not open or is in the middle of a
-    fragmented message is skipped, and one whose socket fails to take the write is skipped
-    too (its own close handling takes it down); a connection with an extension negotiated,
-    where the bytes would differ, is sent to through the library's own ``send_text``.
+    Like ``websockets.broadcast``, but each frame is built once and all of them go to a
+    connection in one ``transport.write``: a server's frames are not masked and the gateway
+    negotiates no extension, so the bytes are the same for every connection.
+    (``websockets.broadcast`` builds, serializes and queues a frame per connection and per
+    message: a third of the fan-out's CPU at 1,000 clients, measured in docs/performance.md;
+    and one write per message is one system call per message.) As there, a connection that
+    is not open or is in the middle of a fragmented message is skipped, and one whose socket
+    fails to take the write is skipped too (its own close handling takes it down); a
+    connection with an extension negotiated, where the bytes would differ, is sent to
+    through the library's own ``send_text``.
     """
-    data = text.encode()
-    frame = Frame(Opcode.TEXT, data).serialize(mask=False)
+    if isinstance(texts, str):
+        texts = (texts,)
+    datas = [t.encode() for t in texts]
+    frames = b"".join(Frame(Opcode.TEXT, d).serialize(mask=False) for d in datas)
     sent = 0
     for conn in connections:
         protocol = conn.protocol
@@ -125,12 +129,13 @@ def broadcast(connections: Iterable[Any], text: str) -> int:
             continue
         try:
             if protocol.extensions:
-                protocol.send_text(data)
+                for data in datas:
+                    protocol.send_text(data)
                 conn.send_data()
             else:
-                conn.transport.write(frame)
+                conn.transport.write(frames)
         except Exception as exc:  # noqa: BLE001 - one bad socket must not stop the others
-            log.debug("skipped a lamp frame for a connection that failed to take it: %s", exc)
+            log.debug("skipped lamp frames for a connection that failed to take them: %s", exc)
             continue
         sent += 1
     return sent
@@ -223,8 +228,8 @@ class Hub:
                 self._send(subs, items)
 
     def _send(self, subs: set[Subscriber], items: list[tuple[str, Any]]) -> None:
-        # The common case writes straight into the sockets, like websockets.broadcast, each
-        # frame encoded once; a client with frames queued or a full write buffer gets them
+        # The common case writes straight into the sockets, each frame encoded once and a
+        # chunk's frames in one write per client (see broadcast); a client with frames queued or a full write buffer gets them
         # through its outbox instead, where a newer frame for the same lamp replaces it.
         direct, direct_batch = [], []
         for s in subs:
@@ -237,8 +242,7 @@ class Hub:
                 for frame, key in items:
                     s.outbox.put(frame, key)
         if direct:
-            for frame, _ in items:
-                broadcast(direct, frame)
+            broadcast(direct, [frame for frame, _ in items])
         if direct_batch:
             for i in range(0, len(items), BATCH_LIMIT):
                 broadcast(direct_batch, _batch([f for f, _ in items[i : i + BATCH_LIMIT]]))

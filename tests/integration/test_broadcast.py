@@ -1,4 +1,4 @@
-"""The hub's one-frame-for-all broadcast against real websockets servers and clients: every
+"""The hub's frames-built-once broadcast against real websockets servers and clients: every
 client reads exactly the text sent (short, 16-bit and 64-bit lengths, non-ASCII), a client
 that is closing is skipped without harm to the others, and a connection with an extension
 (permessage-deflate) still gets a correct frame through the library's own send."""
@@ -46,9 +46,10 @@ async def test_every_client_reads_exactly_the_text_broadcast(compression):
         assert all(bool(c.protocol.extensions) == (compression is not None) for c in conns)
         for text in TEXTS:
             assert broadcast(conns, text) == 3
+        assert broadcast(conns, TEXTS) == 3  # several messages: in one write, in order
         for client in clients:
-            got = [await asyncio.wait_for(client.recv(), 10) for _ in TEXTS]
-            assert got == TEXTS
+            got = [await asyncio.wait_for(client.recv(), 10) for _ in TEXTS * 2]
+            assert got == TEXTS * 2
     finally:
         for client in clients:
             await client.close()
