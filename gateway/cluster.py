@@ -161,7 +161,7 @@ class Cluster:
         owners = await self.store.owners()
         if not owners:
             return
-        alive = await self.store.alive()
+        alive = await self.store.alive(p for p in owners.values() if p != self.pid)
         known = self._config().device_by_id
         dead = [(d, p) for d, p in owners.items() if p not in alive and p != self.pid]
         for device, pid in dead:

@@ -587,8 +587,18 @@ class Store:
             existed, _ = await pipe.execute()
         return bool(existed)
 
-    async def alive(self) -> set[str]:
-        return {k[len(K_ALIVE):] async for k in self.redis.scan_iter(match=K_ALIVE + "*")}
+    async def alive(self, pids: Iterable[str]) -> set[str]:
+        """Which of `pids` are alive (their liveness key is there). One round trip for the
+        few processes asked about; not a SCAN, which would walk the whole keyspace (every
+        token, state and record: tens of thousands of keys) every second."""
+        pids = list(dict.fromkeys(pids))
+        if not pids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pid in pids:
+                pipe.exists(K_ALIVE + pid)
+            found = await pipe.execute()
+        return {pid for pid, n in zip(pids, found) if n}
 
     async def set_owner(self, devices: list[str], pid: str) -> None:
         if devices:
@@ -656,7 +666,7 @@ class Store:
     async def health(self) -> dict[str, str]:
         """Every live process's health entry; entries of dead processes are removed."""
         entries = await self.redis.hgetall(K_HEALTH)
-        alive = await self.alive()
+        alive = await self.alive(entries)
         dead = [pid for pid in entries if pid not in alive]
         if dead:
             await self.redis.hdel(K_HEALTH, *dead)

@@ -63,7 +63,7 @@ async def test_a_source_that_fails_to_start_keeps_liveness_and_is_retried(redis_
                     break
             assert a.leases == {"ami"}
             assert attempts["ami"] == 2
-            assert "proc-a" in await store.alive()
+            assert await store.alive(["proc-a", "proc-gone"]) == {"proc-a"}
             assert a.start_failures == {}
             await other.renew_leases()
             assert other.leases == set()  # held by a, not taken twice
@@ -71,4 +71,50 @@ async def test_a_source_that_fails_to_start_keeps_liveness_and_is_retried(redis_
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     finally:
+        await store.close()
+
+
+async def test_the_janitor_asks_about_processes_not_the_whole_keyspace(redis_url, tmp_path):
+    """Every process runs the janitor every second. With tens of thousands of keys (tokens,
+    states, records) it must not walk the keyspace: a round is a few commands however many
+    keys there are, and it still finds the device of a process that is gone."""
+    import redis as sync_redis
+
+    from gateway.model import DeviceStatus
+    from gateway.store import decode_device
+
+    (tmp_path / "ami.secret").write_text("s3cret\n")
+    cfg = load_config(write_config(tmp_path / "gateway.toml", CONFIG.format(redis=redis_url)))
+    store = Store(redis_url)
+    r = sync_redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        pipe = r.pipeline(transaction=False)
+        for i in range(20_000):  # what 20,000 logins leave: one token each
+            pipe.set(f"{{blf}}:tok:t{i}", "x", ex=600)
+        pipe.execute()
+
+        async def nothing(name: str) -> None:
+            pass
+
+        orphaned: list[tuple[str, str]] = []
+        a = Cluster(store, "proc-a", lambda: cfg, nothing, nothing,
+                    orphaned=lambda d, p: orphaned.append((d, p)))
+        await store.heartbeat("proc-a", 3000)
+        await store.heartbeat("proc-gone", 3000)
+        await store.set_owner(["201"], "proc-gone")
+        r.config_resetstat()
+        await a.janitor()
+        stats = r.info("commandstats")
+        assert "cmdstat_scan" not in stats
+        assert sum(v["calls"] for v in stats.values()) <= 5, stats
+        assert orphaned == []  # its owner is alive
+
+        r.delete("{blf}:alive:proc-gone")  # that process died: its key expired
+        await a.janitor()
+        assert orphaned == [("201", "proc-gone")]
+        assert decode_device("201", r.get("{blf}:dev:201").partition(" ")[2]).status \
+            is DeviceStatus.UNKNOWN
+        assert "cmdstat_scan" not in r.info("commandstats")
+    finally:
+        r.close()
         await store.close()
