@@ -19,11 +19,16 @@ from .panels.engine import Delta, Engine
 from .server.hub import Hub
 from .store import RedisError, Store, wait_for_redis
 
-__all__ = ["LogFollower", "YIELD_DELIVERIES"]
+__all__ = ["LogFollower", "YIELD_FRAMES"]
 
 log = logging.getLogger("gateway")
 
-YIELD_DELIVERIES = 4000  # socket writes before the loop gets a turn for other work
+# Lamp frames (one change to one client) before the loop gets a turn for other work. A chunk
+# of changes goes to a client that keeps up in one socket write (gateway.server.hub.broadcast),
+# so 32,000 frames at 1,000 clients is 1,000 writes of 32 frames (about 10 KiB) each: about
+# 10-15 ms of a core on a small machine, short enough for requests to be answered during a
+# burst, long enough that a burst is not one system call per change per client.
+YIELD_FRAMES = 32_000
 READ_COUNT = 500  # changes per read of the log
 CHUNK_MAX = 500  # deltas per fan-out chunk
 
@@ -133,17 +138,17 @@ class LogFollower:
                 self.deliver(self.engine.set_trusted(True))
 
     async def fan_out(self, deltas: list[Delta]) -> None:
-        """Deliver a read batch's deltas, giving the loop a turn every few thousand socket
-        writes so that requests are answered during a burst. A batch may change one view
+        """Deliver a read batch's deltas, giving the loop a turn every YIELD_FRAMES frames
+        so that requests are answered during a burst. A batch may change one view
         many times: only its newest state goes out (each delta is a full state), so a client
         that subscribes during a pause never gets an older state after its snapshot."""
         if len(deltas) > 1:
             newest = {(d.kind, d.key): d for d in deltas}
             if len(newest) < len(deltas):
                 deltas = sorted(newest.values(), key=lambda d: d.seq)
-        # Chunks sized so that one chunk costs about YIELD_DELIVERIES socket writes: a client
-        # that takes batches takes a whole chunk in one write, the others one per change.
-        step = min(CHUNK_MAX, max(1, YIELD_DELIVERIES // max(1, self.hub.unbatched_count())))
+        # Chunks sized so that one chunk is about YIELD_FRAMES frames for the clients that
+        # take one frame per change (a client that takes batches gets a chunk as one frame).
+        step = min(CHUNK_MAX, max(1, YIELD_FRAMES // max(1, self.hub.unbatched_count())))
         for i in range(0, len(deltas), step):
             self.deliver(deltas[i : i + step])
             if i + step < len(deltas):
