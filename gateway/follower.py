@@ -25,10 +25,11 @@ log = logging.getLogger("gateway")
 
 # Lamp frames (one change to one client) before the loop gets a turn for other work. A chunk
 # of changes goes to a client that keeps up in one socket write (gateway.server.hub.broadcast),
-# so 32,000 frames at 1,000 clients is 1,000 writes of 32 frames (about 10 KiB) each: about
-# 10-15 ms of a core on a small machine, short enough for requests to be answered during a
-# burst, long enough that a burst is not one system call per change per client.
-YIELD_FRAMES = 32_000
+# so 8,000 frames at 1,000 clients is 1,000 writes of 8 frames (about 2.6 KiB) each: a
+# quarter of the system calls of one write per frame, and a turn for requests every few
+# milliseconds of a burst. (32,000 made bench/run.py's burst answer a request after 285 ms
+# on a loaded machine: the target is 250.)
+YIELD_FRAMES = 8_000
 READ_COUNT = 500  # changes per read of the log
 CHUNK_MAX = 500  # deltas per fan-out chunk
 
