@@ -172,7 +172,7 @@ class AmiConnection:
         self.synced_once = False  # this connection delivered a re-sync (its loss matters)
         self.close_reason: str | None = None
         self.refused = False  # the Login was refused (close_reason: Asterisk's message)
-        self.events_seen = 0
+        self._routed = 0  # events routed; events_seen adds those the parser dropped
         self.protocol_errors = 0
         self._parser = AmiParser()
         self._out = bytearray()
@@ -196,6 +196,11 @@ class AmiConnection:
     @property
     def synced(self) -> bool:
         return self.state is State.LIVE
+
+    @property
+    def events_seen(self) -> int:
+        """Events received after the login (those nobody here wants included)."""
+        return self._routed + self._parser.skipped
 
     def data_to_send(self) -> bytes:
         """The bytes to write now (empty when there are none)."""
@@ -339,6 +344,10 @@ class AmiConnection:
             return
         self.state = State.SYNC
         out.append(LoggedIn())
+        # From here on every event is routed the same way: the parser may drop the ones
+        # neither the translator nor the re-sync asks for (Newexten, VarSet, ...) unread,
+        # from its next read on.
+        self._parser.wanted = self.translator.events | {c for _, c in SYNC_LISTS}
         self._deadline = now + self.sync_timeout
         for action, complete in SYNC_LISTS:
             aid = next(self._ids)
@@ -369,7 +378,7 @@ class AmiConnection:
             return
         if msg.kind != "event":
             return
-        self.events_seen += 1
+        self._routed += 1
         try:
             reports = self.translator.feed(msg)
         except Exception:  # a translator bug must not take the source down

@@ -116,6 +116,22 @@ def channel_phase(state: int | None, held: bool) -> Phase | None:
     return None
 
 
+class _Keys:
+    """The lower-case keys of a channel snapshot, plain (``Channel``) or of the other side
+    (``DestChannel``): looked up straight in the message's fields (AmiFields._v)."""
+
+    __slots__ = ("channel", "uniqueid", "state", "linkedid", "cl_num", "cl_name", "exten")
+
+    def __init__(self, prefix: str) -> None:
+        p = prefix.lower()
+        self.channel, self.uniqueid, self.state = p + "channel", p + "uniqueid", p + "channelstate"
+        self.linkedid, self.exten = p + "linkedid", p + "exten"
+        self.cl_num, self.cl_name = p + "connectedlinenum", p + "connectedlinename"
+
+
+_PLAIN, _DEST = _Keys(""), _Keys("Dest")
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -168,6 +184,15 @@ class AmiTranslator:
                 self._device_lines.setdefault(_norm_device(line), []).append(device)
             else:
                 self._hint_lines.setdefault(line, []).append(device)
+        # The events that can change something here (lower case): all handled ones, but
+        # ExtensionStatus only with hint lines and DeviceStateChange only with device lines
+        # (without them both are no-ops). Whoever parses may drop the rest unread.
+        names = set(_HANDLERS)
+        if not self._hint_lines:
+            names.discard("extensionstatus")
+        if not self._device_lines:
+            names.discard("devicestatechange")
+        self.events: frozenset[str] = frozenset(names)
         self.reset()
 
     def reset(self) -> None:
@@ -242,10 +267,11 @@ class AmiTranslator:
 
     # -- channels ---------------------------------------------------------------------
 
-    def _chan(self, msg: AmiMessage, prefix: str = "") -> _Chan | None:
+    def _chan(self, msg: AmiMessage, keys: _Keys = _PLAIN) -> _Chan | None:
         """The watched channel an event (or its Dest* side) is about, created on first sight."""
-        name = msg.get(prefix + "Channel")
-        uid = msg.get(prefix + "Uniqueid")
+        f = msg.fields._v
+        name = f.get(keys.channel)
+        uid = f.get(keys.uniqueid)
         if not name and not uid:
             return None
         if not uid:
@@ -266,23 +292,25 @@ class AmiTranslator:
             self._by_name.pop(ch.name, None)
             ch.name = name
             self._by_name[name] = uid
-        self._snapshot(ch, msg, prefix)
+        self._snapshot(ch, f, keys)
         return ch
 
     @staticmethod
-    def _snapshot(ch: _Chan, msg: AmiMessage, prefix: str) -> None:
+    def _snapshot(ch: _Chan, f: Mapping[str, str], keys: _Keys) -> None:
         """Take the channel snapshot fields every channel event carries."""
-        state = _int(msg.get(prefix + "ChannelState"))
+        state = _int(f.get(keys.state))
         if state is not None:
             ch.state = state
-        link = msg.get(prefix + "Linkedid")
+        link = f.get(keys.linkedid)
         if link:
             ch.linkedid = link
-        if prefix + "ConnectedLineNum" in msg.fields:
-            ch.connected_num = _known(msg.get(prefix + "ConnectedLineNum"))
-        if prefix + "ConnectedLineName" in msg.fields:
-            ch.connected_name = _known(msg.get(prefix + "ConnectedLineName"))
-        exten = _known(msg.get(prefix + "Exten"))
+        value = f.get(keys.cl_num)
+        if value is not None:
+            ch.connected_num = _known(value)
+        value = f.get(keys.cl_name)
+        if value is not None:
+            ch.connected_name = _known(value)
+        exten = _known(f.get(keys.exten))
         if exten and ch.exten is None and exten != "s":
             ch.exten = exten
 
@@ -368,7 +396,7 @@ class AmiTranslator:
     def _on_dialbegin(self, msg: AmiMessage) -> list[Report]:
         out: list[Report] = []
         src = self._chan(msg)
-        dst = self._chan(msg, "Dest")
+        dst = self._chan(msg, _DEST)
         if src is not None:
             src.dialing_out = True
             src.other_num = _known(msg.get("DestCallerIDNum"))
@@ -387,8 +415,8 @@ class AmiTranslator:
         # The states that follow (Up, Hangup) arrive as their own events; the snapshot fields
         # may still carry a newer connected line.
         out: list[Report] = []
-        for prefix in ("", "Dest"):
-            ch = self._chan(msg, prefix)
+        for keys in (_PLAIN, _DEST):
+            ch = self._chan(msg, keys)
             if ch is not None:
                 out += self._report(ch)
         return out
