@@ -245,7 +245,18 @@ class AmiConnection:
             return []
         out: list[Event] = []
         live: list[Report] = []
+        translate = self.translator.feed
         for item in self._parser.feed(data):
+            if item.__class__ is AmiMessage and item.kind == "event" and \
+                    self.state is State.LIVE:
+                # Most of what arrives: a live event, straight to the translator (what
+                # _dispatch does with it, without the routing an answer or a list item needs).
+                self._routed += 1
+                try:
+                    live += translate(item)
+                except Exception:  # a translator bug must not take the source down
+                    log.exception("AMI: cannot translate %s event", item.name)
+                continue
             if isinstance(item, AmiProtocolError):
                 self.protocol_errors += 1
                 log.warning("AMI: skipped bad data from Asterisk (%s): %r", item.reason,

@@ -41,6 +41,8 @@ _KIND_KEYS: dict[str, Kind] = {"event": "event", "response": "response", "action
 # Where a line of an event in Asterisk's own form starts: its line end, then its key (letters,
 # digits, "-", "_": no space to strip, nothing unprintable) and the colon.
 _LINE_KEY = re.compile(r"\r\n([A-Za-z0-9_-]+):")
+# A kind key after the first line, in the lower-case keys joined by "\n".
+_OTHER_KIND = re.compile(r"\n(?:event|response|action)(?:\n|$)")
 
 
 class AmiFields(Mapping[str, str]):
@@ -276,7 +278,7 @@ class AmiParser:
                 # _whole_message); anything unusual goes line by line below.
                 end = buf.find(b"\r\n\r\n", pos)
                 if pos < end <= pos + self.max_line and self._whole_message(
-                        bytes(buf[pos:end]), out):
+                        buf[pos:end], out):
                     pos = end + 4
                     continue
             nl = buf.find(b"\n", pos)
@@ -299,7 +301,7 @@ class AmiParser:
             self._skip_line = True
         return out
 
-    def _whole_message(self, block: bytes, out: list) -> bool:
+    def _whole_message(self, block: bytes | bytearray, out: list) -> bool:
         """Read one message (its lines without the empty line) at once, where that gives
         exactly what reading it line by line gives. Returns False (having changed nothing)
         where it would not: the line-by-line reading then reports it as it always has.
@@ -323,23 +325,23 @@ class AmiParser:
             # inside a value: exactly n - 1 of each, all in the n - 1 line ends.
             if text.count("\n") == n - 1 and text.count("\r") == n - 1:
                 keys = parts[1::2]
-                lows = "\n".join(keys).lower().split("\n")  # keys hold no "\n"
-                if lows.count("event") == 1 and "response" not in lows and "action" not in lows:
+                low = "\n".join(keys).lower()  # keys hold no "\n"
+                if _OTHER_KIND.search(low, 5) is None:
+                    lows = low.split("\n")
                     name = parts[2].strip()
                     wanted = self.wanted
                     if wanted is not None and name.lower() not in wanted:
                         self.skipped += 1
                         return True
-                    values = list(map(str.strip, parts[2::2]))
                     self.messages += 1
-                    out.append(AmiMessage._of_lines(
-                        "event", name, AmiFields._of_lines(keys, lows, values)))
+                    out.append(AmiMessage._of_lines("event", name, AmiFields._of_lines(
+                        keys, lows, list(map(str.strip, parts[2::2])))))
                     return True
                 # A second Event/Response/Action line: the lines tell what is wrong.
                 return False
         return self._whole_block(block, out)
 
-    def _whole_block(self, block: bytes, out: list) -> bool:
+    def _whole_block(self, block: bytes | bytearray, out: list) -> bool:
         """A message not in the form :meth:`_whole_message` reads by its split (a response,
         a key with spaces or other characters, a CR inside a value): one decode and one pass
         where that gives what the lines give; False (nothing changed) otherwise."""
