@@ -321,9 +321,10 @@ class AmiParser:
             # ["", key, value, key, value, ...]: a key is matched only where a line starts.
             parts = _LINE_KEY.split("\r\n" + text)
             n = len(parts) >> 1
-            # Every line started with a key (n keys for n lines) and no CR or LF is left
-            # inside a value: exactly n - 1 of each, all in the n - 1 line ends.
-            if text.count("\n") == n - 1 and text.count("\r") == n - 1:
+            # Every line started with a key: n keys for n lines, every LF in one of the
+            # n - 1 line ends. (A CR inside a value stays there, as in the line-by-line
+            # reading; at a value's end the strip takes it, as there.)
+            if text.count("\n") == n - 1:
                 keys = parts[1::2]
                 low = "\n".join(keys).lower()  # keys hold no "\n"
                 if _OTHER_KIND.search(low, 5) is None:
