@@ -10,7 +10,8 @@ devices; the AMI test peer runs here. Prints:
 - a burst: an external call starts ringing on every device at once (N x 4 channel events,
   what a busy hunt group or a reload in the middle of traffic looks like): events/s from the
   first byte on the wire to the last device state stored in Redis (the burst's bytes are
-  built before, see burst_bytes);
+  built before, see burst_bytes), and the CPU time the gateway process and its Redis used
+  meanwhile, per event;
 - reconnect: Asterisk restarts (its calls gone) -> all N lamps exact (idle) in Redis again,
   none left ringing.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -58,6 +60,27 @@ def config(n: int, ami_port: int, ws_port: int) -> str:
         out.append(f'[[devices]]\nid = "d{num}"\nnumber = "{num}"\nsource = "ami"\n'
                    f'line = "PJSIP/{num}"\n')
     return "\n".join(out)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc; 0 where unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (the embedded redis-server)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
 
 
 def states(r: redis.Redis, keys: list[str]) -> list[dict]:
@@ -139,6 +162,8 @@ async def measure(n: int) -> dict:
                            for s in st)
 
             seq0 = int(r.get("{blf}:seq") or 0)
+            helpers = children(gw.pid)
+            cpu0 = cpu_seconds(gw.pid), sum(cpu_seconds(p) for p in helpers)
             t0 = time.perf_counter()
             peer.send_raw(burst)
             # Polled cheaply (one GET) until every device can have changed, then checked in
@@ -147,6 +172,7 @@ async def measure(n: int) -> dict:
             await wait_until(lambda: int(r.get("{blf}:seq") or 0) - seq0 >= n)
             await wait_until(all_ringing)
             burst_time = time.perf_counter() - t0
+            cpu1 = cpu_seconds(gw.pid), sum(cpu_seconds(p) for p in helpers)
             published = int(r.get("{blf}:seq") or 0) - seq0
 
             # Asterisk restarts: the connection drops, every call is gone when it is back (its
@@ -178,7 +204,8 @@ async def measure(n: int) -> dict:
     return {"devices": n, "events": events, "build_s": build_s, "login_s": t_login - t_start,
             "sync_s": first_sync, "burst_s": burst_time, "rate": events / burst_time,
             "parse_rate": baseline, "set_rate": set_rate, "published": published,
-            "reconnect_s": reconnect}
+            "reconnect_s": reconnect, "gw_cpu_us": (cpu1[0] - cpu0[0]) / events * 1e6,
+            "redis_cpu_us": (cpu1[1] - cpu0[1]) / events * 1e6}
 
 
 async def main_async(n: int) -> None:
@@ -189,6 +216,8 @@ async def main_async(n: int) -> None:
     print(f"  first re-sync -> {n} states in Redis: {m['sync_s'] * 1000:8.0f} ms")
     print(f"  burst of {m['events']} events -> Redis  : {m['burst_s'] * 1000:8.0f} ms = "
           f"{m['rate']:,.0f} events/s ({m['published']} changes published)")
+    print(f"    CPU per event during the burst: gateway {m['gw_cpu_us']:.1f} µs, its Redis "
+          f"{m['redis_cpu_us']:.1f} µs")
     print(f"    baselines: pipelined redis-py SET {m['set_rate']:,.0f}/s "
           f"({m['rate'] / m['set_rate']:.2f}x); pure parse+translate {m['parse_rate']:,.0f}/s")
     print(f"  reconnect -> all {n} lamps exact   : {m['reconnect_s'] * 1000:8.0f} ms "
