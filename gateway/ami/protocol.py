@@ -43,6 +43,8 @@ _KIND_KEYS: dict[str, Kind] = {"event": "event", "response": "response", "action
 _LINE_KEY = re.compile(r"\r\n([A-Za-z0-9_-]+):")
 # A kind key after the first line, in the lower-case keys joined by "\n".
 _OTHER_KIND = re.compile(r"\n(?:event|response|action)(?:\n|$)")
+MAX_LAYOUTS = 512  # orders of keys a parser remembers (a real Asterisk has a few dozen)
+_NEW = object()
 
 
 class AmiFields(Mapping[str, str]):
@@ -52,58 +54,66 @@ class AmiFields(Mapping[str, str]):
     (``Uniqueid`` / ``UniqueID``), so lookups ignore case; iteration yields keys as sent.
     """
 
-    # _v: lower-case key -> first value, what every lookup reads. _d: lower-case key ->
-    # (key as sent, value), for iteration, equality and hashing; the parser's fast reading
-    # leaves it to be built from _lines when first needed (most events are only looked up).
-    __slots__ = ("_v", "_d", "_lines", "_hash")
+    # _index: lower-case key -> where its first value is in _vals. Built from pairs, _vals
+    # holds the values. Read at once by the parser (_of_parts), _vals is its split, ["",
+    # key, value, key, value, ...] with the values unstripped (_raw), and _index is shared by
+    # every message of the same keys in the same order (see AmiParser._layout): a lookup
+    # strips the one value it reads. _d (lower-case key -> (key as sent, value)), for
+    # iteration, equality and hashing, is then built when first needed.
+    __slots__ = ("_index", "_vals", "_raw", "_d", "_hash")
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
         d: dict[str, tuple[str, str]] = {}
         for k, v in pairs:
             d.setdefault(k.lower(), (k, v))
         self._d: dict[str, tuple[str, str]] | None = d
-        self._v = {lk: kv[1] for lk, kv in d.items()}
-        self._lines: tuple[list[str], list[str], list[str]] | None = None
+        self._index = {lk: i for i, lk in enumerate(d)}
+        self._vals = [v for _, v in d.values()]
+        self._raw = False
         self._hash: int | None = None
 
     @classmethod
-    def _of_lines(cls, keys: list[str], lows: list[str], values: list[str]) -> AmiFields:
-        """The fields of parallel lists of keys as sent, their lower-case forms and values
-        (what AmiFields(zip(keys, values)) holds, without building it all up front)."""
+    def _of_parts(cls, index: dict[str, int], parts: list[str]) -> AmiFields:
         self = _new(cls)
-        v = dict(zip(lows, values))
-        if len(v) < len(lows):  # a repeated key: its first value counts, as setdefault does
-            v = dict(zip(reversed(lows), reversed(values)))
-        self._v = v
+        self._index = index
+        self._vals = parts
+        self._raw = True
         self._d = None
-        self._lines = (keys, lows, values)
         self._hash = None
         return self
+
+    def _get(self, lk: str) -> str | None:
+        """The first value of the lower-case key `lk` (None: no such key)."""
+        i = self._index.get(lk)
+        if i is None:
+            return None
+        return self._vals[i].strip() if self._raw else self._vals[i]
 
     def _items(self) -> dict[str, tuple[str, str]]:
         d = self._d
         if d is None:
-            keys, lows, values = self._lines  # type: ignore[misc]
-            d = {}
-            for lk, k, v in zip(lows, keys, values):
-                d.setdefault(lk, (k, v))
-            self._d = d
+            parts = self._vals
+            d = self._d = {lk: (parts[i - 1], parts[i].strip()) for lk, i in self._index.items()}
         return d
 
     def __getitem__(self, key: str) -> str:
-        return self._v[key.lower()]
+        v = self._get(key.lower())
+        if v is None:
+            raise KeyError(key)
+        return v
 
     def get(self, key: str, default=None):  # type: ignore[override]
-        return self._v.get(key.lower(), default)
+        v = self._get(key.lower())
+        return default if v is None else v
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.lower() in self._v
+        return isinstance(key, str) and key.lower() in self._index
 
     def __iter__(self) -> Iterator[str]:
         return (k for k, _ in self._items().values())
 
     def __len__(self) -> int:
-        return len(self._v)
+        return len(self._index)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, AmiFields):
@@ -147,8 +157,8 @@ class AmiMessage:
         _set(self, "_pairs", pairs)
 
     @classmethod
-    def _of_lines(cls, kind: Kind, name: str, fields: AmiFields) -> AmiMessage:
-        # The parser's fast reading: `pairs` are built from the fields' lines when asked for.
+    def _of_parts(cls, kind: Kind, name: str, fields: AmiFields) -> AmiMessage:
+        # The parser's fast reading: `pairs` are built from the fields' split when asked for.
         self = _new(cls)
         _set(self, "kind", kind)
         _set(self, "name", name)
@@ -161,19 +171,20 @@ class AmiMessage:
         """Every ``Key: Value`` line in order."""
         pairs = self._pairs
         if pairs is None:
-            keys, _, values = self.fields._lines  # type: ignore[misc]
-            pairs = tuple(zip(keys, values))
+            parts = self.fields._vals
+            pairs = tuple(zip(parts[1::2], map(str.strip, parts[2::2])))
             _set(self, "_pairs", pairs)
         return pairs
 
     @property
     def action_id(self) -> str | None:
         """The ActionID echoed by Asterisk (None for events that answer no action)."""
-        return self.fields._v.get("actionid")
+        return self.fields._get("actionid")
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """A field's first value (case-insensitive key)."""
-        return self.fields._v.get(key.lower(), default)
+        v = self.fields._get(key.lower())
+        return default if v is None else v
 
     def values(self, key: str) -> list[str]:
         """All values of a (possibly repeated) key, in order."""
@@ -238,6 +249,7 @@ class AmiParser:
         # `skipped` and not returned (errors in them are reported as ever).
         self.wanted: frozenset[str] | None = None
         self.skipped = 0
+        self._layouts: dict[str, dict[str, int] | None] = {}  # see _layout
         self._buf = bytearray()
         self._skip_line = False  # dropping the rest of an oversized line, up to its LF
         self._pairs: list[tuple[str, str]] = []
@@ -308,10 +320,11 @@ class AmiParser:
 
         An event in the form Asterisk writes (``Event:`` first, CRLF lines, valid UTF-8,
         every line a key of letters, digits, ``-`` or ``_`` with its colon) is cut into keys
-        and values by one regular-expression split: no call per line, and nothing kept per
-        line but its key and value (see :meth:`AmiFields._of_lines`). An event whose name is
-        not in :attr:`wanted` is counted in :attr:`skipped` and dropped here, before any of
-        its fields is looked at. Anything else well-formed goes through
+        and values by one regular-expression split, and nothing more is done per line: where
+        each key's value is comes from the order of its keys, worked out once per order
+        (:meth:`_layout`), and a value is stripped when it is looked up. An event whose name
+        is not in :attr:`wanted` is counted in :attr:`skipped` and dropped here, before any
+        of its fields is looked at. Anything else well-formed goes through
         :meth:`_whole_block`."""
         if block.startswith(b"Event:"):
             try:
@@ -325,22 +338,37 @@ class AmiParser:
             # n - 1 line ends. (A CR inside a value stays there, as in the line-by-line
             # reading; at a value's end the strip takes it, as there.)
             if text.count("\n") == n - 1:
-                keys = parts[1::2]
-                low = "\n".join(keys).lower()  # keys hold no "\n"
-                if _OTHER_KIND.search(low, 5) is None:
-                    lows = low.split("\n")
-                    name = parts[2].strip()
-                    wanted = self.wanted
-                    if wanted is not None and name.lower() not in wanted:
-                        self.skipped += 1
-                        return True
-                    self.messages += 1
-                    out.append(AmiMessage._of_lines("event", name, AmiFields._of_lines(
-                        keys, lows, list(map(str.strip, parts[2::2])))))
+                layout = "\n".join(parts[1::2])  # the keys as sent; they hold no "\n"
+                index = self._layouts.get(layout, _NEW)
+                if index is _NEW:
+                    index = self._layout(layout)
+                if index is None:
+                    return False  # a second Event/Response/Action line: the lines tell
+                name = parts[2].strip()
+                wanted = self.wanted
+                if wanted is not None and name.lower() not in wanted:
+                    self.skipped += 1
                     return True
-                # A second Event/Response/Action line: the lines tell what is wrong.
-                return False
+                self.messages += 1
+                out.append(AmiMessage._of_parts("event", name,
+                                                AmiFields._of_parts(index, parts)))
+                return True
         return self._whole_block(block, out)
+
+    def _layout(self, layout: str) -> dict[str, int] | None:
+        """Where the first value of each key is in the split of an event whose keys, joined
+        by "\\n", are `layout` (lower-case key -> index); None if a key after the first is a
+        kind key. Kept for the next event of the same keys (Asterisk writes each event the
+        same way every time), up to MAX_LAYOUTS of them."""
+        low = layout.lower()
+        index: dict[str, int] | None = None
+        if _OTHER_KIND.search(low, 5) is None:
+            index = {}
+            for i, lk in enumerate(low.split("\n")):
+                index.setdefault(lk, 2 * i + 2)
+        if len(self._layouts) < MAX_LAYOUTS:
+            self._layouts[layout] = index
+        return index
 
     def _whole_block(self, block: bytes | bytearray, out: list) -> bool:
         """A message not in the form :meth:`_whole_message` reads by its split (a response,

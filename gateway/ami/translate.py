@@ -44,7 +44,7 @@ not carry it, so `withheld` is never set); unknown events and fields.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from ..calls import CallReport, Phase, ServiceReport
 from ..model import Direction
@@ -118,7 +118,7 @@ def channel_phase(state: int | None, held: bool) -> Phase | None:
 
 class _Keys:
     """The lower-case keys of a channel snapshot, plain (``Channel``) or of the other side
-    (``DestChannel``): looked up straight in the message's fields (AmiFields._v)."""
+    (``DestChannel``): looked up straight in the message's fields (AmiFields._get)."""
 
     __slots__ = ("channel", "uniqueid", "state", "linkedid", "cl_num", "cl_name", "exten")
 
@@ -269,9 +269,9 @@ class AmiTranslator:
 
     def _chan(self, msg: AmiMessage, keys: _Keys = _PLAIN) -> _Chan | None:
         """The watched channel an event (or its Dest* side) is about, created on first sight."""
-        f = msg.fields._v
-        name = f.get(keys.channel)
-        uid = f.get(keys.uniqueid)
+        f = msg.fields._get
+        name = f(keys.channel)
+        uid = f(keys.uniqueid)
         if not name and not uid:
             return None
         if not uid:
@@ -296,21 +296,21 @@ class AmiTranslator:
         return ch
 
     @staticmethod
-    def _snapshot(ch: _Chan, f: Mapping[str, str], keys: _Keys) -> None:
+    def _snapshot(ch: _Chan, f: Callable[[str], str | None], keys: _Keys) -> None:
         """Take the channel snapshot fields every channel event carries."""
-        state = _int(f.get(keys.state))
+        state = _int(f(keys.state))
         if state is not None:
             ch.state = state
-        link = f.get(keys.linkedid)
+        link = f(keys.linkedid)
         if link:
             ch.linkedid = link
-        value = f.get(keys.cl_num)
+        value = f(keys.cl_num)
         if value is not None:
             ch.connected_num = _known(value)
-        value = f.get(keys.cl_name)
+        value = f(keys.cl_name)
         if value is not None:
             ch.connected_name = _known(value)
-        exten = _known(f.get(keys.exten))
+        exten = _known(f(keys.exten))
         if exten and ch.exten is None and exten != "s":
             ch.exten = exten
 

@@ -291,6 +291,17 @@ def test_limits_and_oversized_input_as_before():
             agree(stream, [size] * (len(stream) // size))
 
 
+def test_a_peer_sending_ever_new_orders_of_keys_is_read_the_same_and_held_in_bounds():
+    from gateway.ami.protocol import MAX_LAYOUTS
+
+    stream = b"".join(b"Event: Newstate\r\nX%d: 1\r\nChannel: PJSIP/201-1\r\n\r\n" % i
+                      for i in range(MAX_LAYOUTS + 100))
+    agree(stream, [65536])
+    parser = AmiParser()
+    assert len(parse(parser, [stream])) == MAX_LAYOUTS + 100
+    assert len(parser._layouts) == MAX_LAYOUTS  # the rest are worked out each time
+
+
 # -- translator ------------------------------------------------------------------------------
 
 
