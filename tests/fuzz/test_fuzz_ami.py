@@ -292,7 +292,7 @@ def test_limits_and_oversized_input_as_before():
 
 
 def test_a_peer_sending_ever_new_orders_of_keys_is_read_the_same_and_held_in_bounds():
-    from gateway.ami.protocol import MAX_LAYOUTS
+    from gateway.ami.protocol import MAX_LAYOUT_KEYS, MAX_LAYOUTS
 
     stream = b"".join(b"Event: Newstate\r\nX%d: 1\r\nChannel: PJSIP/201-1\r\n\r\n" % i
                       for i in range(MAX_LAYOUTS + 100))
@@ -300,6 +300,12 @@ def test_a_peer_sending_ever_new_orders_of_keys_is_read_the_same_and_held_in_bou
     parser = AmiParser()
     assert len(parse(parser, [stream])) == MAX_LAYOUTS + 100
     assert len(parser._layouts) == MAX_LAYOUTS  # the rest are worked out each time
+    # An order of more keys than a real event has is not remembered at all.
+    long = b"Event: Newstate\r\n" + b"".join(b"K%d: v\r\n" % i
+                                                for i in range(MAX_LAYOUT_KEYS + 1)) + b"\r\n"
+    agree(long * 3, [])
+    parser = AmiParser()
+    assert len(parse(parser, [long * 3])) == 3 and not parser._layouts
 
 
 # -- translator ------------------------------------------------------------------------------

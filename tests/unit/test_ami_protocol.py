@@ -216,3 +216,22 @@ def test_format_refuses_injected_line_breaks(bad):
         format_action("Redirect", "1", Exten=bad)
     with pytest.raises(ValueError):
         format_message([("Event", bad)])
+
+
+def test_a_message_read_at_once_is_immutable_and_equals_one_built_from_its_lines():
+    import pickle
+    from dataclasses import FrozenInstanceError
+
+    from gateway.ami.protocol import AmiFields
+
+    (m,) = AmiParser().feed(b"Event: Hangup\r\nChannel: PJSIP/201-1\r\nUniqueID: u1\r\n"
+                            b"Uniqueid: u2\r\nCause-txt:  Normal Clearing \r\n\r\n")
+    eager = AmiMessage("event", "Hangup", AmiFields(m.pairs), m.pairs)
+    assert m == eager and hash(m) == hash(eager) and repr(m) == repr(eager)
+    assert m.get("uniqueid") == "u1" and m.values("UNIQUEID") == ["u1", "u2"]
+    assert m.fields["cause-TXT"] == "Normal Clearing" and len(m.fields) == 4
+    assert pickle.loads(pickle.dumps(m)) == m
+    with pytest.raises(FrozenInstanceError):
+        m.name = "Newstate"  # type: ignore[misc]
+    with pytest.raises(KeyError):
+        m.fields["Nope"]
