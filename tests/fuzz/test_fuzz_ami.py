@@ -43,6 +43,8 @@ from gateway.ami.translate import AmiTranslator  # noqa: E402
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+# Whole scenarios through the translator or a connection: fewer, each covers more.
+SCENARIOS = settings(FUZZ, max_examples=120)
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
 LINES = {"PJSIP/201": "alice", "202": "bob", "PJSIP/203": "carol", "204@from-internal": "dave"}
 PROBES = ["Channel", "UNIQUEID", "uniqueid", "ActionID", "Event", "ChanVariable", "Exten",
@@ -311,7 +313,7 @@ def test_a_peer_sending_ever_new_orders_of_keys_is_read_the_same_and_held_in_bou
 # -- translator ------------------------------------------------------------------------------
 
 
-@FUZZ
+@SCENARIOS
 @given(office_streams(), st.lists(st.integers(1, 400), max_size=10))
 def test_the_translator_reports_as_before_on_office_streams(stream, cuts):
     agree_reports(stream, cuts)
@@ -390,7 +392,7 @@ def conversation(module, chunks: list[bytes]) -> tuple[list, int, int]:
     return said, conn.events_seen, conn.protocol_errors
 
 
-@FUZZ
+@SCENARIOS
 @given(office_events(), office_events(), st.lists(st.integers(1, 600), max_size=12))
 def test_a_connection_says_and_counts_what_it_did(events, late, cuts):
     chunks = cut(session(events, late), cuts)
