@@ -242,7 +242,12 @@ def _decode(raw: bytes) -> str:
 
 
 class AmiParser:
-    """Incremental AMI parser (see the module docstring for the format and the limits)."""
+    """Incremental AMI parser (see the module docstring for the format and the limits).
+
+    `wanted`, when set, names the events (lower case) worth returning: any other event is
+    dropped once it is known to be a well-formed message, before its fields are read, and
+    counted in `skipped` (errors in it are reported as ever).
+    """
 
     def __init__(self, *, max_line: int = 8 * 1024, max_message: int = 64 * 1024) -> None:
         self.max_line = max_line

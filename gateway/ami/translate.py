@@ -172,6 +172,8 @@ class AmiTranslator:
 
     `lines` maps each watched AMI line (``PJSIP/201``, ``SIP/201``, ``201``,
     ``201@from-internal``) to its device id. `conn` is put in every report's ``conn``.
+    `events` names (lower case) the events that can change anything here: a parser may drop
+    every other one unread (:attr:`~gateway.ami.protocol.AmiParser.wanted`).
     """
 
     def __init__(self, lines: Mapping[str, str], conn: str = "ami") -> None:
