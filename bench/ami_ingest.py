@@ -169,7 +169,7 @@ async def main(n_hints: int, n_calls: int) -> None:
     got = {d: device_lamp(tracker.state(d)).value for d in tracker.devices}
     wrong = sum(1 for d in want if want[d] != got[d])
     print(f"reconnect to all lamps exact: {(t_sync - t_lost) * 1000:>10.1f} ms from "
-          f"connection lost (backoff {src.backoff_initial * 1000:.0f} ms included; "
+          f"connection lost (backoff {src.backoff.initial * 1000:.0f} ms included; "
           f"{len(m.channels)} channels, {wrong} of {len(want)} lamps wrong)")
     await src.close()
     await task
