@@ -1,8 +1,9 @@
-"""The AMI parser and translator as they were before their fast reading (gateway/ami at
-commit 42281e3: parser, translator, connection), kept unchanged as the reference the differential tests hold the current
-ones to: the same messages, errors, counts and reports from the same bytes.
+"""The AMI parser, translator and connection as they were before their fast reading
+(gateway/ami at commit 42281e3), kept unchanged as the reference the differential tests
+(tests/fuzz/test_fuzz_ami.py) hold the current ones to: the same messages, errors, counts,
+reports and connection events from the same bytes.
 
-Not used by the gateway. Only the imports were changed (one module instead of two).
+Not used by the gateway. Only the imports were changed (one module instead of three).
 """
 
 from __future__ import annotations
