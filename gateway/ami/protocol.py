@@ -43,11 +43,12 @@ _KIND_KEYS: dict[str, Kind] = {"event": "event", "response": "response", "action
 _LINE_KEY = re.compile(r"\r\n([A-Za-z0-9_-]+):")
 # A kind key after the first line, in the lower-case keys joined by "\n".
 _OTHER_KIND = re.compile(r"\n(?:event|response|action)(?:\n|$)")
-# Orders of keys a parser remembers, and the most keys of one it remembers: a real Asterisk
-# writes a few dozen, of at most about 40 keys; a peer sending ever new ones costs at most
-# about 1.5 MB here, then time.
+# Orders of keys a parser remembers, and the largest it remembers (keys, characters of the
+# keys): a real Asterisk writes a few dozen, of at most about 40 keys and 700 characters; a
+# peer sending ever new ones costs at most about 2 MB here, then time.
 MAX_LAYOUTS = 256
 MAX_LAYOUT_KEYS = 64
+MAX_LAYOUT_CHARS = 1024
 _NEW = object()
 
 
@@ -368,14 +369,16 @@ class AmiParser:
         """Where the first value of each key is in the split of an event whose keys, joined
         by "\\n", are `layout` (lower-case key -> index); None if a key after the first is a
         kind key. Kept for the next event of the same keys (Asterisk writes each event the
-        same way every time), up to MAX_LAYOUTS orders of up to MAX_LAYOUT_KEYS keys."""
+        same way every time), up to MAX_LAYOUTS orders of up to MAX_LAYOUT_KEYS keys and
+        MAX_LAYOUT_CHARS characters."""
         low = layout.lower()
         index: dict[str, int] | None = None
         if _OTHER_KIND.search(low, 5) is None:
             index = {}
             for i, lk in enumerate(low.split("\n")):
                 index.setdefault(lk, 2 * i + 2)
-        if len(self._layouts) < MAX_LAYOUTS and layout.count("\n") < MAX_LAYOUT_KEYS:
+        if (len(self._layouts) < MAX_LAYOUTS and len(layout) <= MAX_LAYOUT_CHARS
+                and layout.count("\n") < MAX_LAYOUT_KEYS):
             self._layouts[layout] = index
         return index
 

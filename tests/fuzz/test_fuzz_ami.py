@@ -302,12 +302,15 @@ def test_a_peer_sending_ever_new_orders_of_keys_is_read_the_same_and_held_in_bou
     parser = AmiParser()
     assert len(parse(parser, [stream])) == MAX_LAYOUTS + 100
     assert len(parser._layouts) == MAX_LAYOUTS  # the rest are worked out each time
-    # An order of more keys than a real event has is not remembered at all.
+    # An order of more keys, or longer ones, than a real event has is not remembered.
     long = b"Event: Newstate\r\n" + b"".join(b"K%d: v\r\n" % i
                                                 for i in range(MAX_LAYOUT_KEYS + 1)) + b"\r\n"
-    agree(long * 3, [])
-    parser = AmiParser()
-    assert len(parse(parser, [long * 3])) == 3 and not parser._layouts
+    wide = b"Event: Newstate\r\n" + b"".join(b"K%d%s: v\r\n" % (i, b"y" * 100)
+                                                for i in range(12)) + b"\r\n"
+    for stream in (long, wide):
+        agree(stream * 3, [])
+        parser = AmiParser()
+        assert len(parse(parser, [stream * 3])) == 3 and not parser._layouts
 
 
 # -- translator ------------------------------------------------------------------------------
