@@ -35,6 +35,7 @@ from .provenance import (
     explain_member,
     lose_connection,
     lost_record,
+    records_text,
 )
 from .store import RedisError, Store
 
@@ -148,8 +149,11 @@ class Recorder:
         if not items:
             return
         try:
-            await self.store.append_provenance(
-                {k: [r.to_json() for r in v] for k, v in items.items()}, keep)
+            # Only the newest `keep` of a key are encoded (Pending holds no more than that,
+            # unless `keep` was just lowered): nothing is encoded that the trim drops.
+            lists = [v[-keep:] for v in items.values()]
+            await self.store.append_records(list(items), [len(v) for v in lists],
+                                            records_text([r for v in lists for r in v]), keep)
             self.written += sum(len(v) for v in items.values())
         except (RedisError, OSError):
             self.pending.put_back(items)  # bounded: the oldest go first while Redis is away

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .backoff import Backoff
 from .jsontext import dumps
@@ -139,18 +140,46 @@ end
 return out
 """
 
-# KEYS: the provenance lists. ARGV: keep, then per list its record count and the records.
+# KEYS: the provenance lists. ARGV: keep, each list's record count (one argument: the counts
+# separated by spaces), then every list's records in one argument, one record a line (a
+# record is compact JSON: it never holds a raw newline). One argument for thousands of
+# records: packing each as an argument of its own cost the gateway more than the script.
 _APPEND_CAPPED = """
 local keep = tonumber(ARGV[1])
-local a = 2
-for i = 1, #KEYS do
-  local n = tonumber(ARGV[a])
-  redis.call('RPUSH', KEYS[i], unpack(ARGV, a + 1, a + n))
+local blob = ARGV[3]
+local pos, i = 1, 0
+for count in string.gmatch(ARGV[2], '%d+') do
+  i = i + 1
+  local recs = {}
+  for j = 1, tonumber(count) do
+    local nl = string.find(blob, '\\n', pos, true) or (#blob + 1)
+    recs[j] = string.sub(blob, pos, nl - 1)
+    pos = nl + 1
+  end
+  redis.call('RPUSH', KEYS[i], unpack(recs))
   redis.call('LTRIM', KEYS[i], -keep, -1)
-  a = a + n + 1
 end
-return a
+return i
 """
+
+
+class _Script:
+    """A Lua script run by its SHA1 (loaded again where the server answers NOSCRIPT)."""
+
+    __slots__ = ("text", "sha")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest().encode()
+
+
+def _resp(args: list[bytes]) -> bytes:
+    """A command in RESP (an array of bulk strings), packed in one pass. redis-py's packer
+    joins its whole buffer again for every argument (up to 6 KB each time) and runs an
+    encoder call per argument: for a batch of hundreds of keys and values that cost more
+    CPU than building the batch."""
+    return b"".join([b"*%d\r\n" % len(args),
+                     *[b"$%d\r\n%b\r\n" % (len(a), a) for a in args]])
 
 
 # -- codecs: compact JSON, the same bytes for the same state (the no-op check relies on it) --
@@ -274,6 +303,9 @@ class Change:
 
 _KIND = {"device": ("d", K_DEVICE), "client": ("c", K_CLIENT), "config": ("g", K_CONFIG)}
 _KIND_BY_CODE = {"d": "device", "c": "client", "g": "config"}
+# The same as bytes, for the hand-packed publish call.
+_KIND_B = {kind: (code.encode(), prefix.encode()) for kind, (code, prefix) in _KIND.items()}
+K_SEQ_B, K_LOG_B, LOG_MAXLEN_B = K_SEQ.encode(), K_LOG.encode(), b"%d" % LOG_MAXLEN
 
 
 def _decode_change(seq: int, fields: dict) -> Change:
@@ -300,11 +332,11 @@ class Store:
             pool = aioredis.BlockingConnectionPool.from_url(
                 url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options)
             self.redis = aioredis.Redis(connection_pool=pool)
-        self._publish = self.redis.register_script(_PUBLISH)
+        self._publish = _Script(_PUBLISH)
         self._append_once = self.redis.register_script(_APPEND_ONCE)
         self._reserve = self.redis.register_script(_RESERVE_LOGIN)
         self._release = self.redis.register_script(_RELEASE_LOGIN)
-        self._append_capped = self.redis.register_script(_APPEND_CAPPED)
+        self._append_capped = _Script(_APPEND_CAPPED)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -321,14 +353,43 @@ class Store:
         """Publish (kind, id, json) items in one round trip; returns (seq, changed) each."""
         if not items:
             return []
-        keys = [K_SEQ, K_LOG]
-        args: list = [LOG_MAXLEN]
+        keys = [K_SEQ_B, K_LOG_B]
+        args = [LOG_MAXLEN_B]
         for kind, ident, value in items:
-            code, prefix = _KIND[kind]
-            keys.append(prefix + ident if kind != "config" else prefix)
-            args += (code, ident, value)
-        flat = await self._publish(keys=keys, args=args)
+            code, prefix = _KIND_B[kind]
+            ident_b = ident.encode()
+            keys.append(prefix + ident_b if kind != "config" else prefix)
+            args += (code, ident_b, value.encode())
+        flat = await self._script(self._publish, keys, args)
         return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def _script(self, script: _Script, keys: list[bytes], args: list[bytes]) -> list:
+        """EVALSHA of `script`, hand-packed (see _resp), on a connection of the pool with
+        redis-py's own retry and disconnect-on-error; NOSCRIPT loads it and runs it again."""
+        tail = [b"%d" % len(keys), *keys, *args]
+        try:
+            return await self._packed(_resp([b"EVALSHA", script.sha, *tail]))
+        except NoScriptError:
+            # Redis restarted (or its scripts were flushed) since this script last ran.
+            script.sha = (await self.redis.script_load(script.text)).encode()
+            return await self._packed(_resp([b"EVALSHA", script.sha, *tail]))
+
+    async def _packed(self, command: bytes):  # noqa: ANN202
+        """Send one packed command and read its reply, the way redis-py's execute_command
+        does: a connection of the pool, its retry policy, a failed connection dropped."""
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            async def attempt():  # noqa: ANN202
+                await conn.send_packed_command(command)
+                return await conn.read_response()
+
+            async def failed(_error: BaseException) -> None:
+                await conn.disconnect()
+
+            return await conn.retry.call_with_retry(attempt, failed)
+        finally:
+            await pool.release(conn)
 
     async def publish_device(self, state: DeviceState) -> int:
         return (await self.publish([("device", state.device, encode_device(state))]))[0][0]
@@ -636,19 +697,26 @@ class Store:
                                 keep: int) -> None:
         """Append records (JSON) to the provenance lists of devices ("dev", ID) and clients'
         softphones ("cli", NAME), each list capped at its newest `keep`: one round trip."""
-        items = {k: v for k, v in items.items() if v}
+        items = {k: v[-keep:] for k, v in items.items() if v}
         if not items:
             return
-        keys: list[str] = []
-        args: list = [keep]
-        for (kind, ident), texts in items.items():
-            # Only the newest `keep` could stay anyway; the script unpacks each list's
-            # records onto Lua's stack, which is bounded (8,000).
-            texts = texts[-keep:]
-            keys.append(f"{K_PROV}{kind}:{ident}")
-            args.append(len(texts))
-            args += texts
-        await self._append_capped(keys=keys, args=args)
+        # Only the newest `keep` could stay anyway (and the script unpacks each list's
+        # records onto Lua's stack, which is bounded: 8,000).
+        blob = "\n".join(t for texts in items.values() for t in texts)
+        if blob.count("\n") != sum(len(v) for v in items.values()) - 1:
+            raise ValueError("a provenance record holds a newline (records are compact JSON)")
+        await self.append_records(list(items), [len(v) for v in items.values()], blob, keep)
+
+    async def append_records(self, keys: list[tuple[str, str]], counts: list[int], blob: str,
+                             keep: int) -> None:
+        """:meth:`append_provenance` for records already joined: `blob` holds every list's
+        records one a line (compact JSON), `counts[i]` of them for ("dev"|"cli", ID)
+        `keys[i]`, in order; each count at most `keep`."""
+        if not keys:
+            return
+        await self._script(self._append_capped,
+                           [f"{K_PROV}{kind}:{ident}".encode() for kind, ident in keys],
+                           [b"%d" % keep, " ".join(map(str, counts)).encode(), blob.encode()])
 
     async def read_provenance(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
         """The kept records (JSON, oldest first) of each ("dev", ID) / ("cli", NAME)."""

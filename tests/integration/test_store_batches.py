@@ -55,3 +55,38 @@ async def test_provenance_lists_are_appended_in_order_and_capped_in_one_call(red
             "b19997", "b19998", "b19999"]
     finally:
         await store.close()
+
+
+async def test_the_batch_scripts_are_loaded_again_after_redis_forgot_them(redis_url):
+    """Redis restarted or its scripts were flushed: the next batch still goes in (NOSCRIPT
+    loads the script again), with the same results."""
+    store = Store(redis_url)
+    try:
+        idle = DeviceState("301", DeviceStatus.ONLINE, ())
+        [(seq, changed)] = await store.publish([("device", "301", encode_device(idle))])
+        await store.redis.script_flush()
+        ringing = _ringing("301", "c1")
+        assert await store.publish([("device", "301", encode_device(ringing)),
+                                    ("device", "302", encode_device(idle))]) == [
+            (seq + 1, True), (seq + 2, True)]
+        await store.redis.script_flush()
+        await store.append_records([("dev", "301"), ("cli", "bob")], [2, 1],
+                                   '["a"]\n["Ä],[b"]\n["c"]', keep=5)
+        assert await store.read_provenance([("dev", "301"), ("cli", "bob")]) == {
+            ("dev", "301"): ['["a"]', '["Ä],[b"]'], ("cli", "bob"): ['["c"]']}
+    finally:
+        await store.close()
+
+
+async def test_a_provenance_record_with_a_newline_is_refused_and_nothing_written(redis_url):
+    store = Store(redis_url)
+    try:
+        try:
+            await store.append_provenance({("dev", "401"): ["ok", "two\nlines"]}, keep=5)
+        except ValueError as exc:
+            assert "newline" in str(exc)
+        else:
+            raise AssertionError("a record with a newline was accepted")
+        assert await store.read_provenance([("dev", "401")]) == {("dev", "401"): []}
+    finally:
+        await store.close()

@@ -21,6 +21,7 @@ from gateway.provenance import (
     explain_member,
     explanation_json,
     lose_connection,
+    records_text,
     redact,
     story,
 )
@@ -251,6 +252,27 @@ def test_record_text_is_compact_json_whatever_the_encoder():
     assert text == json.dumps([1700000000.123, *rec[1:14]], separators=(",", ":"),
                               ensure_ascii=False)
     assert Record.from_json(text) == rec._replace(t=1700000000.123)
+
+
+_text = st.one_of(st.none(), st.text(max_size=12),
+                  st.sampled_from(["],[", "a],[b", "x]", "[y", "\\", '"', "\n", "Müller"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False), st.sampled_from(["tapi_bridge", "ami"]),
+    _text, _text, _text, _text, _text, _text, st.booleans(), st.sampled_from(["accepted", "tombstoned"]),
+    _text, st.booleans(), _text), max_size=8))
+def test_a_batch_of_records_is_the_texts_of_each_one_a_line(rows):
+    """The recorder encodes a whole batch in one call: each line is exactly the record's own
+    text, also where a string holds what separates two records in the batch's array."""
+    recs = [Record(t, src, conn or "", "call", call, phase, direction, remote, name, withheld,
+                   outcome, reason or "", changed, lamp)
+            for t, src, conn, call, phase, direction, remote, name, withheld, outcome, reason,
+            changed, lamp in rows]
+    text = records_text(recs)
+    assert text == "\n".join(r.to_json() for r in recs)
+    assert text.split("\n") == [r.to_json() for r in recs] or not recs
 
 
 def test_pending_records_are_bounded_and_keep_order():
