@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from .model import Call, CallState, DeviceState, DeviceStatus, Direction
+from .model import Call, CallState, DeviceState, DeviceStatus, Direction, fast_init
 
 __all__ = [
     "EndedCall",
@@ -122,6 +122,7 @@ _PHASE_STATE = {
 _STATE_PHASE = {v: k for k, v in _PHASE_STATE.items()}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CallReport:
     """A source's word about one call on one device.
@@ -146,6 +147,7 @@ class CallReport:
     conn: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ServiceReport:
     """A device went in or out of service (TAPI LINEDEVSTATE, registration, hint state)."""
@@ -155,6 +157,7 @@ class ServiceReport:
     conn: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class EndedCall:
     """A call that ended: what a journal keeps of it."""
@@ -166,6 +169,7 @@ class EndedCall:
     answered: bool  # it was connected at some point
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What a tracker does with one report, decided before it is applied (for provenance).

@@ -6,7 +6,7 @@ border; the core (:mod:`gateway.calls`, :mod:`gateway.panels`) works on nothing 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 
 __all__ = [
@@ -20,7 +20,37 @@ __all__ = [
     "ClientState",
     "LAMP_PRIORITY",
     "PRESENCE_STATUSES",
+    "fast_init",
 ]
+
+
+def fast_init(cls: type) -> type:
+    """Give a frozen, slotted dataclass an ``__init__`` that stores each field straight
+    through its slot: the same signature, defaults, errors and result as the generated one,
+    for about half the CPU. (The generated one calls ``object.__setattr__`` by name for every
+    field, to get past the frozen ``__setattr__``; these values are built for every report,
+    call and state, so that was a measurable share of every bridge line.) The class stays
+    frozen: only its own ``__init__`` writes the slots. Apply it above ``@dataclass``."""
+    names = [f.name for f in fields(cls)]
+    if any(f.default_factory is not MISSING or not f.init for f in fields(cls)) \
+            or not hasattr(cls, "__slots__") or "__post_init__" in vars(cls):
+        raise TypeError(f"fast_init: {cls.__name__} is not a plain frozen slotted dataclass")
+    ns: dict = {}
+    params = []
+    for f in fields(cls):
+        ns[f"_set_{f.name}"] = vars(cls)[f.name].__set__  # the slot's member descriptor
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            ns[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+    body = "".join(f"    _set_{n}(self, {n})\n" for n in names)
+    exec(f"def __init__(self, {', '.join(params)}):\n{body}", ns)  # noqa: S102
+    init = ns["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
 
 
 class Lamp(str, Enum):
@@ -70,6 +100,7 @@ class DeviceStatus(str, Enum):
     ONLINE = "online"  # in service: the calls say the rest
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Call:
     """One call leg as seen on one device (or reported by one softphone).
@@ -97,6 +128,7 @@ class Call:
     remote_out: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DeviceState:
     """Everything the gateway knows about one device's line at one moment."""
@@ -121,6 +153,7 @@ PRESENCE_STATUSES = (
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Presence:
     status: str = "available"

@@ -34,7 +34,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .backoff import Backoff
 from .jsontext import dumps
-from .model import Call, CallState, ClientState, DeviceState, DeviceStatus, Direction, Presence
+from .model import (Call, CallState, ClientState, DeviceState, DeviceStatus, Direction, Presence,
+                    fast_init)
 
 __all__ = [
     "Store",
@@ -291,6 +292,7 @@ def _sentinel_master(url: str, options: dict) -> aioredis.Redis:
     return sentinel.master_for(service, db=int(db or 0), **options)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Change:
     """One entry of the change log."""

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from ..config import ClientCfg, Config
-from ..model import Call, CallState, ClientState, DeviceState, DeviceStatus, Lamp, Presence
+from ..model import Call, CallState, ClientState, DeviceState, DeviceStatus, Lamp, Presence, fast_init
 from ..numbers import digits
 from .lamps import call_lamp, device_lamp, merge_lamps
 
@@ -45,6 +45,7 @@ __all__ = [
 SHOWN_ONCE_WINDOW = 10.0
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class MemberView:
     """A member's lamp as every watcher would see it with full rights."""
@@ -59,6 +60,7 @@ class MemberView:
     reason: str | None = None  # why the lamp is `unknown` when the gateway itself knows
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DeviceView:
     device: str
@@ -69,6 +71,7 @@ class DeviceView:
     reason: str | None = None  # why the lamp is `unknown` when the gateway itself knows
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Delta:
     """One view changed. `kind` is "member" (key: client name) or "device" (key: device id)."""
