@@ -467,7 +467,9 @@ class LineTracker:
             # A source that reports a call on a line tells us the line works (as in call()).
             self._status[device] = DeviceStatus.ONLINE
             changed = True
-        return verdict, self.state(device), changed, table.calls.get(report.call) or current
+        # The state as state() builds it, from the table at hand (this runs for every report).
+        after = DeviceState(device, DeviceStatus.ONLINE, table.snapshot())
+        return verdict, after, changed, table.calls.get(report.call) or current
 
     def judge(self, report: CallReport) -> Verdict:
         """What :meth:`call` will do with `report` and why (nothing is changed)."""

@@ -156,6 +156,9 @@ def records_text(records: list[Record]) -> str:
 
 # -- making records (the source handler calls these around the tracker) -----------------------
 
+_new_record = tuple.__new__
+
+
 def call_record(source: str, report: CallReport, verdict: Verdict, changed: bool,
                 lamp: Lamp | None, now: float, call_direction: str | None = None) -> Record:
     """A record of a call report. `call_direction`: the tracked call's direction, used where
@@ -164,11 +167,14 @@ def call_record(source: str, report: CallReport, verdict: Verdict, changed: bool
     # every report a source sends.
     direction = report.direction._value_ if report.direction is not None else call_direction
     withheld = report.withheld
-    return Record(now, source, report.conn, "call", report.call, report.phase._value_,
-                  direction, None if withheld else report.remote,
-                  None if withheld else report.remote_name, withheld,
-                  verdict.outcome, verdict.reason, changed,
-                  lamp._value_ if lamp is not None else None)
+    # Every field given, straight to tuple.__new__ (what Record(...) does, less a Python
+    # frame for its __new__).
+    return _new_record(Record, (now, source, report.conn, "call", report.call,
+                                report.phase._value_, direction,
+                                None if withheld else report.remote,
+                                None if withheld else report.remote_name, withheld,
+                                verdict.outcome, verdict.reason, changed,
+                                lamp._value_ if lamp is not None else None, False))
 
 
 def service_record(source: str, report: ServiceReport, changed: bool, lamp: Lamp | None,
