@@ -60,6 +60,7 @@ async def report_path(tmp: Path, devices: int, n: int, keep: int) -> float:
     """CPU seconds per bridge line, through the real handler and its writers' encoding."""
     from gateway.app import Gateway
     from gateway.config import load_config
+    from gateway.provenance import records_text
     from gateway.store import encode_device
 
     cfg_path = config(tmp, devices, keep)
@@ -79,7 +80,7 @@ async def report_path(tmp: Path, devices: int, n: int, keep: int) -> float:
             # What the publisher and the recorder encode for each batch they write.
             [encode_device(s) for s in gw.publisher._dirty.values()]
             gw.publisher._dirty.clear()
-            [r.to_json() for recs in gw.recorder.pending.take().values() for r in recs]
+            records_text([r for recs in gw.recorder.pending.take().values() for r in recs])
         return (time.process_time() - c0) / len(lines)
 
     return best(once)
