@@ -430,12 +430,18 @@ class Store:
 
     async def read_log(self, after: int, block_ms: int = 1000, count: int = 2000) -> list[Change]:
         """Changes with seq > after, waiting up to block_ms for the first one."""
-        reply = await self.redis.xread({K_LOG: f"{after}-0"}, count=count, block=block_ms)
+        # Packed by hand and read without redis-py's command layers (see _packed): this
+        # read is on every lamp's path, and after a quiet moment each layer costs.
+        reply = await self._packed(_resp([
+            b"XREAD", b"COUNT", b"%d" % count, b"BLOCK", b"%d" % block_ms, b"STREAMS",
+            K_LOG_B, b"%d-0" % after]))
         if not reply:
             return []
         out = []
-        for _stream, entries in reply:
-            for entry_id, fields in entries:
+        # A map under RESP3 (what redis-py speaks by default), a list of pairs under RESP2.
+        for _stream, entries in (reply.items() if isinstance(reply, dict) else reply):
+            for entry_id, flat in entries:
+                fields = dict(zip(flat[::2], flat[1::2]))
                 out.append(_decode_change(int(entry_id.partition("-")[0]), fields))
         return out
 
