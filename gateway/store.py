@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .backoff import Backoff
+from .resp import LeanLink, supported as lean_supported
 from .jsontext import dumps
 from .model import (Call, CallState, ClientState, DeviceState, DeviceStatus, Direction, Presence,
                     fast_init)
@@ -334,6 +335,12 @@ class Store:
             pool = aioredis.BlockingConnectionPool.from_url(
                 url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options)
             self.redis = aioredis.Redis(connection_pool=pool)
+        # The publish and the change-log read (every lamp's path, see gateway.resp) on lean
+        # connections of their own; redis-py for everything else, and for these too where
+        # the URL is one it alone speaks (TLS, Sentinel).
+        lean = lean_supported(url)
+        self._lean = LeanLink(url) if lean else None
+        self._lean_read = LeanLink(url, blocking=True) if lean else None
         self._publish = _Script(_PUBLISH)
         self._append_once = self.redis.register_script(_APPEND_ONCE)
         self._reserve = self.redis.register_script(_RESERVE_LOGIN)
@@ -341,6 +348,9 @@ class Store:
         self._append_capped = _Script(_APPEND_CAPPED)
 
     async def close(self) -> None:
+        for link in (self._lean, self._lean_read):
+            if link is not None:
+                link.close()
         await self.redis.aclose()
 
     async def ping(self) -> float:
@@ -369,12 +379,13 @@ class Store:
         """EVALSHA of `script`, hand-packed (see _resp), on a connection of the pool with
         redis-py's own retry and disconnect-on-error; NOSCRIPT loads it and runs it again."""
         tail = [b"%d" % len(keys), *keys, *args]
+        send = self._lean.call if self._lean is not None else self._packed
         try:
-            return await self._packed(_resp([b"EVALSHA", script.sha, *tail]))
+            return await send(_resp([b"EVALSHA", script.sha, *tail]))
         except NoScriptError:
             # Redis restarted (or its scripts were flushed) since this script last ran.
             script.sha = (await self.redis.script_load(script.text)).encode()
-            return await self._packed(_resp([b"EVALSHA", script.sha, *tail]))
+            return await send(_resp([b"EVALSHA", script.sha, *tail]))
 
     async def _packed(self, command: bytes):  # noqa: ANN202
         """Send one packed command and read its reply, the way redis-py's execute_command
@@ -430,15 +441,19 @@ class Store:
 
     async def read_log(self, after: int, block_ms: int = 1000, count: int = 2000) -> list[Change]:
         """Changes with seq > after, waiting up to block_ms for the first one."""
-        # Packed by hand and read without redis-py's command layers (see _packed): this
+        # Packed by hand and read on a lean connection of its own (see gateway.resp): this
         # read is on every lamp's path, and after a quiet moment each layer costs.
-        reply = await self._packed(_resp([
-            b"XREAD", b"COUNT", b"%d" % count, b"BLOCK", b"%d" % block_ms, b"STREAMS",
-            K_LOG_B, b"%d-0" % after]))
+        command = _resp([b"XREAD", b"COUNT", b"%d" % count, b"BLOCK", b"%d" % block_ms,
+                         b"STREAMS", K_LOG_B, b"%d-0" % after])
+        if self._lean_read is not None:
+            reply = await self._lean_read.call(command)
+        else:
+            reply = await self._packed(command)
         if not reply:
             return []
         out = []
-        # A map under RESP3 (what redis-py speaks by default), a list of pairs under RESP2.
+        # A map under RESP3 (what redis-py speaks by default), a list of pairs under RESP2
+        # (the lean connection's).
         for _stream, entries in (reply.items() if isinstance(reply, dict) else reply):
             for entry_id, flat in entries:
                 fields = dict(zip(flat[::2], flat[1::2]))
