@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from ..config import ClientCfg, Config
 from ..model import Call, CallState, ClientState, DeviceState, DeviceStatus, Lamp, Presence, fast_init
 from ..numbers import digits
-from .lamps import call_lamp, device_lamp, merge_lamps
+from .lamps import _CALL_LAMP, device_lamp, merge_lamps
 
 __all__ = [
     "Engine",
@@ -236,10 +236,11 @@ class Engine:
         self._device_seq[state.device] = seq
         self.seq = max(self.seq, seq)
         out = self._recompute_device(state.device, seq)
-        for client in self._clients_of_device.get(state.device, ()):
+        owners = self._clients_of_device.get(state.device, ())
+        for client in owners:
             out.extend(self._recompute_member(client, seq))
         for client in self._temp_owner.get(state.device, ()):
-            if client not in self._clients_of_device.get(state.device, ()):
+            if client not in owners:
                 out.extend(self._recompute_member(client, seq))
         return out
 
@@ -340,24 +341,31 @@ class Engine:
                 cfg.name, cfg.display, number, Lamp.UNKNOWN, (), state.presence, state.logged_in,
                 self.untrusted_reason,
             )
+        # The lamps of the feeding devices (their state without calls: idle, offline or
+        # unknown), then of every call shown. Read straight from the tables of
+        # gateway.panels.lamps: this runs for every member of every change.
+        devices = self._devices
         lamps: list[Lamp] = []
         line_calls: list[Call] = []
         for d in feeding:
-            dstate = self.device_state(d)
-            # Calls count through line_calls below (after the shown-once rule); the device
-            # itself contributes its state without calls: idle, offline or unknown.
+            dstate = devices.get(d)
+            if dstate is None:
+                dstate = DeviceState(d)
             lamps.append(_STATUS_LAMP[dstate.status])
             line_calls.extend(dstate.calls)
         shown_sp: list[Call] = []
-        if cfg.blf.softphone:
+        if cfg.blf.softphone and state.softphone:
             line_calls, shown_sp, _ = shown_once(state.softphone, line_calls)
-        lamps.extend(call_lamp(c) for c in line_calls)
-        lamps.extend(call_lamp(c) for c in shown_sp)
+        for c in line_calls:
+            lamps.append(_CALL_LAMP[c.state])
+        for c in shown_sp:
+            lamps.append(_CALL_LAMP[c.state])
         if not feeding:
             # No line feeds this lamp: whether the client is there is all we know.
             lamps.append(Lamp.IDLE if state.logged_in else Lamp.OFFLINE)
-        lamp = merge_lamps(lamps)
-        calls = _sort_calls(line_calls + shown_sp)
+        lamp = lamps[0] if len(lamps) == 1 else merge_lamps(lamps)
+        calls = line_calls + shown_sp
+        calls = _sort_calls(calls) if len(calls) > 1 else tuple(calls)
         return MemberView(
             cfg.name, cfg.display, number, lamp, calls, state.presence, state.logged_in
         )
