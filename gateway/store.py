@@ -217,11 +217,19 @@ _STATUSES = {m.value: m for m in DeviceStatus}
 
 
 def _dec_calls(items: list) -> tuple[Call, ...]:
-    return tuple(
-        Call(i, _member(_DIRECTIONS, Direction, d), _member(_CALL_STATES, CallState, s), t, r,
-             n, lk, rest[0] if rest else None, bool(len(rest) > 1 and rest[1]))
-        for i, d, s, t, r, n, lk, *rest in items
-    )
+    if not items:
+        return ()
+    out = []
+    for item in items:
+        if len(item) == 7:  # the common form: neither `replaces` nor `remote_out`
+            i, d, s, t, r, n, lk = item
+            rep, rout = None, False
+        else:
+            i, d, s, t, r, n, lk, *rest = item
+            rep, rout = (rest[0] if rest else None), bool(len(rest) > 1 and rest[1])
+        out.append(Call(i, _member(_DIRECTIONS, Direction, d),
+                        _member(_CALL_STATES, CallState, s), t, r, n, lk, rep, rout))
+    return tuple(out)
 
 
 # json's C scanner called directly: json.loads' Python layers (loads, decode, raw_decode)
@@ -312,8 +320,11 @@ K_SEQ_B, K_LOG_B, LOG_MAXLEN_B = K_SEQ.encode(), K_LOG.encode(), b"%d" % LOG_MAX
 
 
 def _decode_change(seq: int, fields: dict) -> Change:
-    kind = _KIND_BY_CODE[fields["k"]]
-    ident, value = fields["i"], fields["v"]
+    return _decode_fields(seq, fields["k"], fields["i"], fields["v"])
+
+
+def _decode_fields(seq: int, code: str, ident: str, value: str) -> Change:
+    kind = _KIND_BY_CODE[code]
     if kind == "device":
         return Change(seq, kind, ident, decode_device(ident, value))
     if kind == "client":
@@ -456,8 +467,13 @@ class Store:
         # (the lean connection's).
         for _stream, entries in (reply.items() if isinstance(reply, dict) else reply):
             for entry_id, flat in entries:
-                fields = dict(zip(flat[::2], flat[1::2]))
-                out.append(_decode_change(int(entry_id.partition("-")[0]), fields))
+                seq = int(entry_id.partition("-")[0])
+                if len(flat) == 6 and flat[0] == "k" and flat[2] == "i" and flat[4] == "v":
+                    # The publish script's own order (k, i, v): read by position.
+                    out.append(_decode_fields(seq, flat[1], flat[3], flat[5]))
+                else:
+                    fields = dict(zip(flat[::2], flat[1::2]))
+                    out.append(_decode_fields(seq, fields["k"], fields["i"], fields["v"]))
         return out
 
     # -- passwords and tokens --------------------------------------------------------------
