@@ -69,6 +69,15 @@ def test_a_call_with_a_sip_dialog_keeps_its_replaces_value():
     assert decode_device("201", text).calls == (with_dialog,)
 
 
+def test_every_optional_call_item_round_trips_in_any_mix():
+    """Seven items (the common call), eight (`replaces`), nine (`remote_out`), in one state."""
+    calls = (CALL, replace(CALL, id="201/c2", replaces="x;to-tag=a;from-tag=b"),
+             replace(CALL, id="201/c3", remote_out=True),
+             replace(CALL, id="201/c4", replaces="y", remote_out=True))
+    state = DeviceState("201", DeviceStatus.ONLINE, calls)
+    assert decode_device("201", encode_device(state)) == state
+
+
 def test_a_stored_device_text_reads_as_json_reads_it_or_fails_as_it_does():
     """The log follower reads states with json's scanner directly: text json.loads reads
     (spaces around it) reads the same, and what it refuses fails with json.loads' error or
