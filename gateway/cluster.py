@@ -28,6 +28,7 @@ log = logging.getLogger("gateway")
 HEARTBEAT_SECONDS = 1.0
 HEARTBEAT_TTL_MS = 3000  # a process silent this long is taken for dead
 LEASE_TTL_MS = 3000  # so another process takes a source over within about 4 s
+OWNERS_REREAD_SECONDS = 30.0  # the janitor's whole read of the owners hash, at least this often
 PING_TIMEOUT = 2.0  # seconds without an answer from a connected Redis: lamps unknown
 REASON_NOT_ANSWERING = "store_not_answering"
 LEASED_SOURCES = ("ami", "sip")  # held by one process at a time; every process hears bridges
@@ -71,6 +72,10 @@ class Cluster:
         self._retry: dict[str, Backoff] = {}
         self._retry_at: dict[str, float] = {}
         self.start_failures: dict[str, str] = {}  # source -> why its last start failed
+        # The janitor's copy of the owners hash, its version and when it was read.
+        self._owners: dict[str, str] | None = None
+        self._owners_version: str | None = None
+        self._owners_read = 0.0
 
     async def join(self) -> None:
         """Say we are alive and take the free leases (before serving clients)."""
@@ -158,7 +163,16 @@ class Cluster:
     async def janitor(self) -> None:
         """Devices owned by a process that is gone turn unknown (its source connection went
         with it); the process that takes over re-syncs them."""
-        owners = await self.store.owners()
+        # The owners hash (a field per device: 10,000 at 10,000 devices) is read again only
+        # when its version moved, and at least every OWNERS_REREAD_SECONDS (a process of an
+        # older version changes it without the version); else one GET a round.
+        version = await self.store.owners_version()
+        now = time.monotonic()
+        if (self._owners is None or version != self._owners_version
+                or now - self._owners_read >= OWNERS_REREAD_SECONDS):
+            self._owners = await self.store.owners()
+            self._owners_version, self._owners_read = version, now
+        owners = self._owners
         if not owners:
             return
         alive = await self.store.alive(p for p in owners.values() if p != self.pid)

@@ -72,6 +72,7 @@ K_OFFLINE = PREFIX + "off:"
 K_FAIL = PREFIX + "fail:"
 K_ALIVE = PREFIX + "alive:"
 K_OWNERS = PREFIX + "owners"
+K_OWNERS_VER = PREFIX + "owners:ver"  # a new random value with every change of the owners hash
 K_LEASE = PREFIX + "lease:"
 K_OP = PREFIX + "op:"
 K_PROV = PREFIX + "prov:"  # {blf}:prov:dev:ID, {blf}:prov:cli:NAME: lamp provenance lists
@@ -702,18 +703,28 @@ class Store:
 
     async def set_owner(self, devices: list[str], pid: str) -> None:
         if devices:
-            await self.redis.hset(K_OWNERS, mapping={d: pid for d in devices})
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(K_OWNERS, mapping={d: pid for d in devices})
+                pipe.set(K_OWNERS_VER, os.urandom(8).hex())
+                await pipe.execute()
 
     async def owners(self) -> dict[str, str]:
         return await self.redis.hgetall(K_OWNERS)
+
+    async def owners_version(self) -> str | None:
+        """A value that changes whenever the owners hash does (set_owner, drop_owner): the
+        janitor reads the whole hash again only then. Random, not a counter: a Redis that
+        lost its data and counted again from zero would repeat an old number."""
+        return await self.redis.get(K_OWNERS_VER)
 
     async def drop_owner(self, device: str, pid: str) -> bool:
         """Forget that dead process `pid` owns `device` (only if it still does)."""
         script = """
         if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-          redis.call('HDEL', KEYS[1], ARGV[1]) return 1 end
+          redis.call('HDEL', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], ARGV[3]) return 1 end
         return 0"""
-        return bool(await self.redis.eval(script, 1, K_OWNERS, device, pid))
+        return bool(await self.redis.eval(script, 2, K_OWNERS, K_OWNERS_VER, device, pid,
+                                          os.urandom(8).hex()))
 
     async def lease(self, name: str, pid: str, ttl_ms: int) -> bool:
         """Take or renew the lease `name` for `pid`; True while we hold it."""

@@ -109,9 +109,27 @@ async def test_the_janitor_asks_about_processes_not_the_whole_keyspace(redis_url
         assert sum(v["calls"] for v in stats.values()) <= 5, stats
         assert orphaned == []  # its owner is alive
 
+        # The owners hash did not change: the next round reads its version, not the hash.
+        r.config_resetstat()
+        await a.janitor()
+        assert "cmdstat_hgetall" not in r.info("commandstats")
+        # A change of owners (a new device, here by a process of an older version that does
+        # not set the version, then by one that does) is seen.
+        r.hset("{blf}:owners", "202", "proc-old")
+        a._owners_read -= 31  # (its whole read, at least every 30 s)
+        r.config_resetstat()
+        await a.janitor()
+        assert r.info("commandstats")["cmdstat_hgetall"]["calls"] == 1
+        assert r.hget("{blf}:owners", "202") is None  # proc-old has no liveness key: dropped
+        await store.set_owner(["203"], "proc-gone")
+        await a.janitor()
+        assert r.hget("{blf}:owners", "203") == "proc-gone"  # alive: kept
+        assert orphaned == []
+
         r.delete("{blf}:alive:proc-gone")  # that process died: its key expired
         await a.janitor()
         assert orphaned == [("201", "proc-gone")]
+        assert r.hgetall("{blf}:owners") == {}
         assert decode_device("201", r.get("{blf}:dev:201").partition(" ")[2]).status \
             is DeviceStatus.UNKNOWN
         assert "cmdstat_scan" not in r.info("commandstats")
