@@ -359,6 +359,7 @@ class AmiConnection:
         # neither the translator nor the re-sync asks for (Newexten, VarSet, ...) unread,
         # from its next read on.
         self._parser.wanted = self.translator.events | {c for _, c in SYNC_LISTS}
+        self._parser.picks = self.translator.picks  # ... and read just what it reads
         self._deadline = now + self.sync_timeout
         for action, complete in SYNC_LISTS:
             aid = next(self._ids)

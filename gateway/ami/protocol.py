@@ -16,9 +16,11 @@ list as an :class:`AmiProtocolError` value (and counted in :attr:`AmiParser.erro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import FrozenInstanceError, dataclass
+from functools import partial
+from operator import itemgetter
 from typing import Literal
 
 __all__ = [
@@ -43,6 +45,9 @@ _KIND_KEYS: dict[str, Kind] = {"event": "event", "response": "response", "action
 _LINE_KEY = re.compile(r"\r\n([A-Za-z0-9_-]+):")
 # A kind key after the first line, in the lower-case keys joined by "\n".
 _OTHER_KIND = re.compile(r"\n(?:event|response|action)(?:\n|$)")
+# Event names whose orders of keys are read by one match each (AmiParser._learn), and how
+# many orders per name: a few per name, so a peer of ever new orders costs a few tries.
+MAX_FAST_ORDERS = 4
 # Orders of keys a parser remembers, and the largest it remembers (keys, characters of the
 # keys): a real Asterisk writes a few dozen, of at most about 40 keys and 700 characters; a
 # peer sending ever new ones costs at most about 2 MB here, then time.
@@ -148,38 +153,61 @@ class AmiMessage:
     ``ChanVariable:`` lines are all kept.
     """
 
-    __slots__ = ("kind", "name", "fields", "_pairs")
+    # _fields: the AmiFields, or, for an event the parser read by one match (see
+    # AmiParser._whole_message), its text, split into fields when first asked for. _pairs:
+    # unset until first asked for where the parser read the message at once. _picks, _picked:
+    # the keys the parser was asked to pick (AmiParser.picks) and their values (see pick()).
+    __slots__ = ("kind", "name", "_fields", "_pairs", "_picks", "_picked")
 
     kind: Kind
     name: str
-    fields: AmiFields
 
     def __init__(self, kind: Kind, name: str, fields: AmiFields | None = None,
                  pairs: tuple[tuple[str, str], ...] = ()) -> None:
         _set(self, "kind", kind)
         _set(self, "name", name)
-        _set(self, "fields", AmiFields() if fields is None else fields)
+        _set(self, "_fields", AmiFields() if fields is None else fields)
         _set(self, "_pairs", pairs)
+        _set(self, "_picks", None)
 
     @classmethod
     def _of_parts(cls, kind: Kind, name: str, fields: AmiFields) -> AmiMessage:
-        # The parser's fast reading: `pairs` are built from the fields' split when asked for.
+        # The parser's reading by one split: `pairs` are built from the fields' split when
+        # asked for.
         self = _new(cls)
-        _set(self, "kind", kind)
-        _set(self, "name", name)
-        _set(self, "fields", fields)
-        _set(self, "_pairs", None)
+        _set_kind(self, kind)
+        _set_name(self, name)
+        _set_fields(self, fields)
+        _set_picks(self, None)
         return self
+
+    @property
+    def fields(self) -> AmiFields:
+        """The first value of every key (case-insensitive)."""
+        f = self._fields
+        if f.__class__ is str:
+            f = _fields_of_text(f)
+            _set_fields(self, f)
+        return f
 
     @property
     def pairs(self) -> tuple[tuple[str, str], ...]:
         """Every ``Key: Value`` line in order."""
-        pairs = self._pairs
-        if pairs is None:
+        try:
+            return self._pairs
+        except AttributeError:
             parts = self.fields._vals
             pairs = tuple(zip(parts[1::2], map(str.strip, parts[2::2])))
             _set(self, "_pairs", pairs)
-        return pairs
+            return pairs
+
+    def pick(self, keys: tuple[str, ...]) -> tuple[str | None, ...]:
+        """The first values of `keys` (lower case), in their order, None for a key not
+        sent: what ``get`` gives for each, taken from the parser's reading where it was
+        asked for exactly these keys (:attr:`AmiParser.picks`)."""
+        if self._picks is keys:
+            return self._picked
+        return tuple(map(self.fields._get, keys))
 
     @property
     def action_id(self) -> str | None:
@@ -221,6 +249,23 @@ class AmiMessage:
         return (AmiMessage, self._key())
 
 
+_set_kind = AmiMessage.kind.__set__  # type: ignore[attr-defined]
+_set_name = AmiMessage.name.__set__  # type: ignore[attr-defined]
+_set_fields = AmiMessage._fields.__set__  # type: ignore[attr-defined]
+_set_picks = AmiMessage._picks.__set__  # type: ignore[attr-defined]
+_set_picked = AmiMessage._picked.__set__  # type: ignore[attr-defined]
+
+
+def _fields_of_text(text: str) -> AmiFields:
+    """The fields of an event in Asterisk's form (see AmiParser._whole_message), as its
+    reading by one split gives them."""
+    parts = _LINE_KEY.split("\r\n" + text)
+    index: dict[str, int] = {}
+    for i, k in enumerate(parts[1::2]):
+        index.setdefault(k.lower(), 2 * i + 2)
+    return AmiFields._of_parts(index, parts)
+
+
 @dataclass(frozen=True, slots=True)
 class AmiProtocolError:
     """Something the peer sent that is no AMI message; it was skipped.
@@ -248,6 +293,11 @@ class AmiParser:
     `wanted`, when set, names the events (lower case) worth returning: any other event is
     dropped once it is known to be a well-formed message, before its fields are read, and
     counted in `skipped` (errors in it are reported as ever).
+
+    `picks`, when set, maps event names (lower case) to the keys (lower case) whose values
+    the reader takes from each such event (:meth:`AmiMessage.pick`): an event of the form
+    and order of keys Asterisk writes is then read by one match that takes just those
+    values; the rest of it is split into fields only if asked for.
     """
 
     def __init__(self, *, max_line: int = 8 * 1024, max_message: int = 64 * 1024) -> None:
@@ -257,15 +307,46 @@ class AmiParser:
         self.messages = 0  # how many messages feed() has returned in all
         # Event names (lower case) worth returning; None: all. Other events are counted in
         # `skipped` and not returned (errors in them are reported as ever).
-        self.wanted: frozenset[str] | None = None
+        self._wanted: frozenset[str] | None = None
+        self._picks: dict[str, tuple[str, ...]] = {}
         self.skipped = 0
         self._layouts: dict[str, dict[str, int] | None] = {}  # see _layout
+        # Event name as sent -> [(the match of one order of its keys, what takes the picked
+        # values from its groups (None: dropped), the picked keys)], see _learn.
+        self._fast: dict[str, list[tuple[Callable[[str], re.Match[str] | None],
+                                          Callable[[tuple], tuple] | None,
+                                          tuple[str, ...] | None]]] = {}
+        self._fast_orders = 0
         self._buf = bytearray()
         self._skip_line = False  # dropping the rest of an oversized line, up to its LF
         self._pairs: list[tuple[str, str]] = []
         self._kind: Kind | None = None
         self._size = 0
         self._bad = False  # the message being collected was reported broken: drop it
+
+    @property
+    def wanted(self) -> frozenset[str] | None:
+        """Event names (lower case) worth returning; None: all."""
+        return self._wanted
+
+    @wanted.setter
+    def wanted(self, names: frozenset[str] | None) -> None:
+        self._wanted = names
+        self._forget_orders()
+
+    @property
+    def picks(self) -> Mapping[str, tuple[str, ...]]:
+        """Event name (lower case) -> the keys (lower case) whose values are picked."""
+        return self._picks
+
+    @picks.setter
+    def picks(self, picks: Mapping[str, tuple[str, ...]]) -> None:
+        self._picks = dict(picks)
+        self._forget_orders()
+
+    def _forget_orders(self) -> None:
+        self._fast.clear()
+        self._fast_orders = 0
 
     def reset(self) -> None:
         """Forget everything buffered (a new connection starts clean)."""
@@ -341,6 +422,28 @@ class AmiParser:
                 text = block.decode("utf-8")
             except UnicodeDecodeError:
                 return False  # a Latin-1 field: decoded field by field
+            # The name: the first line's value (what the split below reads, where it reads).
+            nl = text.find("\n")
+            name = (text[6:nl] if nl >= 0 else text[6:]).strip()
+            fast = self._fast.get(name)
+            if fast is not None:
+                # An order of keys seen before: one match tells the form and the order, and
+                # takes the picked values (see _learn).
+                for match, take, keys in fast:
+                    m = match(text)
+                    if m is not None:
+                        if take is None:
+                            self.skipped += 1
+                            return True
+                        self.messages += 1
+                        msg = _new(AmiMessage)
+                        _set_kind(msg, "event")
+                        _set_name(msg, name)
+                        _set_fields(msg, text)
+                        _set_picks(msg, keys)
+                        _set_picked(msg, take((*map(str.strip, m.groups()), None)))
+                        out.append(msg)
+                        return True
             # ["", key, value, key, value, ...]: a key is matched only where a line starts.
             parts = _LINE_KEY.split("\r\n" + text)
             n = len(parts) >> 1
@@ -354,16 +457,56 @@ class AmiParser:
                     index = self._layout(layout)
                 if index is None:
                     return False  # a second Event/Response/Action line: the lines tell
-                name = parts[2].strip()
-                wanted = self.wanted
-                if wanted is not None and name.lower() not in wanted:
+                wanted = self._wanted
+                low = name.lower()
+                if wanted is not None and low not in wanted:
+                    self._learn(name, parts, None)
                     self.skipped += 1
                     return True
+                keys = self._picks.get(low)
+                if keys is not None:
+                    self._learn(name, parts, keys)
                 self.messages += 1
                 out.append(AmiMessage._of_parts("event", name,
                                                 AmiFields._of_parts(index, parts)))
                 return True
         return self._whole_block(block, out)
+
+    def _learn(self, name: str, parts: list[str], keys: tuple[str, ...] | None) -> None:
+        """Read the next events named `name` of the keys of `parts` (the split of one that
+        was read, with no second kind key) in the same order by one match: its first line,
+        then each key as sent, its colon and the rest of its line, the values of the first
+        of each key in `keys` taken (stripped, in the order of `keys`, None for a key it
+        has not); `keys` None: the event is dropped (not wanted). Up to MAX_FAST_ORDERS
+        orders per name and MAX_LAYOUTS in all, of the bounds of :meth:`_layout`."""
+        fast = self._fast.get(name, ())
+        if (len(fast) >= MAX_FAST_ORDERS or self._fast_orders >= MAX_LAYOUTS
+                or len(parts) > 2 * MAX_LAYOUT_KEYS + 1
+                or sum(map(len, parts[1::2])) > MAX_LAYOUT_CHARS
+                or (keys is not None and "event" in keys)):
+            return  # read by the split, as any order
+        fast = self._fast.setdefault(name, [])
+        pattern = ["Event:[^\n]*"]
+        where: dict[str, int] = {}  # picked key -> its group
+        for k in parts[3::2]:
+            lk = k.lower()
+            if keys is not None and lk in keys and lk not in where:
+                where[lk] = len(where)
+                pattern.append("\r\n" + re.escape(k) + ":([^\n]*)")
+            else:
+                pattern.append("\r\n" + re.escape(k) + ":[^\n]*")
+        take: Callable[[tuple], tuple] | None = None
+        if keys is not None:
+            # The stripped groups, then None (for a key the event has not).
+            idx = [where.get(k, len(where)) for k in keys]
+            if len(idx) > 1:
+                take = itemgetter(*idx)
+            elif idx:
+                take = partial(_one, idx[0])
+            else:
+                take = _nothing
+        fast.append((re.compile("".join(pattern)).fullmatch, take, keys))
+        self._fast_orders += 1
 
     def _layout(self, layout: str) -> dict[str, int] | None:
         """Where the first value of each key is in the split of an event whose keys, joined
@@ -491,6 +634,14 @@ class AmiParser:
             return
         self.messages += 1
         out.append(AmiMessage(kind, name, AmiFields(pairs), tuple(pairs)))
+
+
+def _one(i: int, groups: tuple) -> tuple:
+    return (groups[i],)
+
+
+def _nothing(groups: tuple) -> tuple:
+    return ()
 
 
 def _sample(pairs: list[tuple[str, str]]) -> bytes:

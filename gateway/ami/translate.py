@@ -116,20 +116,15 @@ def channel_phase(state: int | None, held: bool) -> Phase | None:
     return None
 
 
-class _Keys:
-    """The lower-case keys of a channel snapshot, plain (``Channel``) or of the other side
-    (``DestChannel``): looked up straight in the message's fields (AmiFields._get)."""
-
-    __slots__ = ("channel", "uniqueid", "state", "linkedid", "cl_num", "cl_name", "exten")
-
-    def __init__(self, prefix: str) -> None:
-        p = prefix.lower()
-        self.channel, self.uniqueid, self.state = p + "channel", p + "uniqueid", p + "channelstate"
-        self.linkedid, self.exten = p + "linkedid", p + "exten"
-        self.cl_num, self.cl_name = p + "connectedlinenum", p + "connectedlinename"
-
-
-_PLAIN, _DEST = _Keys(""), _Keys("Dest")
+# The keys (lower case) each handled event is read for, in the order its handler takes
+# their values (AmiMessage.pick): a parser told them (AmiParser.picks) takes just these.
+# A channel snapshot: the channel, its uniqueid, state, linkedid, connected line number
+# and name, and the dialled extension; DialBegin/DialEnd carry the other side's as Dest*.
+_SNAPSHOT = ("channel", "uniqueid", "channelstate", "linkedid", "connectedlinenum",
+             "connectedlinename", "exten")
+_DEST_SNAPSHOT = tuple("dest" + k for k in _SNAPSHOT)
+_N = len(_SNAPSHOT)  # where the Dest* snapshot starts in a DialBegin/DialEnd's values
+MAX_CHANNEL_ROUTES = 4096  # channel names whose devices are remembered (then forgotten)
 
 
 def _int(value: str | None) -> int | None:
@@ -195,6 +190,9 @@ class AmiTranslator:
         if not self._device_lines:
             names.discard("devicestatechange")
         self.events: frozenset[str] = frozenset(names)
+        # What each of them is read for (lower case): a parser may pick just these values
+        # (AmiParser.picks), in the order the handlers take them.
+        self.picks: dict[str, tuple[str, ...]] = {n: _HANDLERS[n][1] for n in sorted(names)}
         self.reset()
 
     def reset(self) -> None:
@@ -205,12 +203,25 @@ class AmiTranslator:
         self._hinted: set[str] = set()  # device ids whose hint has been seen
         self._hold_devices: set[str] = set()  # device ids whose last state was ONHOLD
         self._routes: dict[str, tuple[str, ...]] = {}  # cache: asterisk device -> ids
+        # cache: channel name -> ids (a channel's events name it again and again; a
+        # channel of no watched device, too), forgotten with _routes or when full.
+        self._channel_routes: dict[str, tuple[str, ...]] = {}
 
     # -- which device -----------------------------------------------------------------
 
     def devices_of_channel(self, channel: str) -> tuple[str, ...]:
         """The watched device ids a channel name belongs to (empty: none)."""
-        dev = _norm_device(channel_device(channel))
+        hit = self._channel_routes.get(channel)
+        if hit is not None:
+            return hit
+        routes = self._channel_routes
+        if len(routes) >= MAX_CHANNEL_ROUTES:
+            routes.clear()
+        hit = routes[channel] = self._devices_of_device(_norm_device(channel_device(channel)))
+        return hit
+
+    def _devices_of_device(self, dev: str) -> tuple[str, ...]:
+        """The watched device ids of the Asterisk device `dev` (normalised)."""
         hit = self._routes.get(dev)
         if hit is not None:
             return hit
@@ -255,10 +266,11 @@ class AmiTranslator:
         """The reports implied by one message (usually none or one)."""
         if msg.kind != "event":
             return []
-        handler = _HANDLERS.get(msg.name.lower())
-        if handler is None:
+        entry = _HANDLERS.get(msg.name.lower())
+        if entry is None:
             return []
-        return handler(self, msg)
+        handler, keys = entry
+        return handler(self, msg.pick(keys))
 
     def feed_all(self, msgs: Iterable[AmiMessage]) -> list[Report]:
         """Translate several messages in order."""
@@ -269,11 +281,11 @@ class AmiTranslator:
 
     # -- channels ---------------------------------------------------------------------
 
-    def _chan(self, msg: AmiMessage, keys: _Keys = _PLAIN) -> _Chan | None:
-        """The watched channel an event (or its Dest* side) is about, created on first sight."""
-        f = msg.fields._get
-        name = f(keys.channel)
-        uid = f(keys.uniqueid)
+    def _chan(self, v: tuple[str | None, ...], o: int = 0) -> _Chan | None:
+        """The watched channel an event (or its Dest* side) is about, created on first sight:
+        `v` holds its snapshot (see _SNAPSHOT) from `o` on."""
+        name = v[o]
+        uid = v[o + 1]
         if not name and not uid:
             return None
         if not uid:
@@ -294,27 +306,26 @@ class AmiTranslator:
             self._by_name.pop(ch.name, None)
             ch.name = name
             self._by_name[name] = uid
-        self._snapshot(ch, f, keys)
-        return ch
-
-    @staticmethod
-    def _snapshot(ch: _Chan, f: Callable[[str], str | None], keys: _Keys) -> None:
-        """Take the channel snapshot fields every channel event carries."""
-        state = _int(f(keys.state))
-        if state is not None:
-            ch.state = state
-        link = f(keys.linkedid)
-        if link:
-            ch.linkedid = link
-        value = f(keys.cl_num)
+        # The snapshot fields every channel event carries.
+        value = v[o + 2]
+        if value is not None:
+            state = _int(value)
+            if state is not None:
+                ch.state = state
+        value = v[o + 3]
+        if value:
+            ch.linkedid = value
+        value = v[o + 4]
         if value is not None:
             ch.connected_num = _known(value)
-        value = f(keys.cl_name)
+        value = v[o + 5]
         if value is not None:
             ch.connected_name = _known(value)
-        exten = _known(f(keys.exten))
-        if exten and ch.exten is None and exten != "s":
-            ch.exten = exten
+        if ch.exten is None:
+            exten = _known(v[o + 6])
+            if exten and exten != "s":
+                ch.exten = exten
+        return ch
 
     def _direction(self, ch: _Chan, phase: Phase) -> Direction:
         if phase is Phase.RINGING:
@@ -363,13 +374,13 @@ class AmiTranslator:
             for d in ch.devices
         ]
 
-    def _on_channel(self, msg: AmiMessage) -> list[Report]:
-        ch = self._chan(msg)
+    def _on_channel(self, v: tuple[str | None, ...]) -> list[Report]:
+        ch = self._chan(v)
         return self._report(ch) if ch else []
 
-    def _on_rename(self, msg: AmiMessage) -> list[Report]:
-        uid = msg.get("Uniqueid") or self._by_name.get(msg.get("Channel") or "")
-        new = msg.get("Newname")
+    def _on_rename(self, v: tuple[str | None, ...]) -> list[Report]:
+        uniqueid, channel, new = v
+        uid = uniqueid or self._by_name.get(channel or "")
         ch = self._chans.get(uid or "")
         if ch is not None and new:
             self._by_name.pop(ch.name, None)
@@ -377,17 +388,17 @@ class AmiTranslator:
             self._by_name[new] = ch.uniqueid
         return []
 
-    def _on_coreshowchannel(self, msg: AmiMessage) -> list[Report]:
-        ch = self._chan(msg)
+    def _on_coreshowchannel(self, v: tuple[str | None, ...]) -> list[Report]:
+        ch = self._chan(v)
         if ch is None:
             return []
-        app = msg.get("Application")
+        app = v[_N]
         if app:
             ch.application = app
         return self._report(ch)
 
-    def _on_hangup(self, msg: AmiMessage) -> list[Report]:
-        ch = self._chan(msg)
+    def _on_hangup(self, v: tuple[str | None, ...]) -> list[Report]:
+        ch = self._chan(v)
         if ch is None:
             return []
         self._chans.pop(ch.uniqueid, None)
@@ -395,46 +406,54 @@ class AmiTranslator:
             del self._by_name[ch.name]
         return self._report(ch, Phase.ENDED)
 
-    def _on_dialbegin(self, msg: AmiMessage) -> list[Report]:
+    def _on_dialbegin(self, v: tuple[str | None, ...]) -> list[Report]:
         out: list[Report] = []
-        src = self._chan(msg)
-        dst = self._chan(msg, _DEST)
+        src = self._chan(v)
+        dst = self._chan(v, _N)
+        dest_num, dest_name, num, name = v[2 * _N:]
         if src is not None:
             src.dialing_out = True
-            src.other_num = _known(msg.get("DestCallerIDNum"))
-            src.other_name = _known(msg.get("DestCallerIDName"))
+            src.other_num = _known(dest_num)
+            src.other_name = _known(dest_name)
             out += self._report(src)
         if dst is not None:
             if dst.direction is None:
                 dst.direction = Direction.IN
-            dst.caller_channel = msg.get("Channel") or None
-            dst.other_num = _known(msg.get("CallerIDNum"))
-            dst.other_name = _known(msg.get("CallerIDName"))
+            dst.caller_channel = v[0] or None
+            dst.other_num = _known(num)
+            dst.other_name = _known(name)
             out += self._report(dst)
         return out
 
-    def _on_dialend(self, msg: AmiMessage) -> list[Report]:
+    def _on_dialend(self, v: tuple[str | None, ...]) -> list[Report]:
         # The states that follow (Up, Hangup) arrive as their own events; the snapshot fields
         # may still carry a newer connected line.
         out: list[Report] = []
-        for keys in (_PLAIN, _DEST):
-            ch = self._chan(msg, keys)
+        for o in (0, _N):
+            ch = self._chan(v, o)
             if ch is not None:
                 out += self._report(ch)
         return out
 
-    def _on_hold(self, msg: AmiMessage, held: bool) -> list[Report]:
-        ch = self._chan(msg)
+    def _on_hold(self, v: tuple[str | None, ...]) -> list[Report]:
+        ch = self._chan(v)
         if ch is None:
             return []
-        ch.held = held
+        ch.held = True
+        return self._report(ch)
+
+    def _on_unhold(self, v: tuple[str | None, ...]) -> list[Report]:
+        ch = self._chan(v)
+        if ch is None:
+            return []
+        ch.held = False
         return self._report(ch)
 
     # -- service states ---------------------------------------------------------------
 
-    def _on_devicestate(self, msg: AmiMessage) -> list[Report]:
-        dev = msg.get("Device")
-        state = (msg.get("State") or "").strip().upper()
+    def _on_devicestate(self, v: tuple[str | None, ...]) -> list[Report]:
+        dev, state = v
+        state = (state or "").strip().upper()
         if not dev or not state:
             return []
         ids = self._device_lines.get(_norm_device(dev), ())
@@ -446,15 +465,15 @@ class AmiTranslator:
         ok = state not in OUT_OF_SERVICE_DEVICE_STATES
         return [ServiceReport(d, ok, conn=self.conn) for d in ids]
 
-    def _on_extensionstatus(self, msg: AmiMessage) -> list[Report]:
-        exten = (msg.get("Exten") or "").strip()
-        status = (msg.get("Status") or "").strip()
+    def _on_extensionstatus(self, v: tuple[str | None, ...]) -> list[Report]:
+        exten, status, context, hint = v
+        exten = (exten or "").strip()
+        status = (status or "").strip()
         if not exten or not status:
             return []
-        ids = self._hint_line_devices(exten, (msg.get("Context") or "").strip())
+        ids = self._hint_line_devices(exten, (context or "").strip())
         if not ids:
             return []
-        hint = msg.get("Hint")
         if hint:
             # "PJSIP/201&SIP/201,CustomPresence:201": device states before the comma.
             devs = [_norm_device(x) for x in hint.split(",", 1)[0].split("&") if "/" in x]
@@ -463,6 +482,7 @@ class AmiTranslator:
                 self._hint_devices[dev] = have + tuple(d for d in ids if d not in have)
             self._hinted.update(ids)
             self._routes.clear()
+            self._channel_routes.clear()
         for d in ids:
             if status in _HOLD_EXTENSION_STATUSES:
                 self._hold_devices.add(d)
@@ -471,7 +491,7 @@ class AmiTranslator:
         ok = status not in OUT_OF_SERVICE_EXTENSION_STATUSES
         return [ServiceReport(d, ok, conn=self.conn) for d in ids]
 
-    def _on_coreshowchannels_complete(self, msg: AmiMessage) -> list[Report]:
+    def _on_coreshowchannels_complete(self, v: tuple[str | None, ...]) -> list[Report]:
         # CoreShowChannel does not tell hold: a device whose state says ONHOLD has its up
         # channels on hold (its Hold event happened before we connected).
         out: list[Report] = []
@@ -484,21 +504,26 @@ class AmiTranslator:
         return out
 
 
-_HANDLERS = {
-    "newchannel": AmiTranslator._on_channel,
-    "newstate": AmiTranslator._on_channel,
-    "newconnectedline": AmiTranslator._on_channel,
-    "newcallerid": AmiTranslator._on_channel,
-    "bridgeenter": AmiTranslator._on_channel,
-    "bridgeleave": AmiTranslator._on_channel,
-    "rename": AmiTranslator._on_rename,
-    "coreshowchannel": AmiTranslator._on_coreshowchannel,
-    "hangup": AmiTranslator._on_hangup,
-    "dialbegin": AmiTranslator._on_dialbegin,
-    "dialend": AmiTranslator._on_dialend,
-    "hold": lambda self, m: self._on_hold(m, True),
-    "unhold": lambda self, m: self._on_hold(m, False),
-    "devicestatechange": AmiTranslator._on_devicestate,
-    "extensionstatus": AmiTranslator._on_extensionstatus,
-    "coreshowchannelscomplete": AmiTranslator._on_coreshowchannels_complete,
+# Event name (lower case) -> its handler and the keys it reads.
+_HANDLERS: dict[str, tuple[Callable[[AmiTranslator, tuple[str | None, ...]], list[Report]],
+                           tuple[str, ...]]] = {
+    "newchannel": (AmiTranslator._on_channel, _SNAPSHOT),
+    "newstate": (AmiTranslator._on_channel, _SNAPSHOT),
+    "newconnectedline": (AmiTranslator._on_channel, _SNAPSHOT),
+    "newcallerid": (AmiTranslator._on_channel, _SNAPSHOT),
+    "bridgeenter": (AmiTranslator._on_channel, _SNAPSHOT),
+    "bridgeleave": (AmiTranslator._on_channel, _SNAPSHOT),
+    "rename": (AmiTranslator._on_rename, ("uniqueid", "channel", "newname")),
+    "coreshowchannel": (AmiTranslator._on_coreshowchannel, (*_SNAPSHOT, "application")),
+    "hangup": (AmiTranslator._on_hangup, _SNAPSHOT),
+    "dialbegin": (AmiTranslator._on_dialbegin,
+                  (*_SNAPSHOT, *_DEST_SNAPSHOT, "destcalleridnum", "destcalleridname",
+                   "calleridnum", "calleridname")),
+    "dialend": (AmiTranslator._on_dialend, (*_SNAPSHOT, *_DEST_SNAPSHOT)),
+    "hold": (AmiTranslator._on_hold, _SNAPSHOT),
+    "unhold": (AmiTranslator._on_unhold, _SNAPSHOT),
+    "devicestatechange": (AmiTranslator._on_devicestate, ("device", "state")),
+    "extensionstatus": (AmiTranslator._on_extensionstatus,
+                        ("exten", "status", "context", "hint")),
+    "coreshowchannelscomplete": (AmiTranslator._on_coreshowchannels_complete, ()),
 }
