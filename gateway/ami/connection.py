@@ -246,7 +246,17 @@ class AmiConnection:
         out: list[Event] = []
         live: list[Report] = []
         translate = self.translator.feed
+        picked = self.translator.feed_picked
         for item in self._parser.feed(data):
+            if item.__class__ is tuple:
+                # A live event read by the translator's picks (the parser is bare once
+                # live): its values straight to the translator.
+                self._routed += 1
+                try:
+                    live += picked(item[0], item[1])
+                except Exception:  # a translator bug must not take the source down
+                    log.exception("AMI: cannot translate %s event", item[2])
+                continue
             if item.__class__ is AmiMessage and item.kind == "event" and \
                     self.state is State.LIVE:
                 # Most of what arrives: a live event, straight to the translator (what
@@ -409,6 +419,8 @@ class AmiConnection:
             return
         batch, self._sync_buf = self._sync_buf, []
         self.state = State.LIVE
+        # Live, an event is only translated: the parser may hand over just its picks.
+        self._parser.bare = True
         self.synced_once = True
         self._deadline = None
         if self.ping_interval > 0:

@@ -45,6 +45,11 @@ _KIND_KEYS: dict[str, Kind] = {"event": "event", "response": "response", "action
 _LINE_KEY = re.compile(r"\r\n([A-Za-z0-9_-]+):")
 # A kind key after the first line, in the lower-case keys joined by "\n".
 _OTHER_KIND = re.compile(r"\n(?:event|response|action)(?:\n|$)")
+# Lines of an event in Asterisk's form (CRLF line ends; after the first, each a key of
+# letters, digits, "-", "_" with its colon, none of them a kind key): what the line-by-line
+# reading takes without a word (see AmiParser._pending_event).
+_EVENT_LINES = re.compile(
+    r"Event:[^\n]*(?:\r\n(?!(?i:event|response|action):)[A-Za-z0-9_-]+:[^\n]*)*")
 # Event names whose orders of keys are read by one match each (AmiParser._learn), and how
 # many orders per name: a few per name, so a peer of ever new orders costs a few tries.
 MAX_FAST_ORDERS = 4
@@ -256,6 +261,18 @@ _set_picks = AmiMessage._picks.__set__  # type: ignore[attr-defined]
 _set_picked = AmiMessage._picked.__set__  # type: ignore[attr-defined]
 
 
+def _picked_event(name: str, text: str, keys: tuple[str, ...],
+                  values: tuple[str | None, ...]) -> AmiMessage:
+    """An event read by its picks: fields split from `text` when first asked for."""
+    msg = _new(AmiMessage)
+    _set_kind(msg, "event")
+    _set_name(msg, name)
+    _set_fields(msg, text)
+    _set_picks(msg, keys)
+    _set_picked(msg, values)
+    return msg
+
+
 def _fields_of_text(text: str) -> AmiFields:
     """The fields of an event in Asterisk's form (see AmiParser._whole_message), as its
     reading by one split gives them."""
@@ -312,10 +329,15 @@ class AmiParser:
         self.skipped = 0
         self._layouts: dict[str, dict[str, int] | None] = {}  # see _layout
         # Event name as sent -> [(the match of one order of its keys, what takes the picked
-        # values from its groups (None: dropped), the picked keys)], see _learn.
+        # values from its groups (None: dropped), the picked keys, the name in lower case)],
+        # see _learn.
         self._fast: dict[str, list[tuple[Callable[[str], re.Match[str] | None],
                                           Callable[[tuple], tuple] | None,
-                                          tuple[str, ...] | None]]] = {}
+                                          tuple[str, ...] | None, str]]] = {}
+        # True: an event read by its picks is returned as the tuple (name in lower case,
+        # values of the picks, name as sent) rather than as an AmiMessage (for a reader
+        # that wants no more of it).
+        self.bare = False
         self._fast_orders = 0
         self._buf = bytearray()
         self._skip_line = False  # dropping the rest of an oversized line, up to its LF
@@ -360,9 +382,10 @@ class AmiParser:
         self._size = 0
         self._bad = False
 
-    def feed(self, data: bytes) -> list[AmiMessage | AmiProtocolError]:
-        """Parse `data` after what earlier calls left; return complete messages and errors."""
-        out: list[AmiMessage | AmiProtocolError] = []
+    def feed(self, data: bytes) -> list[AmiMessage | AmiProtocolError | tuple]:
+        """Parse `data` after what earlier calls left; return complete messages and errors
+        (and, with :attr:`bare`, the tuples of events read by their picks)."""
+        out: list[AmiMessage | AmiProtocolError | tuple] = []
         if self._skip_line:
             # The tail of a line already reported as too long: drop it up to its LF, without
             # ever buffering it.
@@ -373,17 +396,30 @@ class AmiParser:
             data = data[nl + 1 :]
         buf = self._buf
         buf += data
-        pos = 0
         n = len(buf)
+        pos = self._blocks(out) if not self._pairs and not self._bad else 0
+        find = buf.find
         while pos < n:
             if not self._pairs and not self._bad:
                 # Between messages: a whole well-formed message is read in one go (see
                 # _whole_message); anything unusual goes line by line below.
-                end = buf.find(b"\r\n\r\n", pos)
-                if pos < end <= pos + self.max_line and self._whole_message(
-                        buf[pos:end], out):
-                    pos = end + 4
-                    continue
+                end = find(b"\r\n\r\n", pos)
+                if pos < end <= pos + self.max_line:
+                    if not buf.startswith(b"Event:", pos, end):
+                        if self._whole_block(buf[pos:end], out):
+                            pos = end + 4
+                            continue
+                    else:
+                        try:
+                            text = buf[pos:end].decode("utf-8")
+                        except UnicodeDecodeError:
+                            text = None  # a Latin-1 field: decoded field by field
+                        if text is not None and self._event(text, buf, pos, end, out):
+                            pos = end + 4
+                            continue
+                elif (end < 0 and n - pos <= min(self.max_line, self.max_message)
+                        and self._pending_event(pos)):
+                    break  # the start of an event, read whole when its end is there
             nl = buf.find(b"\n", pos)
             if nl < 0:
                 break
@@ -404,10 +440,79 @@ class AmiParser:
             self._skip_line = True
         return out
 
-    def _whole_message(self, block: bytes | bytearray, out: list) -> bool:
-        """Read one message (its lines without the empty line) at once, where that gives
-        exactly what reading it line by line gives. Returns False (having changed nothing)
-        where it would not: the line-by-line reading then reports it as it always has.
+    def _pending_event(self, pos: int) -> bool:
+        """The buffer from `pos` on is the start of an event whose complete lines are all
+        in Asterisk's form (see _EVENT_LINES): reading them now, line by line, would say
+        nothing, so the event can wait for its end to be read whole."""
+        buf = self._buf
+        if not buf.startswith(b"Event:", pos):
+            return False
+        nl = buf.rfind(b"\n", pos)
+        if nl < 0:
+            return True  # no line complete yet
+        try:
+            lines = buf[pos:nl].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return lines.endswith("\r") and _EVENT_LINES.fullmatch(lines, 0, len(lines) - 1) is not None
+
+    def _blocks(self, out: list) -> int:
+        """Read the buffer's whole messages, from its start, as far as each reads at once
+        (:meth:`_event`, :meth:`_whole_block`): all of them decoded by one decode and cut
+        by one split. Returns where it stopped (the line-by-line reading goes on there)."""
+        buf = self._buf
+        last = buf.rfind(b"\r\n\r\n")
+        if last <= 0:
+            return 0
+        try:
+            whole = buf[:last].decode("utf-8")
+        except UnicodeDecodeError:
+            return 0  # a Latin-1 field somewhere: message by message
+        pos = 0
+        max_line = self.max_line
+        for text in whole.split("\r\n\r\n"):
+            size = len(text) if text.isascii() else len(text.encode("utf-8"))
+            if not 0 < size <= max_line:
+                break
+            end = pos + size
+            if text.startswith("Event:"):
+                if not self._event(text, buf, pos, end, out):
+                    break
+            elif not self._whole_block(buf[pos:end], out):
+                break
+            pos = end + 4
+        return pos
+
+    def _event(self, text: str, buf: bytearray, pos: int, end: int, out: list) -> bool:
+        """Read the event `text` (decoded from buf[pos:end]) at once where that gives what
+        its lines give; False (nothing changed) where not. One of a known order of keys
+        is read by its match (see _learn), any other by :meth:`_whole_message`."""
+        # The name: the first line's value (what the split reads, where it reads).
+        nl = text.find("\n")
+        name = (text[6:nl] if nl >= 0 else text[6:]).strip()
+        fast = self._fast.get(name)
+        if fast is not None:
+            for match, take, keys, low in fast:
+                m = match(text)
+                if m is not None:
+                    if take is None:
+                        self.skipped += 1
+                        return True
+                    self.messages += 1
+                    values = take((*map(str.strip, m.groups()), None))
+                    if self.bare:
+                        out.append((low, values, name))
+                    else:
+                        out.append(_picked_event(name, text, keys, values))
+                    return True
+        return self._whole_message(text, name, buf[pos:end], out)
+
+    def _whole_message(self, text: str, name: str, block: bytes | bytearray,
+                       out: list) -> bool:
+        """Read one event (its lines without the empty line, `text` decoded from `block`,
+        `name` its first line's value) at once, where that gives exactly what reading it
+        line by line gives. Returns False (having changed nothing) where it would not: the
+        line-by-line reading then reports it as it always has.
 
         An event in the form Asterisk writes (``Event:`` first, CRLF lines, valid UTF-8,
         every line a key of letters, digits, ``-`` or ``_`` with its colon) is cut into keys
@@ -415,61 +520,35 @@ class AmiParser:
         each key's value is comes from the order of its keys, worked out once per order
         (:meth:`_layout`), and a value is stripped when it is looked up. An event whose name
         is not in :attr:`wanted` is counted in :attr:`skipped` and dropped here, before any
-        of its fields is looked at. Anything else well-formed goes through
-        :meth:`_whole_block`."""
-        if block.startswith(b"Event:"):
-            try:
-                text = block.decode("utf-8")
-            except UnicodeDecodeError:
-                return False  # a Latin-1 field: decoded field by field
-            # The name: the first line's value (what the split below reads, where it reads).
-            nl = text.find("\n")
-            name = (text[6:nl] if nl >= 0 else text[6:]).strip()
-            fast = self._fast.get(name)
-            if fast is not None:
-                # An order of keys seen before: one match tells the form and the order, and
-                # takes the picked values (see _learn).
-                for match, take, keys in fast:
-                    m = match(text)
-                    if m is not None:
-                        if take is None:
-                            self.skipped += 1
-                            return True
-                        self.messages += 1
-                        msg = _new(AmiMessage)
-                        _set_kind(msg, "event")
-                        _set_name(msg, name)
-                        _set_fields(msg, text)
-                        _set_picks(msg, keys)
-                        _set_picked(msg, take((*map(str.strip, m.groups()), None)))
-                        out.append(msg)
-                        return True
-            # ["", key, value, key, value, ...]: a key is matched only where a line starts.
-            parts = _LINE_KEY.split("\r\n" + text)
-            n = len(parts) >> 1
-            # Every line started with a key: n keys for n lines, every LF in one of the
-            # n - 1 line ends. (A CR inside a value stays there, as in the line-by-line
-            # reading; at a value's end the strip takes it, as there.)
-            if text.count("\n") == n - 1:
-                layout = "\n".join(parts[1::2])  # the keys as sent; they hold no "\n"
-                index = self._layouts.get(layout, _NEW)
-                if index is _NEW:
-                    index = self._layout(layout)
-                if index is None:
-                    return False  # a second Event/Response/Action line: the lines tell
-                wanted = self._wanted
-                low = name.lower()
-                if wanted is not None and low not in wanted:
-                    self._learn(name, parts, None)
-                    self.skipped += 1
-                    return True
-                keys = self._picks.get(low)
-                if keys is not None:
-                    self._learn(name, parts, keys)
-                self.messages += 1
-                out.append(AmiMessage._of_parts("event", name,
-                                                AmiFields._of_parts(index, parts)))
+        of its fields is looked at. An order of keys met here is then read by one match
+        (:meth:`_learn`) where its events are dropped or picked. Anything else well-formed
+        goes through :meth:`_whole_block`."""
+        # ["", key, value, key, value, ...]: a key is matched only where a line starts.
+        parts = _LINE_KEY.split("\r\n" + text)
+        n = len(parts) >> 1
+        # Every line started with a key: n keys for n lines, every LF in one of the
+        # n - 1 line ends. (A CR inside a value stays there, as in the line-by-line
+        # reading; at a value's end the strip takes it, as there.)
+        if text.count("\n") == n - 1:
+            layout = "\n".join(parts[1::2])  # the keys as sent; they hold no "\n"
+            index = self._layouts.get(layout, _NEW)
+            if index is _NEW:
+                index = self._layout(layout)
+            if index is None:
+                return False  # a second Event/Response/Action line: the lines tell
+            wanted = self._wanted
+            low = name.lower()
+            if wanted is not None and low not in wanted:
+                self._learn(name, parts, None)
+                self.skipped += 1
                 return True
+            keys = self._picks.get(low)
+            if keys is not None:
+                self._learn(name, parts, keys)
+            self.messages += 1
+            out.append(AmiMessage._of_parts("event", name,
+                                            AmiFields._of_parts(index, parts)))
+            return True
         return self._whole_block(block, out)
 
     def _learn(self, name: str, parts: list[str], keys: tuple[str, ...] | None) -> None:
@@ -505,7 +584,7 @@ class AmiParser:
                 take = partial(_one, idx[0])
             else:
                 take = _nothing
-        fast.append((re.compile("".join(pattern)).fullmatch, take, keys))
+        fast.append((re.compile("".join(pattern)).fullmatch, take, keys, name.lower()))
         self._fast_orders += 1
 
     def _layout(self, layout: str) -> dict[str, int] | None:

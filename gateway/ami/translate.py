@@ -272,6 +272,11 @@ class AmiTranslator:
         handler, keys = entry
         return handler(self, msg.pick(keys))
 
+    def feed_picked(self, name: str, values: tuple[str | None, ...]) -> list[Report]:
+        """What :meth:`feed` gives for an event named `name` (lower case, one of
+        :attr:`events`) whose values of ``picks[name]`` are `values`."""
+        return _HANDLERS[name][0](self, values)
+
     def feed_all(self, msgs: Iterable[AmiMessage]) -> list[Report]:
         """Translate several messages in order."""
         out: list[Report] = []

@@ -273,6 +273,8 @@ WANTED = frozenset({"newchannel", "newstate", "hangup", "dialbegin", "hold"})
 @example(b"Event: Hangup\r\n Channel : x \r\n\r\n", [])  # spaces around the key
 @example(b"Event:Hangup\r\nChannel:\x0bx\xc2\xa0\r\n\r\n", [])  # Unicode spaces stripped
 @example(b"Event: Hangup\r\nChannel: a\r\n\r\nEvent: Hold", [3, 40])
+@example(b"Event: Newchannel\r\nEvent: PJSIP/201-00000001\r\n", [])  # told, though cut
+@example(b"Event: Hold\r\nChannel: a\r\nno colon\r\nX: 1\r\n\r\n", [30])
 def test_the_parser_agrees_with_its_reference(stream, cuts):
     agree(stream, cuts)
     agree_wanted(stream, cuts, WANTED)
