@@ -246,14 +246,14 @@ class AmiConnection:
         out: list[Event] = []
         live: list[Report] = []
         translate = self.translator.feed
-        picked = self.translator.feed_picked
+        picked = self.translator.handlers
         for item in self._parser.feed(data):
             if item.__class__ is tuple:
                 # A live event read by the translator's picks (the parser is bare once
                 # live): its values straight to the translator.
                 self._routed += 1
                 try:
-                    live += picked(item[0], item[1])
+                    live += picked[item[0]](item[1])
                 except Exception:  # a translator bug must not take the source down
                     log.exception("AMI: cannot translate %s event", item[2])
                 continue

@@ -45,6 +45,7 @@ not carry it, so `withheld` is never set); unknown events and fields.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 
 from ..calls import CallReport, Phase, ServiceReport
 from ..model import Direction
@@ -127,6 +128,13 @@ _N = len(_SNAPSHOT)  # where the Dest* snapshot starts in a DialBegin/DialEnd's 
 MAX_CHANNEL_ROUTES = 4096  # channel names whose devices are remembered (then forgotten)
 
 
+# ChannelState values as sent -> their number (the usual ones; _int reads any other).
+_STATES = {str(i): i for i in range(11)}
+# The phase of a channel state other than Up (see channel_phase).
+_PHASE_OF_STATE = {**{s: Phase.RINGING for s in _RINGING_STATES},
+                   **{s: Phase.DIALING for s in _DIALING_STATES}}
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -193,6 +201,9 @@ class AmiTranslator:
         # What each of them is read for (lower case): a parser may pick just these values
         # (AmiParser.picks), in the order the handlers take them.
         self.picks: dict[str, tuple[str, ...]] = {n: _HANDLERS[n][1] for n in sorted(names)}
+        # ... and what reads those values: name -> handler(values) -> reports (feed_picked).
+        self.handlers: dict[str, Callable[[tuple[str | None, ...]], list[Report]]] = {
+            n: partial(_HANDLERS[n][0], self) for n in self.picks}
         self.reset()
 
     def reset(self) -> None:
@@ -275,7 +286,7 @@ class AmiTranslator:
     def feed_picked(self, name: str, values: tuple[str | None, ...]) -> list[Report]:
         """What :meth:`feed` gives for an event named `name` (lower case, one of
         :attr:`events`) whose values of ``picks[name]`` are `values`."""
-        return _HANDLERS[name][0](self, values)
+        return self.handlers[name](values)
 
     def feed_all(self, msgs: Iterable[AmiMessage]) -> list[Report]:
         """Translate several messages in order."""
@@ -311,10 +322,12 @@ class AmiTranslator:
             self._by_name.pop(ch.name, None)
             ch.name = name
             self._by_name[name] = uid
-        # The snapshot fields every channel event carries.
+        # The snapshot fields every channel event carries (_known, inline).
         value = v[o + 2]
         if value is not None:
-            state = _int(value)
+            state = _STATES.get(value)
+            if state is None:
+                state = _int(value)
             if state is not None:
                 ch.state = state
         value = v[o + 3]
@@ -322,14 +335,18 @@ class AmiTranslator:
             ch.linkedid = value
         value = v[o + 4]
         if value is not None:
-            ch.connected_num = _known(value)
+            value = value.strip()
+            ch.connected_num = None if value in _UNKNOWN else value
         value = v[o + 5]
         if value is not None:
-            ch.connected_name = _known(value)
+            value = value.strip()
+            ch.connected_name = None if value in _UNKNOWN else value
         if ch.exten is None:
-            exten = _known(v[o + 6])
-            if exten and exten != "s":
-                ch.exten = exten
+            value = v[o + 6]
+            if value is not None:
+                value = value.strip()
+                if value and value != "s" and value not in _UNKNOWN:
+                    ch.exten = value
         return ch
 
     def _direction(self, ch: _Chan, phase: Phase) -> Direction:
@@ -346,9 +363,13 @@ class AmiTranslator:
     def _report(self, ch: _Chan, phase: Phase | None = None) -> list[Report]:
         """Report the channel if what a user would see of it changed."""
         if phase is None:
-            phase = channel_phase(ch.state, ch.held)
-            if phase is None and ch.dialing_out and ch.state in (0, 1, None):
-                phase = Phase.DIALING  # a Down channel that dials out: outgoing setup
+            state = ch.state  # channel_phase(state, held), inline
+            if state == _UP:
+                phase = Phase.HELD if ch.held else Phase.CONNECTED
+            else:
+                phase = _PHASE_OF_STATE.get(state)  # type: ignore[arg-type]
+                if phase is None and ch.dialing_out and state in (0, 1, None):
+                    phase = Phase.DIALING  # a Down channel that dials out: outgoing setup
         if phase is None:
             return []
         if phase is Phase.ENDED:
