@@ -329,11 +329,11 @@ class AmiParser:
         self.skipped = 0
         self._layouts: dict[str, dict[str, int] | None] = {}  # see _layout
         # Event name as sent -> [(the match of one order of its keys, what takes the picked
-        # values from its groups (None: dropped), the picked keys, the name in lower case)],
-        # see _learn.
+        # values from its groups (None: dropped), the picked keys, the name in lower case,
+        # the name)], see _learn.
         self._fast: dict[str, list[tuple[Callable[[str], re.Match[str] | None],
                                           Callable[[tuple], tuple] | None,
-                                          tuple[str, ...] | None, str]]] = {}
+                                          tuple[str, ...] | None, str, str]]] = {}
         # True: an event read by its picks is returned as the tuple (name in lower case,
         # values of the picks, name as sent) rather than as an AmiMessage (for a reader
         # that wants no more of it).
@@ -470,13 +470,33 @@ class AmiParser:
             return 0  # a Latin-1 field somewhere: message by message
         pos = 0
         max_line = self.max_line
+        fasts = self._fast
+        bare = self.bare
+        append = out.append
         for text in whole.split("\r\n\r\n"):
             size = len(text) if text.isascii() else len(text.encode("utf-8"))
             if not 0 < size <= max_line:
                 break
             end = pos + size
             if text.startswith("Event:"):
-                if not self._event(text, buf, pos, end, out):
+                # What _event does, inline for the usual event: of a known order of keys.
+                nl = text.find("\n")
+                fast = fasts.get(text[6:nl].strip() if nl >= 0 else text[6:].strip())
+                if fast is not None:
+                    for match, take, keys, low, name in fast:
+                        m = match(text)
+                        if m is not None:
+                            if take is None:
+                                self.skipped += 1
+                            else:
+                                self.messages += 1
+                                values = take((*map(str.strip, m.groups()), None))
+                                append((low, values, name) if bare
+                                       else _picked_event(name, text, keys, values))
+                            break
+                    else:
+                        fast = None
+                if fast is None and not self._event(text, buf, pos, end, out):
                     break
             elif not self._whole_block(buf[pos:end], out):
                 break
@@ -492,7 +512,7 @@ class AmiParser:
         name = (text[6:nl] if nl >= 0 else text[6:]).strip()
         fast = self._fast.get(name)
         if fast is not None:
-            for match, take, keys, low in fast:
+            for match, take, keys, low, _ in fast:
                 m = match(text)
                 if m is not None:
                     if take is None:
@@ -584,7 +604,7 @@ class AmiParser:
                 take = partial(_one, idx[0])
             else:
                 take = _nothing
-        fast.append((re.compile("".join(pattern)).fullmatch, take, keys, name.lower()))
+        fast.append((re.compile("".join(pattern)).fullmatch, take, keys, name.lower(), name))
         self._fast_orders += 1
 
     def _layout(self, layout: str) -> dict[str, int] | None:

@@ -231,11 +231,46 @@ def agree_wanted(stream: bytes, cuts: list[int], wanted: frozenset[str]) -> None
     assert new.messages + new.skipped + new.errors == len(old_items)
 
 
+PICKS = AmiTranslator(LINES).picks
+
+
+def agree_picked(stream: bytes, cuts: list[int], wanted: frozenset[str] | None) -> None:
+    """With `picks` (and `wanted`), the parser returns what it returns without, the events
+    read by their picks carrying the values `get` gives; and, `bare`, those events as the
+    tuples (name in lower case, those values, name). The stream twice: the second time,
+    every order of keys of the first is known."""
+    chunks = cut(stream, cuts) * 2
+    old_items = [i for i in parse(ref.AmiParser(), chunks)
+                 if wanted is None or not (isinstance(i, ref.AmiMessage) and i.kind == "event"
+                                           and i.name.lower() not in wanted)]
+    for bare in (False, True):
+        new = AmiParser()
+        new.wanted = wanted
+        new.picks = PICKS
+        new.bare = bare
+        new_items = parse(new, chunks)
+        assert len(new_items) == len(old_items)
+        for got, old in zip(new_items, old_items):
+            keys = PICKS.get(getattr(old, "name", "").lower()) \
+                if getattr(old, "kind", None) == "event" else None
+            if got.__class__ is tuple:
+                assert bare and keys is not None
+                assert got == (old.name.lower(), tuple(old.get(k) for k in keys), old.name)
+                continue
+            assert view(got) == view(old)
+            if keys is not None:
+                assert got.pick(keys) == tuple(old.get(k) for k in keys)
+        errors = sum(isinstance(i, ref.AmiProtocolError) for i in old_items)
+        assert (new.messages, new.errors) == (len(old_items) - errors, errors)
+
+
 def translate(parser, translator, chunks: list[bytes]) -> list:
     out = []
     for data in chunks:
         for item in parser.feed(data):
-            if not hasattr(item, "reason"):
+            if item.__class__ is tuple:  # a bare parser's event read by its picks
+                out += translator.feed_picked(item[0], item[1])
+            elif not hasattr(item, "reason"):
                 out += translator.feed(item)
     return out
 
@@ -251,7 +286,16 @@ def agree_reports(stream: bytes, cuts: list[int], lines: dict[str, str] = LINES)
     dropping.wanted = AmiTranslator(lines).events
     skipping_tr = AmiTranslator(lines)
     assert translate(dropping, skipping_tr, chunks) == expected
-    for tr in (new_tr, skipping_tr):
+    # And with the values the translator reads picked, the events handed over as messages
+    # or (bare, as a live connection has it) as the picked values alone.
+    picking_trs = []
+    for bare in (False, True):
+        tr = AmiTranslator(lines)
+        picking = AmiParser()
+        picking.wanted, picking.picks, picking.bare = tr.events, tr.picks, bare
+        assert translate(picking, tr, chunks) == expected
+        picking_trs.append(tr)
+    for tr in (new_tr, skipping_tr, *picking_trs):
         assert tr._chans.keys() == old_tr._chans.keys()
         for uid in old_tr._chans:
             assert tr.caller_channel(uid) == old_tr.caller_channel(uid)
@@ -278,6 +322,8 @@ WANTED = frozenset({"newchannel", "newstate", "hangup", "dialbegin", "hold"})
 def test_the_parser_agrees_with_its_reference(stream, cuts):
     agree(stream, cuts)
     agree_wanted(stream, cuts, WANTED)
+    agree_picked(stream, cuts, None)
+    agree_picked(stream, cuts, WANTED)
 
 
 def test_the_recorded_transcript_parses_as_before_however_it_is_cut():
@@ -285,6 +331,7 @@ def test_the_recorded_transcript_parses_as_before_however_it_is_cut():
     for size in (1, 2, 3, 7, 64, 333, len(data)):
         agree(data, [size] * (len(data) // size))
         agree_wanted(data, [size] * (len(data) // size), WANTED)
+        agree_picked(data, [size] * (len(data) // size), WANTED)
 
 
 def test_limits_and_oversized_input_as_before():
@@ -296,7 +343,7 @@ def test_limits_and_oversized_input_as_before():
 
 
 def test_a_peer_sending_ever_new_orders_of_keys_is_read_the_same_and_held_in_bounds():
-    from gateway.ami.protocol import MAX_LAYOUT_KEYS, MAX_LAYOUTS
+    from gateway.ami.protocol import MAX_FAST_ORDERS, MAX_LAYOUT_KEYS, MAX_LAYOUTS
 
     stream = b"".join(b"Event: Newstate\r\nX%d: 1\r\nChannel: PJSIP/201-1\r\n\r\n" % i
                       for i in range(MAX_LAYOUTS + 100))
@@ -313,6 +360,21 @@ def test_a_peer_sending_ever_new_orders_of_keys_is_read_the_same_and_held_in_bou
         agree(stream * 3, [])
         parser = AmiParser()
         assert len(parse(parser, [stream * 3])) == 3 and not parser._layouts
+        parser = AmiParser()
+        parser.picks = PICKS
+        assert len(parse(parser, [stream * 3])) == 3 and not parser._fast
+    # Orders read by one match each: a few per name, MAX_LAYOUTS in all.
+    names = [b"Newstate", b"Hangup"] + [b"X%d" % i for i in range(MAX_LAYOUTS)]
+    stream = b"".join(b"Event: %s\r\nX%d: 1\r\nChannel: PJSIP/201-1\r\n\r\n" % (name, i)
+                      for name in names for i in range(MAX_FAST_ORDERS + 2))
+    for wanted in (None, frozenset({"newstate"})):
+        agree_picked(stream, [65536] * (len(stream) // 65536), wanted)
+        parser = AmiParser()
+        parser.picks, parser.wanted = {"newstate": PICKS["newstate"]}, wanted
+        parse(parser, [stream])
+        assert parser._fast_orders == sum(map(len, parser._fast.values()))
+        assert {len(orders) for orders in parser._fast.values()} <= {MAX_FAST_ORDERS}
+        assert parser._fast_orders <= MAX_LAYOUTS
 
 
 # -- translator ------------------------------------------------------------------------------
