@@ -89,7 +89,13 @@ def channel_device(channel: str) -> str:
     Suffixes Asterisk adds while it replaces a channel (``<ZOMBIE>``, ``<MASQ>``) and the
     ``;1``/``;2`` of Local channels are dropped. A name without ``-`` is returned whole.
     """
-    name = channel.split("<", 1)[0].split(";", 1)[0]
+    name = channel
+    cut = name.find("<")
+    if cut >= 0:
+        name = name[:cut]
+    cut = name.find(";")
+    if cut >= 0:
+        name = name[:cut]
     slash = name.find("/")
     dash = name.rfind("-")
     if dash > slash >= 0:
@@ -128,6 +134,11 @@ _N = len(_SNAPSHOT)  # where the Dest* snapshot starts in a DialBegin/DialEnd's 
 MAX_CHANNEL_ROUTES = 4096  # channel names whose devices are remembered (then forgotten)
 
 
+# Enum members, read where every event is translated (a module global is read faster than
+# an attribute of the Enum class).
+_RINGING, _DIALING, _HELD, _CONNECTED, _ENDED = (
+    Phase.RINGING, Phase.DIALING, Phase.HELD, Phase.CONNECTED, Phase.ENDED)
+_IN, _OUT = Direction.IN, Direction.OUT
 # ChannelState values as sent -> their number (the usual ones; _int reads any other).
 _STATES = {str(i): i for i in range(11)}
 # The phase of a channel state other than Up (see channel_phase).
@@ -350,33 +361,33 @@ class AmiTranslator:
         return ch
 
     def _direction(self, ch: _Chan, phase: Phase) -> Direction:
-        if phase is Phase.RINGING:
-            return Direction.IN
-        if phase is Phase.DIALING or ch.dialing_out:
-            return Direction.OUT
+        if phase is _RINGING:
+            return _IN
+        if phase is _DIALING or ch.dialing_out:
+            return _OUT
         if ch.application == "AppDial":  # the dialled leg of a Dial()
-            return Direction.IN
+            return _IN
         if ch.application == "Dial":
-            return Direction.OUT
-        return Direction.OUT if ch.linkedid == ch.uniqueid else Direction.IN
+            return _OUT
+        return _OUT if ch.linkedid == ch.uniqueid else _IN
 
     def _report(self, ch: _Chan, phase: Phase | None = None) -> list[Report]:
         """Report the channel if what a user would see of it changed."""
         if phase is None:
             state = ch.state  # channel_phase(state, held), inline
             if state == _UP:
-                phase = Phase.HELD if ch.held else Phase.CONNECTED
+                phase = _HELD if ch.held else _CONNECTED
             else:
                 phase = _PHASE_OF_STATE.get(state)  # type: ignore[arg-type]
                 if phase is None and ch.dialing_out and state in (0, 1, None):
-                    phase = Phase.DIALING  # a Down channel that dials out: outgoing setup
+                    phase = _DIALING  # a Down channel that dials out: outgoing setup
         if phase is None:
             return []
-        if phase is Phase.ENDED:
+        if phase is _ENDED:
             if ch.last is None:
                 return []  # never reported: nothing to end
             return [
-                CallReport(d, ch.uniqueid, Phase.ENDED, ch.direction, link=ch.linkedid,
+                CallReport(d, ch.uniqueid, _ENDED, ch.direction, link=ch.linkedid,
                            conn=self.conn)
                 for d in ch.devices
             ]
@@ -386,7 +397,7 @@ class AmiTranslator:
         name = ch.connected_name
         if remote is None:
             remote = ch.other_num
-            if remote is None and ch.direction is Direction.OUT:
+            if remote is None and ch.direction is _OUT:
                 remote = ch.exten
         if name is None:
             name = ch.other_name
@@ -430,7 +441,7 @@ class AmiTranslator:
         self._chans.pop(ch.uniqueid, None)
         if self._by_name.get(ch.name) == ch.uniqueid:
             del self._by_name[ch.name]
-        return self._report(ch, Phase.ENDED)
+        return self._report(ch, _ENDED)
 
     def _on_dialbegin(self, v: tuple[str | None, ...]) -> list[Report]:
         out: list[Report] = []
@@ -444,7 +455,7 @@ class AmiTranslator:
             out += self._report(src)
         if dst is not None:
             if dst.direction is None:
-                dst.direction = Direction.IN
+                dst.direction = _IN
             dst.caller_channel = v[0] or None
             dst.other_num = _known(num)
             dst.other_name = _known(name)
