@@ -8,7 +8,8 @@ less than wall-clock figures. The bytes are fed in reads of 64 KiB (what one rea
 AMI client holds), and everything a read produced is dropped before the next, as in the
 gateway. Per event:
 
-- parser: :class:`~gateway.ami.protocol.AmiParser` alone;
+- parser: :class:`~gateway.ami.protocol.AmiParser` alone, set up as a live connection sets
+  it up (the events the translator wants, the values it picks, bare);
 - connection: a live :class:`~gateway.ami.connection.AmiConnection` (parser, translator,
   routing of events and answers), what ``AmiSource`` does per read;
 - gateway: the same, plus what the gateway's handler does with the reports (tracker,
@@ -99,11 +100,15 @@ def chunks(stream: bytes) -> list[bytes]:
     return [stream[i:i + READ] for i in range(0, len(stream), READ)]
 
 
-def parser_cost(stream: bytes, repeat: int) -> float:
+def parser_cost(stream: bytes, lines: dict[str, str], repeat: int) -> float:
     reads, n = chunks(stream), events_in(stream)
 
     def once() -> float:
         p = AmiParser()
+        live = live_connection(lines)._parser  # what a live connection asks of its parser
+        for name in ("wanted", "picks", "bare"):
+            if hasattr(live, name):
+                setattr(p, name, getattr(live, name))
         c0 = time.process_time()
         for data in reads:
             p.feed(data)
@@ -179,7 +184,7 @@ def main() -> None:
     rows = []
     for name, stream in (("burst", burst_stream(n)), ("office", office_stream(n))):
         events = events_in(stream)
-        parse = parser_cost(stream, args.repeat)
+        parse = parser_cost(stream, lines, args.repeat)
         conn, reports = connection_cost(stream, lines, args.repeat)
         gw = gateway_cost(stream, n, args.repeat)
         rows.append((name, events, reports, parse, conn, gw))

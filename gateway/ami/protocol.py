@@ -328,9 +328,9 @@ class AmiParser:
         self._picks: dict[str, tuple[str, ...]] = {}
         self.skipped = 0
         self._layouts: dict[str, dict[str, int] | None] = {}  # see _layout
-        # Event name as sent -> [(the match of one order of its keys, what takes the picked
-        # values from its groups (None: dropped), the picked keys, the name in lower case,
-        # the name)], see _learn.
+        # An event's first line as sent (CR included) -> [(the match of one order of its
+        # keys, what takes the picked values from its groups (None: dropped), the picked
+        # keys, the name in lower case, the name)], see _learn.
         self._fast: dict[str, list[tuple[Callable[[str], re.Match[str] | None],
                                           Callable[[tuple], tuple] | None,
                                           tuple[str, ...] | None, str, str]]] = {}
@@ -473,15 +473,16 @@ class AmiParser:
         fasts = self._fast
         bare = self.bare
         append = out.append
+        ascii = whole.isascii()  # then a character is a byte
         for text in whole.split("\r\n\r\n"):
-            size = len(text) if text.isascii() else len(text.encode("utf-8"))
+            size = len(text) if ascii else len(text.encode("utf-8"))
             if not 0 < size <= max_line:
                 break
             end = pos + size
             if text.startswith("Event:"):
                 # What _event does, inline for the usual event: of a known order of keys.
                 nl = text.find("\n")
-                fast = fasts.get(text[6:nl].strip() if nl >= 0 else text[6:].strip())
+                fast = fasts.get(text[:nl] if nl >= 0 else text)
                 if fast is not None:
                     for match, take, keys, low, name in fast:
                         m = match(text)
@@ -510,7 +511,7 @@ class AmiParser:
         # The name: the first line's value (what the split reads, where it reads).
         nl = text.find("\n")
         name = (text[6:nl] if nl >= 0 else text[6:]).strip()
-        fast = self._fast.get(name)
+        fast = self._fast.get(text[:nl] if nl >= 0 else text)
         if fast is not None:
             for match, take, keys, low, _ in fast:
                 m = match(text)
@@ -578,13 +579,14 @@ class AmiParser:
         of each key in `keys` taken (stripped, in the order of `keys`, None for a key it
         has not); `keys` None: the event is dropped (not wanted). Up to MAX_FAST_ORDERS
         orders per name and MAX_LAYOUTS in all, of the bounds of :meth:`_layout`."""
-        fast = self._fast.get(name, ())
+        first = "Event:" + parts[2] + ("\r" if len(parts) > 3 else "")  # its first line
+        fast = self._fast.get(first, ())
         if (len(fast) >= MAX_FAST_ORDERS or self._fast_orders >= MAX_LAYOUTS
                 or len(parts) > 2 * MAX_LAYOUT_KEYS + 1
                 or sum(map(len, parts[1::2])) > MAX_LAYOUT_CHARS
                 or (keys is not None and "event" in keys)):
             return  # read by the split, as any order
-        fast = self._fast.setdefault(name, [])
+        fast = self._fast.setdefault(first, [])
         pattern = ["Event:[^\n]*"]
         where: dict[str, int] = {}  # picked key -> its group
         for k in parts[3::2]:
