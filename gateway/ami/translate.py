@@ -405,11 +405,11 @@ class AmiTranslator:
         if key == ch.last:
             return []
         ch.last = key
-        return [
-            CallReport(d, ch.uniqueid, phase, ch.direction, remote, name, ch.linkedid,
-                       conn=self.conn)
-            for d in ch.devices
-        ]
+        # All fields by position (device, call, phase, direction, remote, remote_name,
+        # link, withheld, replaces, conn): a call without keywords costs less.
+        uid, direction, link, conn = ch.uniqueid, ch.direction, ch.linkedid, self.conn
+        return [CallReport(d, uid, phase, direction, remote, name, link, False, None, conn)
+                for d in ch.devices]
 
     def _on_channel(self, v: tuple[str | None, ...]) -> list[Report]:
         ch = self._chan(v)
@@ -500,7 +500,8 @@ class AmiTranslator:
             else:
                 self._hold_devices.discard(d)
         ok = state not in OUT_OF_SERVICE_DEVICE_STATES
-        return [ServiceReport(d, ok, conn=self.conn) for d in ids]
+        conn = self.conn
+        return [ServiceReport(d, ok, conn) for d in ids]
 
     def _on_extensionstatus(self, v: tuple[str | None, ...]) -> list[Report]:
         exten, status, context, hint = v
@@ -526,7 +527,8 @@ class AmiTranslator:
             else:
                 self._hold_devices.discard(d)
         ok = status not in OUT_OF_SERVICE_EXTENSION_STATUSES
-        return [ServiceReport(d, ok, conn=self.conn) for d in ids]
+        conn = self.conn
+        return [ServiceReport(d, ok, conn) for d in ids]
 
     def _on_coreshowchannels_complete(self, v: tuple[str | None, ...]) -> list[Report]:
         # CoreShowChannel does not tell hold: a device whose state says ONHOLD has its up
