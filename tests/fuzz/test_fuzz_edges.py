@@ -334,9 +334,18 @@ def ami_items(parser: AmiParser, stream: bytes, cuts: list[int]) -> list:
 
 
 class LineByLine(AmiParser):
-    """The parser with its whole-message reading off: every line on its own."""
+    """The parser with its whole-message reading off: every line on its own, at once."""
 
-    def _whole_message(self, block: bytes, out: list) -> bool:
+    def _blocks(self, out: list) -> int:
+        return 0
+
+    def _event(self, *args) -> bool:
+        return False
+
+    def _whole_block(self, *args) -> bool:
+        return False
+
+    def _pending_event(self, pos: int) -> bool:
         return False
 
 
@@ -354,6 +363,12 @@ def test_the_whole_message_reading_of_ami_agrees_with_the_line_by_line_one(strea
     counts that reading it line by line gives, however the stream is cut."""
     assert ami_items(AmiParser(max_line=256, max_message=2048), stream, cuts) == \
         ami_items(LineByLine(max_line=256, max_message=2048), stream, cuts)
+    # And with the translator's values picked, twice over: the second time, the orders of
+    # keys of the first are read by their matches.
+    picking = AmiParser(max_line=256, max_message=2048)
+    picking.picks = AmiTranslator({"PJSIP/201": "a", "202": "b"}).picks
+    assert ami_items(picking, stream * 2, cuts) == \
+        ami_items(LineByLine(max_line=256, max_message=2048), stream * 2, cuts)
 
 
 # -- PIDF (SIP presence bodies) ----------------------------------------------------------
