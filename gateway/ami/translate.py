@@ -209,6 +209,9 @@ class AmiTranslator:
         if not self._device_lines:
             names.discard("devicestatechange")
         self.events: frozenset[str] = frozenset(names)
+        # cache: Device of a DeviceStateChange as sent -> the ids of its device line (the
+        # lines do not change: never stale; forgotten when full).
+        self._state_routes: dict[str, tuple[str, ...]] = {}
         # What each of them is read for (lower case): a parser may pick just these values
         # (AmiParser.picks), in the order the handlers take them.
         self.picks: dict[str, tuple[str, ...]] = {n: _HANDLERS[n][1] for n in sorted(names)}
@@ -493,7 +496,11 @@ class AmiTranslator:
         state = (state or "").strip().upper()
         if not dev or not state:
             return []
-        ids = self._device_lines.get(_norm_device(dev), ())
+        ids = self._state_routes.get(dev)
+        if ids is None:
+            if len(self._state_routes) >= MAX_CHANNEL_ROUTES:
+                self._state_routes.clear()
+            ids = self._state_routes[dev] = tuple(self._device_lines.get(_norm_device(dev), ()))
         for d in ids:
             if state in _HOLD_DEVICE_STATES:
                 self._hold_devices.add(d)
