@@ -229,8 +229,10 @@ class AmiTranslator:
         self._hold_devices: set[str] = set()  # device ids whose last state was ONHOLD
         self._routes: dict[str, tuple[str, ...]] = {}  # cache: asterisk device -> ids
         # cache: channel name -> ids (a channel's events name it again and again; a
-        # channel of no watched device, too), forgotten with _routes or when full.
+        # channel of no watched device, too), and its device part as sent -> the same,
+        # forgotten with _routes or when full.
         self._channel_routes: dict[str, tuple[str, ...]] = {}
+        self._part_routes: dict[str, tuple[str, ...]] = {}
 
     # -- which device -----------------------------------------------------------------
 
@@ -239,10 +241,17 @@ class AmiTranslator:
         hit = self._channel_routes.get(channel)
         if hit is not None:
             return hit
-        routes = self._channel_routes
+        routes, parts = self._channel_routes, self._part_routes
         if len(routes) >= MAX_CHANNEL_ROUTES:
             routes.clear()
-        hit = routes[channel] = self._devices_of_device(_norm_device(channel_device(channel)))
+        # A new channel of a device seen before (its device part as sent): no normalising.
+        dev = channel_device(channel)
+        hit = parts.get(dev)
+        if hit is None:
+            if len(parts) >= MAX_CHANNEL_ROUTES:
+                parts.clear()
+            hit = parts[dev] = self._devices_of_device(_norm_device(dev))
+        routes[channel] = hit
         return hit
 
     def _devices_of_device(self, dev: str) -> tuple[str, ...]:
@@ -528,6 +537,7 @@ class AmiTranslator:
             self._hinted.update(ids)
             self._routes.clear()
             self._channel_routes.clear()
+            self._part_routes.clear()
         for d in ids:
             if status in _HOLD_EXTENSION_STATUSES:
                 self._hold_devices.add(d)

@@ -466,3 +466,14 @@ def test_a_connection_says_and_counts_what_it_did(events, late, cuts):
     got = conversation(sys.modules[AmiConnection.__module__], chunks)
     assert got == conversation(ref, chunks)
     assert got[0][0][0] == Connected.__name__  # the session was read at all
+
+
+def test_a_channel_named_as_another_channels_device_routes_as_before():
+    # "PJSIP/my-phone-0001" is a channel of device PJSIP/my-phone; a channel named
+    # "PJSIP/my-phone" is one of device PJSIP/my: remembering either must not answer the other.
+    lines = {"PJSIP/my-phone": "a", "PJSIP/my": "b", "my": "c"}
+    names = ["PJSIP/my-phone-0001", "PJSIP/my-phone", "PJSIP/my-phone-0002", "PJSIP/my",
+             "pjsip/my-phone-0003", "SIP/my-1", "PJSIP/my-phone<ZOMBIE>", "Local/my@x-1;2"]
+    old, new = ref.AmiTranslator(lines), AmiTranslator(lines)
+    for name in names * 2:
+        assert new.devices_of_channel(name) == old.devices_of_channel(name), name
