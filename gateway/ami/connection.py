@@ -247,11 +247,12 @@ class AmiConnection:
         live: list[Report] = []
         translate = self.translator.feed
         picked = self.translator.handlers
+        routed = 0  # of the tuples below, added to _routed at the end
         for item in self._parser.feed(data):
             if item.__class__ is tuple:
                 # A live event read by the translator's picks (the parser is bare once
                 # live): its values straight to the translator.
-                self._routed += 1
+                routed += 1
                 try:
                     live += picked[item[0]](item[1])
                 except Exception:  # a translator bug must not take the source down
@@ -275,6 +276,7 @@ class AmiConnection:
             self._message(item, now, out, live)
             if self.state is State.CLOSED:
                 break
+        self._routed += routed
         if live:
             out.append(ReportsReady(tuple(live)))
         return out

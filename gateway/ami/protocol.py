@@ -474,6 +474,7 @@ class AmiParser:
         bare = self.bare
         append = out.append
         ascii = whole.isascii()  # then a character is a byte
+        read = dropped = 0  # added to messages and skipped at the end
         for text in whole.split("\r\n\r\n"):
             size = len(text) if ascii else len(text.encode("utf-8"))
             if not 0 < size <= max_line:
@@ -488,9 +489,9 @@ class AmiParser:
                         m = match(text)
                         if m is not None:
                             if take is None:
-                                self.skipped += 1
+                                dropped += 1
                             else:
-                                self.messages += 1
+                                read += 1
                                 values = take((*map(str.strip, m.groups()), None))
                                 append((low, values, name) if bare
                                        else _picked_event(name, text, keys, values))
@@ -502,6 +503,8 @@ class AmiParser:
             elif not self._whole_block(buf[pos:end], out):
                 break
             pos = end + 4
+        self.messages += read
+        self.skipped += dropped
         return pos
 
     def _event(self, text: str, buf: bytearray, pos: int, end: int, out: list) -> bool:
