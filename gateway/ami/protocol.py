@@ -314,7 +314,9 @@ class AmiParser:
     `picks`, when set, maps event names (lower case) to the keys (lower case) whose values
     the reader takes from each such event (:meth:`AmiMessage.pick`): an event of the form
     and order of keys Asterisk writes is then read by one match that takes just those
-    values; the rest of it is split into fields only if asked for.
+    values; the rest of it is split into fields only if asked for. `bare`, when True, has
+    such an event returned as the tuple ``(name in lower case, values, name as sent)``
+    rather than as an :class:`AmiMessage` (for a reader that wants nothing else of it).
     """
 
     def __init__(self, *, max_line: int = 8 * 1024, max_message: int = 64 * 1024) -> None:
@@ -334,10 +336,7 @@ class AmiParser:
         self._fast: dict[str, list[tuple[Callable[[str], re.Match[str] | None],
                                           Callable[[tuple], tuple] | None,
                                           tuple[str, ...] | None, str, str]]] = {}
-        # True: an event read by its picks is returned as the tuple (name in lower case,
-        # values of the picks, name as sent) rather than as an AmiMessage (for a reader
-        # that wants no more of it).
-        self.bare = False
+        self.bare = False  # see the class docstring
         self._fast_orders = 0
         self._buf = bytearray()
         self._skip_line = False  # dropping the rest of an oversized line, up to its LF
@@ -454,7 +453,8 @@ class AmiParser:
             lines = buf[pos:nl].decode("utf-8")
         except UnicodeDecodeError:
             return False
-        return lines.endswith("\r") and _EVENT_LINES.fullmatch(lines, 0, len(lines) - 1) is not None
+        return (lines.endswith("\r")
+                and _EVENT_LINES.fullmatch(lines, 0, len(lines) - 1) is not None)
 
     def _blocks(self, out: list) -> int:
         """Read the buffer's whole messages, from its start, as far as each reads at once
