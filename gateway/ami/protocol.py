@@ -50,6 +50,9 @@ _OTHER_KIND = re.compile(r"\n(?:event|response|action)(?:\n|$)")
 # reading takes without a word (see AmiParser._pending_event).
 _EVENT_LINES = re.compile(
     r"Event:[^\n]*(?:\r\n(?!(?i:event|response|action):)[A-Za-z0-9_-]+:[^\n]*)*")
+# The most of an event cut by a read that waits for its end to be read whole (each read
+# checks it again: a peer trickling bytes costs at most this much per read).
+MAX_PENDING = 2048
 # Event names whose orders of keys are read by one match each (AmiParser._learn), and how
 # many orders per name: a few per name, so a peer of ever new orders costs a few tries.
 MAX_FAST_ORDERS = 4
@@ -416,7 +419,7 @@ class AmiParser:
                         if text is not None and self._event(text, buf, pos, end, out):
                             pos = end + 4
                             continue
-                elif (end < 0 and n - pos <= min(self.max_line, self.max_message)
+                elif (end < 0 and n - pos <= min(MAX_PENDING, self.max_line, self.max_message)
                         and self._pending_event(pos)):
                     break  # the start of an event, read whole when its end is there
             nl = buf.find(b"\n", pos)
