@@ -56,6 +56,11 @@ MAX_PENDING = 2048
 # Event names whose orders of keys are read by one match each (AmiParser._learn), and how
 # many orders per name: a few per name, so a peer of ever new orders costs a few tries.
 MAX_FAST_ORDERS = 4
+# A picked value in the form Asterisk writes it: one space after the colon, then nothing or a
+# value with no space at either end (str.strip's spaces: \s), so the value is as stripped;
+# any other form is read by the split.
+_PICKED = r": (\S[^\n]*(?<!\s)|)"
+_NONE = (None,)
 # Orders of keys a parser remembers, and the largest it remembers (keys, characters of the
 # keys): a real Asterisk writes a few dozen, of at most about 40 keys and 700 characters; a
 # peer sending ever new ones costs at most about 2 MB here, then time.
@@ -340,6 +345,7 @@ class AmiParser:
                                           Callable[[tuple], tuple] | None,
                                           tuple[str, ...] | None, str, str]]] = {}
         self.bare = False  # see the class docstring
+        self._orders: set[str] = set()  # the orders in _fast (first line, keys)
         self._fast_orders = 0
         self._buf = bytearray()
         self._skip_line = False  # dropping the rest of an oversized line, up to its LF
@@ -370,6 +376,7 @@ class AmiParser:
 
     def _forget_orders(self) -> None:
         self._fast.clear()
+        self._orders.clear()
         self._fast_orders = 0
 
     def reset(self) -> None:
@@ -495,7 +502,7 @@ class AmiParser:
                                 dropped += 1
                             else:
                                 read += 1
-                                values = take((*map(str.strip, m.groups()), None))
+                                values = take(m.groups() + _NONE)
                                 append((low, values, name) if bare
                                        else _picked_event(name, text, keys, values))
                             break
@@ -526,7 +533,7 @@ class AmiParser:
                         self.skipped += 1
                         return True
                     self.messages += 1
-                    values = take((*map(str.strip, m.groups()), None))
+                    values = take(m.groups() + _NONE)
                     if self.bare:
                         out.append((low, values, name))
                     else:
@@ -582,10 +589,14 @@ class AmiParser:
         """Read the next events named `name` of the keys of `parts` (the split of one that
         was read, with no second kind key) in the same order by one match: its first line,
         then each key as sent, its colon and the rest of its line, the values of the first
-        of each key in `keys` taken (stripped, in the order of `keys`, None for a key it
-        has not); `keys` None: the event is dropped (not wanted). Up to MAX_FAST_ORDERS
-        orders per name and MAX_LAYOUTS in all, of the bounds of :meth:`_layout`."""
+        of each key in `keys` taken (in the form _PICKED reads, so that they need no strip;
+        in the order of `keys`, None for a key it has not); `keys` None: the event is
+        dropped (not wanted). Up to MAX_FAST_ORDERS orders per first line and MAX_LAYOUTS
+        in all, of the bounds of :meth:`_layout`."""
         first = "Event:" + parts[2] + ("\r" if len(parts) > 3 else "")  # its first line
+        order = first + "\n" + "\n".join(parts[3::2])
+        if order in self._orders:
+            return  # known: this event has a picked value out of the form _PICKED reads
         fast = self._fast.get(first, ())
         if (len(fast) >= MAX_FAST_ORDERS or self._fast_orders >= MAX_LAYOUTS
                 or len(parts) > 2 * MAX_LAYOUT_KEYS + 1
@@ -599,12 +610,12 @@ class AmiParser:
             lk = k.lower()
             if keys is not None and lk in keys and lk not in where:
                 where[lk] = len(where)
-                pattern.append("\r\n" + re.escape(k) + ":([^\n]*)")
+                pattern.append("\r\n" + re.escape(k) + _PICKED)
             else:
                 pattern.append("\r\n" + re.escape(k) + ":[^\n]*")
         take: Callable[[tuple], tuple] | None = None
         if keys is not None:
-            # The stripped groups, then None (for a key the event has not).
+            # The groups, then None (for a key the event has not).
             idx = [where.get(k, len(where)) for k in keys]
             if len(idx) > 1:
                 take = itemgetter(*idx)
@@ -613,6 +624,7 @@ class AmiParser:
             else:
                 take = _nothing
         fast.append((re.compile("".join(pattern)).fullmatch, take, keys, name.lower(), name))
+        self._orders.add(order)
         self._fast_orders += 1
 
     def _layout(self, layout: str) -> dict[str, int] | None:
