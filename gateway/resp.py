@@ -111,8 +111,9 @@ class _Protocol(asyncio.Protocol):
                     fut.set_exception(reply)
                 else:
                     fut.set_result(reply)
-        except InvalidResponse as exc:
-            # Bytes that are not RESP: nothing after them can be matched to a command.
+        except (InvalidResponse, UnicodeDecodeError) as exc:
+            # Bytes that are not RESP (or text that is not UTF-8): nothing after them can be
+            # matched to a command.
             self.abort(RedisConnectionError(f"Redis sent what is not RESP: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -200,7 +201,10 @@ class LeanLink:
             raise error from exc
         old, self._proto, self._opening = self._proto, proto, None
         if old is not None and not old.closed and old.transport is not None:
-            old.transport.close()
+            try:
+                old.transport.close()
+            except RuntimeError:
+                pass  # its event loop is closed (a connection of an earlier loop)
         opening.set_result(proto)
         return proto
 

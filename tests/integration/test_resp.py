@@ -191,3 +191,23 @@ async def test_the_store_publishes_and_reads_the_log_on_lean_connections(redis_u
         assert changed2 and seq2 == seq + 1
     finally:
         await store.close()
+
+
+async def test_a_reply_that_is_not_utf8_fails_the_command_and_closes_the_connection():
+    async def latin1(reader, writer):
+        await reader.read(100)
+        writer.write(b"$2\r\n\xe9\xe9\r\n")  # a bulk string that is not UTF-8
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    server = await asyncio.start_server(latin1, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = LeanLink(f"redis://127.0.0.1:{port}/0")
+    try:
+        with pytest.raises(ConnectionError, match="not RESP"):
+            await asyncio.wait_for(link.call(cmd("GET", "x")), 2.0)
+        assert link._proto is None or link._proto.closed
+    finally:
+        link.close()
+        server.close()
