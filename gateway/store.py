@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .backoff import Backoff
-from .resp import LeanLink, supported as lean_supported
+from .resp import LeanLink, pack as _resp, supported as lean_supported
 from .jsontext import dumps
 from .model import (Call, CallState, ClientState, DeviceState, DeviceStatus, Direction, Presence,
                     fast_init)
@@ -174,15 +174,6 @@ class _Script:
     def __init__(self, text: str) -> None:
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest().encode()
-
-
-def _resp(args: list[bytes]) -> bytes:
-    """A command in RESP (an array of bulk strings), packed in one pass. redis-py's packer
-    joins its whole buffer again for every argument (up to 6 KB each time) and runs an
-    encoder call per argument: for a batch of hundreds of keys and values that cost more
-    CPU than building the batch."""
-    return b"".join([b"*%d\r\n" % len(args),
-                     *[b"$%d\r\n%b\r\n" % (len(a), a) for a in args]])
 
 
 # -- codecs: compact JSON, the same bytes for the same state (the no-op check relies on it) --
