@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,12 +42,7 @@ from amipeer import AmiPeer, PbxModel  # noqa: E402
 
 from gateway.ami.protocol import AmiParser, format_message  # noqa: E402
 from gateway.ami.translate import AmiTranslator  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from run import cpu_seconds, free_port  # noqa: E402  (bench/run.py: the same helpers)
 
 
 def config(n: int, ami_port: int, ws_port: int) -> str:
@@ -61,15 +54,6 @@ def config(n: int, ami_port: int, ws_port: int) -> str:
         out.append(f'[[devices]]\nid = "d{num}"\nnumber = "{num}"\nsource = "ami"\n'
                    f'line = "PJSIP/{num}"\n')
     return "\n".join(out)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (from /proc; 0 where unreadable)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def children(pid: int) -> list[int]:

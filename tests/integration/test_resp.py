@@ -6,6 +6,7 @@ waiting commands instead of hanging them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 
 import pytest
@@ -145,23 +146,30 @@ async def test_unix_socket(tmp_path):
         proc.wait(10)
 
 
-async def test_a_peer_that_does_not_speak_resp_fails_the_command():
-    async def garbage(reader, writer):
+@contextlib.asynccontextmanager
+async def peer_answering(reply: bytes):
+    """A TCP peer that reads a command, answers `reply` and holds the connection a second:
+    a LeanLink to it."""
+    async def answer(reader, writer):
         await reader.read(100)
-        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        writer.write(reply)
         await writer.drain()
         await asyncio.sleep(1)
         writer.close()
 
-    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    link = LeanLink(f"redis://127.0.0.1:{port}/0")
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    link = LeanLink(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0")
     try:
-        with pytest.raises(ConnectionError, match="not RESP"):
-            await asyncio.wait_for(link.call(cmd("PING")), 2.0)
+        yield link
     finally:
         link.close()
         server.close()
+
+
+async def test_a_peer_that_does_not_speak_resp_fails_the_command():
+    async with peer_answering(b"HTTP/1.1 400 Bad Request\r\n\r\n") as link:
+        with pytest.raises(ConnectionError, match="not RESP"):
+            await asyncio.wait_for(link.call(cmd("PING")), 2.0)
 
 
 def test_only_plain_urls_are_spoken_lean():
@@ -194,20 +202,7 @@ async def test_the_store_publishes_and_reads_the_log_on_lean_connections(redis_u
 
 
 async def test_a_reply_that_is_not_utf8_fails_the_command_and_closes_the_connection():
-    async def latin1(reader, writer):
-        await reader.read(100)
-        writer.write(b"$2\r\n\xe9\xe9\r\n")  # a bulk string that is not UTF-8
-        await writer.drain()
-        await asyncio.sleep(1)
-        writer.close()
-
-    server = await asyncio.start_server(latin1, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    link = LeanLink(f"redis://127.0.0.1:{port}/0")
-    try:
+    async with peer_answering(b"$2\r\n\xe9\xe9\r\n") as link:  # a bulk string, not UTF-8
         with pytest.raises(ConnectionError, match="not RESP"):
             await asyncio.wait_for(link.call(cmd("GET", "x")), 2.0)
         assert link._proto is None or link._proto.closed
-    finally:
-        link.close()
-        server.close()
