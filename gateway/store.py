@@ -78,6 +78,10 @@ K_OP = PREFIX + "op:"
 K_PROV = PREFIX + "prov:"  # {blf}:prov:dev:ID, {blf}:prov:cli:NAME: lamp provenance lists
 K_HEALTH = PREFIX + "health"  # process id -> JSON: its sources' health, for the admin view
 K_KNOWN = PREFIX + "known:"  # + client|address: that address logged in as that client
+# Failed logins per remote address, shared by every process (sorted sets, scores in ms):
+K_ADDR_FAILED = PREFIX + "addrfail:"  # + address: attempt id -> when it failed
+K_ADDR_CHECKING = PREFIX + "addrtry:"  # + address: attempt id -> its lease's end (in flight)
+K_ADDR_INDEX = PREFIX + "addrfail"  # address -> its last failure: what the admin view lists
 K_JOURNAL_IDS = PREFIX + "jid:"  # + hour bucket: ids of journal entries already written
 JOURNAL_ID_TTL = 2 * 86400  # seconds a written entry's id is remembered (re-delivery window)
 
@@ -96,8 +100,30 @@ redis.call('XADD', KEYS[2], ARGV[3], '~', ARGV[4], '*', 'e', ARGV[2])
 return 1
 """
 
-# KEYS: pair failures, client failures, known address. ARGV: pair limit, client limit, window.
+# Login attempts. Per remote address (KEYS 4-6): failures in a sliding window and attempts
+# in flight, as sorted sets of attempt ids scored by Redis's own clock (every process agrees
+# on it); an attempt in flight holds a slot until it is answered or, if its process died
+# before answering, until its lease ends (one window). Per client+address and per client
+# (KEYS 1-2): counters with a TTL, counted at once and taken back on success. Every key has
+# a TTL of at most one window: nothing outlives the failures it counts.
+#
+# KEYS: pair failures, client failures, known address, address failures, address attempts
+# in flight, the index of failing addresses. ARGV: pair limit, client limit, pair window (s),
+# address limit, address window (ms), attempt id, mode ("check": an attempt whose password
+# is about to be checked, held in flight; "fail": one that failed already, a wrong token),
+# the address.
+# Returns "ok" (counted), "limited" (the address has its limit of failures), "busy"
+# (failures and attempts in flight fill the address's limit: ask again when one settles),
+# "pair" or "client" (refused without a check; see Store.reserve_login).
 _RESERVE_LOGIN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, window = tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+local failed = redis.call('ZCARD', KEYS[4])
+if failed >= limit then return 'limited' end
+if failed + redis.call('ZCARD', KEYS[5]) >= limit then return 'busy' end
 local pair = tonumber(redis.call('GET', KEYS[1]) or '0')
 if pair >= tonumber(ARGV[1]) then return 'pair' end
 local all = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -106,16 +132,49 @@ redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+if ARGV[7] == 'fail' then
+  redis.call('ZADD', KEYS[4], now, ARGV[6])
+  redis.call('PEXPIRE', KEYS[4], window)
+  redis.call('ZADD', KEYS[6], now, ARGV[8])
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - window)
+  redis.call('PEXPIRE', KEYS[6], window)
+else
+  redis.call('ZADD', KEYS[5], now + window, ARGV[6])
+  redis.call('PEXPIRE', KEYS[5], window)
+end
 return 'ok'
 """
 
-# KEYS: pair failures, client failures: one reserved attempt succeeded.
-_RELEASE_LOGIN = """
-for _, k in ipairs(KEYS) do
-  if tonumber(redis.call('GET', k) or '0') > 0 then redis.call('DECR', k) end
-end
+# KEYS: address failures, address attempts in flight, the index of failing addresses.
+# ARGV: attempt id, address window (ms), the address. The attempt was checked and failed: out of flight,
+# one failure of its address for a window from now.
+_FAIL_LOGIN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], now, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
 """
+
+# KEYS: pair failures, client failures, address attempts in flight. ARGV: attempt id.
+# One reserved attempt succeeded: none of it counts.
+_RELEASE_LOGIN = """
+for i = 1, 2 do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+
+def _ms(seconds: float) -> int:
+    """Seconds as whole milliseconds (at least 1: Redis refuses a zero expiry)."""
+    return max(1, round(seconds * 1000))
+
 
 # KEYS: seq, log, then one entity key per change. ARGV: maxlen, then (kind, id, json) per
 # change. Returns {seq1, changed1, seq2, changed2, ...}: a whole batch in one call, atomically.
@@ -348,6 +407,7 @@ class Store:
         self._append_once = self.redis.register_script(_APPEND_ONCE)
         self._reserve = self.redis.register_script(_RESERVE_LOGIN)
         self._release = self.redis.register_script(_RELEASE_LOGIN)
+        self._fail = self.redis.register_script(_FAIL_LOGIN)
         self._append_capped = _Script(_APPEND_CAPPED)
 
     async def close(self) -> None:
@@ -629,16 +689,38 @@ class Store:
     # -- failed logins (shared by every process) ------------------------------------------
 
     async def reserve_login(self, client: str, address: str, *, pair_limit: int,
-                            client_limit: int, window: int) -> str:
-        """Count a login attempt before it is checked, atomically, on every process:
-        "ok", or why it is refused without a check: "pair" (this address got this
-        client's password wrong `pair_limit` times), "client" (more than `client_limit`
-        failures for this client from anywhere, and this address has never logged in as it
-        successfully: its owner's usual addresses and tokens still work)."""
+                            client_limit: int, window: int, address_limit: int,
+                            address_window: float, attempt: str, failed: bool = False) -> str:
+        """Count a login attempt before it is checked, atomically, on every process (one
+        round trip). "ok": counted, against its client+address and its client, and held in
+        flight for its address under the id `attempt` (answer it with :meth:`fail_login`
+        or :meth:`release_login`, or :meth:`drop_login` if it gets no answer); with
+        `failed` (a wrong token: nothing to check) it counts as a failure of the address at
+        once. Otherwise why it is refused without a check: "limited" (the address had
+        `address_limit` failed logins within `address_window` seconds), "busy" (its
+        failures and attempts in flight fill that limit: ask again when one is answered),
+        "pair" (this address got this client's password wrong `pair_limit` times within
+        `window` seconds), "client" (more than `client_limit` failures for this client from
+        anywhere, and this address has never logged in as it successfully: its owner's
+        usual addresses and tokens still work). A refusal counts nothing."""
         return await self._reserve(
             keys=[K_FAIL + client + "|" + address, K_FAIL + client,
-                  K_KNOWN + client + "|" + address],
-            args=[pair_limit, client_limit, window])
+                  K_KNOWN + client + "|" + address, K_ADDR_FAILED + address,
+                  K_ADDR_CHECKING + address, K_ADDR_INDEX],
+            args=[pair_limit, client_limit, window, address_limit,
+                  _ms(address_window), attempt, "fail" if failed else "check", address])
+
+    async def fail_login(self, address: str, attempt: str, *, address_window: float) -> None:
+        """The reserved attempt was checked and failed: one failure of `address` for
+        `address_window` seconds on every process (its client counts were taken at once)."""
+        await self._fail(keys=[K_ADDR_FAILED + address, K_ADDR_CHECKING + address,
+                               K_ADDR_INDEX],
+                         args=[attempt, _ms(address_window), address])
+
+    async def drop_login(self, address: str, attempt: str) -> None:
+        """The reserved attempt got no answer (its connection went, an error): its address
+        slot is free again; its client counts stay (it might have been a guess)."""
+        await self.redis.zrem(K_ADDR_CHECKING + address, attempt)
 
     async def failed_logins(self, limit: int = 1000) -> dict[str, int]:
         """Clients with failed logins in their window, and how many (at most `limit`)."""
@@ -649,15 +731,33 @@ class Store:
                 break
         if not keys:
             return {}
-        return {k[len(K_FAIL):]: int(v) for k, v in zip(keys, await self.redis.mget(keys))
-                if v is not None}
+        return {k[len(K_FAIL):]: n for k, v in zip(keys, await self.redis.mget(keys))
+                if v is not None and (n := int(v)) > 0}  # 0: its failures were given back
 
-    async def release_login(self, client: str, address: str, *, remember: int) -> None:
-        """The reserved attempt succeeded: not a failure; the address is known for the
-        client for `remember` seconds."""
+    async def failed_addresses(self, window: float, limit: int = 1000) -> dict[str, int]:
+        """Remote addresses with failed logins within the last `window` seconds, counted
+        over every process, and how many (the `limit` most recent addresses at most). Read
+        from the index of failing addresses: no walk over the keyspace."""
         pipe = self.redis.pipeline(transaction=False)
-        await self._release(keys=[K_FAIL + client + "|" + address, K_FAIL + client], args=[],
-                            client=pipe)
+        pipe.time()
+        pipe.zrevrange(K_ADDR_INDEX, 0, limit - 1, withscores=True)
+        (secs, micros), recent = await pipe.execute()
+        since = secs * 1000 + micros // 1000 - _ms(window)
+        addresses = [a for a, last in recent if last > since]
+        if not addresses:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for a in addresses:
+            pipe.zcount(K_ADDR_FAILED + a, f"({since}", "+inf")
+        return {a: n for a, n in zip(addresses, await pipe.execute()) if n}
+
+    async def release_login(self, client: str, address: str, *, remember: int,
+                            attempt: str) -> None:
+        """The reserved attempt succeeded: not a failure, for its client nor its address;
+        the address is known for the client for `remember` seconds."""
+        pipe = self.redis.pipeline(transaction=False)
+        await self._release(keys=[K_FAIL + client + "|" + address, K_FAIL + client,
+                                  K_ADDR_CHECKING + address], args=[attempt], client=pipe)
         pipe.set(K_KNOWN + client + "|" + address, "1", ex=remember)
         await pipe.execute()
 

@@ -3,9 +3,10 @@
 Only clients with ``admin = true`` may send them (others get `forbidden`). An admin sees
 every source, process, device lamp, session and limit; numbers only where its own rights say
 so: the overview carries no number at all, and an explanation is redacted with the admin's
-rights (:func:`gateway.panels.rights.number_policy`) before it is rendered. Sessions and
-login limits are this process's (each process serves its own); sources and processes come
-from every process's health entry in Redis.
+rights (:func:`gateway.panels.rights.number_policy`) before it is rendered. Sessions are
+this process's (each process serves its own); sources and processes come from every
+process's health entry in Redis, and failed logins (per address, per client) from the
+counts every process shares there: every process shows the same.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..panels.rights import number_policy
 from ..provenance import explanation_json, redact
 from ..recorder import load_explanation
 from ..store import RedisError, Store
+from .guard import WINDOW_SECONDS
 from .login import Auth
 
 __all__ = ["Admin"]
@@ -70,6 +72,7 @@ class Admin:
             holders = await self.store.lease_holders(
                 [s for s in LEASED if getattr(cfg.sources, s) is not None])
             failed = await self.store.failed_logins()
+            addresses = await self.store.failed_addresses(WINDOW_SECONDS)
         except (RedisError, OSError):
             raise WireError("unavailable", "the gateway's state store is unreachable",
                             msg_id) from None
@@ -131,7 +134,7 @@ class Admin:
                 "login_attempts_per_minute": srv.login_attempts_per_minute,
                 "login_attempts": [{"address": a, "last_minute": n,
                                     "limited": n >= srv.login_attempts_per_minute}
-                                   for a, n in sorted(self.auth.attempts(mono).items())],
+                                   for a, n in sorted(addresses.items())],
                 "failed_logins": [{"client": c, "failures": n}
                                   for c, n in sorted(failed.items())],
                 "rate_limited_total": self.metrics["rate_limited"],

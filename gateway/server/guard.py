@@ -8,7 +8,8 @@
 - :class:`AddressFailures`: failed logins per address in the last minute, in this process.
   An attempt is *reserved* before its password is checked and *released* when it succeeds,
   so concurrent attempts cannot all slip under the limit, and successful logins (100 clients
-  behind one NAT reconnecting after a restart) never count.
+  behind one NAT reconnecting after a restart) never count. The same count, kept in Redis
+  over every process, decides (``Store.reserve_login``); this one is the free first gate.
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ class AddressFailures:
             self._flying.pop(address, None)
         if failed:
             self._window(address, now).append(now)
+
+    def in_flight(self, address: str) -> int:
+        """Attempts of `address` reserved here and not yet settled."""
+        return self._flying.get(address, 0)
 
     def failures(self, address: str, now: float) -> int:
         return len(self._window(address, now))

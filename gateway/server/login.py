@@ -2,8 +2,9 @@
 
 A failed login says `auth_failed` and nothing more: an unknown client, a `nologin` client
 and a wrong password cost the same time and get the same words. Failures are limited per
-remote address and per client and address (see :class:`Auth`). Every transfer and failure is written to the audit log ("gateway.audit"),
-never the password.
+remote address, per client and address, and per client, each counted in Redis and so over
+every gateway process (see :class:`Auth`). Every transfer and failure is written to the
+audit log ("gateway.audit"), never the password.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
+import secrets
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -28,12 +31,13 @@ from ..config import ClientCfg, Config
 from ..errors import WireError
 from ..panels.rights import visible_panels
 from ..store import RedisError, Store
-from .guard import AddressFailures
+from .guard import WINDOW_SECONDS, AddressFailures
 from .wire import Login
 
 __all__ = ["Auth", "LoginSession"]
 
 audit = logging.getLogger("gateway.audit")
+log = logging.getLogger("gateway")
 FAILED = "wrong client name or password"
 LIMITED = "too many failed logins: wait a few minutes"
 PAIR_FAILURES = 10  # failed logins of one client from one address ...
@@ -41,7 +45,9 @@ CLIENT_FAILURES = 100  # ... or of one client from anywhere (then only from know
 FAILURE_WINDOW = 300  # ... within this many seconds: further attempts rate_limited
 SCRYPT_AT_ONCE = max(1, (os.cpu_count() or 2) // 2)  # password checks running at once
 MAX_WAITING = 1000  # attempts of one address waiting for a check slot; more: rate_limited
-SLOT_WAIT_SECONDS = 10.0  # a waiting attempt asks again at least this often
+SLOT_WAIT_SECONDS = 10.0  # a waiting attempt asks again at least this often ...
+BUSY_POLL_SECONDS = 0.25  # ... and about this often when the attempts in flight that fill
+# its address's limit are on other processes (no answer here will wake it)
 KNOWN_ADDRESS_SECONDS = 30 * 86400  # an address a client logged in from stays "known"
 PASSWORD_CHECK_SECONDS = 1.0  # how often sessions are checked against password changes
 CLOSE_PASSWORD_CHANGED = 4001  # WebSocket close code: the password changed, log in again
@@ -67,10 +73,15 @@ class Auth:
     current configuration; a session that logs in is announced to `clients`.
 
     Protection, each against one thing users reported:
-    - failures count per address (in this process), successes never do: clients behind one
-      NAT reconnecting together are not refused;
+    - failures count per address, over every process on one Redis, successes never do:
+      clients behind one NAT reconnecting together are not refused, and N processes behind
+      a load balancer do not give an address N times the guesses;
     - an attempt is reserved (counted) in Redis *before* its password is checked and given
-      back if it succeeds: concurrent guesses cannot all be checked;
+      back if it succeeds: concurrent guesses cannot all be checked, on any process; attempts
+      beyond an address's remaining budget wait ("busy") for those in flight to be answered;
+    - this process also keeps its own count per address (:class:`AddressFailures`): a first,
+      free gate that refuses an address this process alone saw fail enough, without asking
+      Redis, and wakes the attempts waiting on this process as soon as one here settles;
     - failures count per client *and address*: a flood of wrong passwords slows its address,
       never the account's owner elsewhere; a valid token always works; only when a client
       gets more than CLIENT_FAILURES wrong from everywhere are addresses it never logged in
@@ -87,20 +98,16 @@ class Auth:
         self._addresses = AddressFailures(config().server.login_attempts_per_minute)
         self._settled: dict[str, asyncio.Event] = {}  # address -> set when an attempt settles
         self._waiting: dict[str, int] = {}  # address -> attempts waiting for a slot
+        self._background: set[asyncio.Task] = set()  # slots given back after no answer
         # scrypt is built to be costly (CPU and 16 MiB each): at most this many at once, so
         # that a burst of logins never takes the cores the lamps need; the rest queue.
         self._cpu = asyncio.Semaphore(SCRYPT_AT_ONCE)
-
-    def attempts(self, now: float) -> dict[str, int]:
-        """Failed logins per remote address within the last minute (`now`: monotonic)."""
-        return self._addresses.all_failures(now)
 
     async def login(self, session: LoginSession, req: Login) -> dict:
         cfg = self._config().client_by_name.get(req.client)
         if cfg is not None and cfg.type == "nologin":
             cfg = None  # never logs in: exactly like an unknown name
         name, address, store = req.client, session.address, self.store
-        self._addresses.limit = self._config().server.login_attempts_per_minute
         ttl = self._config().server.token_idle_seconds
         try:
             if req.token is not None:
@@ -111,12 +118,11 @@ class Auth:
                 version = record.get("version", "0")
                 if cfg is not None and found == (cfg.name, version):
                     return await self._welcome(session, req, cfg, version, None)
-                await self._reserve(session, req)
-                self._settle(address, time.monotonic(), failed=True)
+                await self._reserve(session, req, failed=True)
                 audit.warning("login failed: client %r from %s (bad token)", name, address,
                               extra={"source": address})
                 raise WireError("auth_failed", FAILED, req.id)
-            await self._reserve(session, req)
+            attempt = await self._reserve(session, req)
             ok = False
             try:
                 record = await store.get_password(name)
@@ -145,42 +151,86 @@ class Auth:
                     ) and stored is not None
             except BaseException:
                 self._settle(address, time.monotonic(), failed=False)  # no answer
+                self._drop(address, attempt)
                 raise
             self._settle(address, time.monotonic(), failed=not ok)
             if not ok:
+                try:
+                    await store.fail_login(address, attempt, address_window=WINDOW_SECONDS)
+                except (RedisError, OSError) as e:
+                    # The answer is still the truth; the attempt's slot ends with its lease.
+                    log.warning("failed login from %s not recorded in Redis: %s", address, e)
                 audit.warning("login failed: client %r from %s (%s)", name, address,
                               "unknown or nologin client" if cfg is None
                               else "bad password" if req.password is not None
                               else "no password", extra={"source": address})
                 raise WireError("auth_failed", FAILED, req.id)
-            await store.release_login(name, address, remember=KNOWN_ADDRESS_SECONDS)
+            await store.release_login(name, address, remember=KNOWN_ADDRESS_SECONDS,
+                                      attempt=attempt)
             assert cfg is not None
             return await self._welcome(session, req, cfg, version, transferred)
         except RedisError:
             raise WireError("unavailable", "the gateway's state store is unreachable",
                             req.id) from None
 
-    async def _reserve(self, session: LoginSession, req: Login) -> None:
-        """Count the attempt as a failure until it succeeds; refuse it (rate_limited,
-        the same words for every name) when its address or its client+address is over
-        the limit. The caller settles the address slot once the attempt is answered."""
+    async def _reserve(self, session: LoginSession, req: Login, *,
+                       failed: bool = False) -> str:
+        """Count the attempt as a failure until it succeeds (with `failed`, a wrong token:
+        as a failure, at once); refuse it (rate_limited, the same words for every name) when
+        its address, its client+address or its client is over the limit; wait while the
+        attempts in flight of its address fill the rest of the address's limit. Returns the
+        attempt's id in Redis; the caller settles it once the attempt is answered."""
         address = session.address
+        limit = self._config().server.login_attempts_per_minute
+        self._addresses.limit = limit
+        attempt = secrets.token_hex(8)
         while True:
+            # First this process's own count (free), then the count every process shares
+            # (one Redis round trip, which also takes the client+address and client slots).
             now = time.monotonic()
             verdict = self._addresses.reserve(address, now)
             if verdict == "ok":
-                break
+                try:
+                    verdict = await self.store.reserve_login(
+                        req.client, address, pair_limit=PAIR_FAILURES,
+                        client_limit=CLIENT_FAILURES, window=FAILURE_WINDOW,
+                        address_limit=limit, address_window=WINDOW_SECONDS,
+                        attempt=attempt, failed=failed)
+                except BaseException as e:
+                    self._settle(address, now, failed=False)
+                    if not isinstance(e, (RedisError, OSError)):
+                        # Cancelled (the connection went): it may have been taken.
+                        self._drop(address, attempt)
+                    raise
+                if verdict == "ok":
+                    if failed:
+                        self._settle(address, time.monotonic(), failed=True)
+                    return attempt
+                # Not taken: the local slot goes back quietly (waking the waiters here would
+                # only send them to Redis again for the same answer).
+                self._addresses.settle(address, time.monotonic(), failed=False)
+                if verdict in ("pair", "client"):
+                    audit.warning("login refused: client %r from %s (%s)", req.client,
+                                  address, "too many failures from this address"
+                                  if verdict == "pair" else
+                                  "too many failures, unknown address",
+                                  extra={"source": address})
+                    raise WireError("rate_limited", LIMITED, req.id)
             waiting = self._waiting.get(address, 0)
             if verdict == "limited" or waiting >= MAX_WAITING:
                 audit.warning("login rate limit hit from %s (client %r)", address, req.client,
                               extra={"source": address})
                 raise WireError("rate_limited", "too many failed logins from this address: "
                                 "wait a minute", req.id)
-            # Attempts in flight fill the limit: wait for one to be answered.
+            # Attempts in flight fill the limit: wait for one to be answered. One answered
+            # here wakes us; one answered on another process does not, so then ask again
+            # soon (spread out, so that the waiters do not all ask at once).
+            here = self._addresses.in_flight(address) > 0
+            wait = SLOT_WAIT_SECONDS if here else BUSY_POLL_SECONDS * random.uniform(0.5, 1.5)
             self._waiting[address] = waiting + 1
             event = self._settled.setdefault(address, asyncio.Event())
             try:
-                async with asyncio.timeout(SLOT_WAIT_SECONDS):
+                async with asyncio.timeout(wait):
                     await event.wait()
             except TimeoutError:
                 pass
@@ -190,20 +240,19 @@ class Auth:
                     self._waiting[address] = left
                 else:
                     del self._waiting[address]
-        try:
-            verdict = await self.store.reserve_login(
-                req.client, session.address, pair_limit=PAIR_FAILURES,
-                client_limit=CLIENT_FAILURES, window=FAILURE_WINDOW)
-        except BaseException:
-            self._settle(session.address, now, failed=False)
-            raise
-        if verdict != "ok":
-            self._settle(session.address, now, failed=True)
-            audit.warning("login refused: client %r from %s (%s)", req.client,
-                          session.address, "too many failures from this address"
-                          if verdict == "pair" else "too many failures, unknown address",
-                          extra={"source": session.address})
-            raise WireError("rate_limited", LIMITED, req.id)
+
+    def _drop(self, address: str, attempt: str) -> None:
+        """Give the shared slot of an attempt that got no answer back, in the background
+        (its caller may be being cancelled); if Redis is away, its lease ends on its own."""
+        async def drop() -> None:
+            try:
+                await self.store.drop_login(address, attempt)
+            except (RedisError, OSError):
+                pass
+
+        task = asyncio.get_running_loop().create_task(drop())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _scrypt(self, fn: Callable, *args: str):  # noqa: ANN202
         async with self._cpu:
