@@ -103,10 +103,6 @@ class AddressFailures:
         if failed:
             self._window(address, now).append(now)
 
-    def in_flight(self, address: str) -> int:
-        """Attempts of `address` reserved here and not yet settled."""
-        return self._flying.get(address, 0)
-
     def failures(self, address: str, now: float) -> int:
         return len(self._window(address, now))
 

@@ -98,6 +98,7 @@ class Auth:
         self._addresses = AddressFailures(config().server.login_attempts_per_minute)
         self._settled: dict[str, asyncio.Event] = {}  # address -> set when an attempt settles
         self._waiting: dict[str, int] = {}  # address -> attempts waiting for a slot
+        self._checking: dict[str, int] = {}  # address -> attempts being checked here
         self._background: set[asyncio.Task] = set()  # slots given back after no answer
         # scrypt is built to be costly (CPU and 16 MiB each): at most this many at once, so
         # that a burst of logins never takes the cores the lamps need; the rest queue.
@@ -150,10 +151,10 @@ class Auth:
                         verify_password, req.password or "", stored or DUMMY_HASH
                     ) and stored is not None
             except BaseException:
-                self._settle(address, time.monotonic(), failed=False)  # no answer
+                self._answered(address, failed=False)  # no answer
                 self._drop(address, attempt)
                 raise
-            self._settle(address, time.monotonic(), failed=not ok)
+            self._answered(address, failed=not ok)
             if not ok:
                 try:
                     await store.fail_login(address, attempt, address_window=WINDOW_SECONDS)
@@ -205,6 +206,8 @@ class Auth:
                 if verdict == "ok":
                     if failed:
                         self._settle(address, time.monotonic(), failed=True)
+                    else:
+                        self._checking[address] = self._checking.get(address, 0) + 1
                     return attempt
                 # Not taken: the local slot goes back quietly (waking the waiters here would
                 # only send them to Redis again for the same answer).
@@ -223,10 +226,11 @@ class Auth:
                 raise WireError("rate_limited", "too many failed logins from this address: "
                                 "wait a minute", req.id)
             # Attempts in flight fill the limit: wait for one to be answered. One answered
-            # here wakes us; one answered on another process does not, so then ask again
-            # soon (spread out, so that the waiters do not all ask at once).
-            here = self._addresses.in_flight(address) > 0
-            wait = SLOT_WAIT_SECONDS if here else BUSY_POLL_SECONDS * random.uniform(0.5, 1.5)
+            # here wakes us; one answered on another process does not, so while none is
+            # being checked here, ask again soon (spread out: the waiters do not all ask at
+            # once; only those the local gate lets through ask Redis).
+            wait = SLOT_WAIT_SECONDS if self._checking.get(address) else \
+                BUSY_POLL_SECONDS * random.uniform(0.5, 1.5)
             self._waiting[address] = waiting + 1
             event = self._settled.setdefault(address, asyncio.Event())
             try:
@@ -257,6 +261,15 @@ class Auth:
     async def _scrypt(self, fn: Callable, *args: str):  # noqa: ANN202
         async with self._cpu:
             return await asyncio.to_thread(fn, *args)
+
+    def _answered(self, address: str, failed: bool) -> None:
+        """An attempt being checked here was answered (`failed`: a wrong password)."""
+        left = self._checking.get(address, 0) - 1
+        if left > 0:
+            self._checking[address] = left
+        else:
+            self._checking.pop(address, None)
+        self._settle(address, time.monotonic(), failed)
 
     def _settle(self, address: str, now: float, failed: bool) -> None:
         """An attempt of `address` was answered: count it, wake those waiting for a slot."""

@@ -133,6 +133,16 @@ async def test_a_burst_of_good_logins_across_processes_all_get_in_and_counts_not
         {"address": OFFICE, "last_minute": LIMIT, "limited": True}]
 
 
+async def test_concurrent_guesses_over_both_processes_get_no_more_checks_than_the_limit(
+        two, connect):
+    a, b = two
+    # 12 wrong passwords at once from one address, 6 to each process: each attempt is
+    # counted before it is checked, on both, so only the limit's 4 are checked at all.
+    replies = await asyncio.gather(*[
+        code(connect, (a, b)[i % 2], f"user{i}", f"guess-{i}", GUESSER) for i in range(12)])
+    assert sorted(replies) == ["auth_failed"] * LIMIT + ["rate_limited"] * (12 - LIMIT)
+
+
 # -- the shared count itself, on the real Redis (short windows: no minute-long waits) --------
 
 async def reserve(store: Store, client: str = "alice", address: str = GUESSER, *,

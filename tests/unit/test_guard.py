@@ -53,15 +53,3 @@ def test_attempts_in_flight_fill_the_limit_so_concurrent_guesses_wait():
     assert f.reserve("a", 2) == "limited"
     assert f.all_failures(2) == {"a": 3}
 
-
-def test_attempts_in_flight_are_told_per_address():
-    """What a waiting attempt looks at to know whether an answer here will wake it."""
-    f = AddressFailures(limit=3)
-    assert f.in_flight("a") == 0
-    f.reserve("a", 0)
-    f.reserve("a", 0)
-    f.reserve("b", 0)
-    assert (f.in_flight("a"), f.in_flight("b")) == (2, 1)
-    f.settle("a", 1, failed=True)
-    f.settle("a", 1, failed=False)
-    assert (f.in_flight("a"), f.in_flight("b")) == (0, 1)
