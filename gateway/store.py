@@ -105,7 +105,8 @@ return 1
 # on it); an attempt in flight holds a slot until it is answered or, if its process died
 # before answering, until its lease ends (one window). Per client+address and per client
 # (KEYS 1-2): counters with a TTL, counted at once and taken back on success. Every key has
-# a TTL of at most one window: nothing outlives the failures it counts.
+# a TTL of at most its window: nothing outlives the failures it counts. (TIME before writes
+# is fine: scripts replicate their effects, Redis 5 and later.)
 #
 # KEYS: pair failures, client failures, known address, address failures, address attempts
 # in flight, the index of failing addresses. ARGV: pair limit, client limit, pair window (s),
@@ -146,8 +147,8 @@ return 'ok'
 """
 
 # KEYS: address failures, address attempts in flight, the index of failing addresses.
-# ARGV: attempt id, address window (ms), the address. The attempt was checked and failed: out of flight,
-# one failure of its address for a window from now.
+# ARGV: attempt id, address window (ms), the address. The attempt was checked and failed:
+# out of flight, one failure of its address for a window from now.
 _FAIL_LOGIN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
