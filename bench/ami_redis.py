@@ -17,7 +17,8 @@ devices; the AMI test peer runs here. Prints:
 
 Baselines in the same run: pipelined redis-py SETs of as many keys on the gateway's Redis (as
 bench/run.py's ingest figure), and the pure parser + translator on the same bytes (no I/O;
-set up as a live connection sets them up).
+set up as a live connection sets them up). The burst, the restart and the SET baseline run
+`--rounds` times in turn (3); the figures are the medians, each round printed too.
 `bench/run.py --only ami` prints the burst figure in its table.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,7 +103,58 @@ def burst_bytes(peer: AmiPeer) -> tuple[bytes, int]:
     return b"".join(chunks), len(chunks)
 
 
-async def measure(n: int) -> dict:
+async def burst_round(peer: AmiPeer, gw: subprocess.Popen, r: redis.Redis, keys: list[str],
+                      burst: bytes, events: int, n: int) -> dict:
+    """One burst into the running gateway, Asterisk restarted after it (every lamp idle
+    again), then the SET baseline: the burst's figures and the baseline's, side by side."""
+
+    def all_ringing() -> bool:
+        st = states(r, keys)
+        return all(s is not None and len(s["c"]) == 1 and s["c"][0][2] == "ringing"
+                   for s in st)
+
+    seq0 = int(r.get("{blf}:seq") or 0)
+    helpers = children(gw.pid)
+    cpu0 = cpu_seconds(gw.pid), sum(cpu_seconds(p) for p in helpers)
+    t0 = time.perf_counter()
+    peer.send_raw(burst)
+    # Polled cheaply (one GET) until every device can have changed, then checked in full:
+    # the peer runs in this process, and reading 2,000 states every few ms would hold up
+    # its writing of the burst.
+    await wait_until(lambda: int(r.get("{blf}:seq") or 0) - seq0 >= n)
+    await wait_until(all_ringing)
+    burst_time = time.perf_counter() - t0
+    cpu1 = cpu_seconds(gw.pid), sum(cpu_seconds(p) for p in helpers)
+    published = int(r.get("{blf}:seq") or 0) - seq0
+
+    # Asterisk restarts: the connection drops, every call is gone when it is back (its own
+    # model never had the burst's calls). No lamp may stay ringing.
+    def all_idle() -> bool:
+        st = states(r, keys)
+        return all(s is not None and s["s"] == "online" and not s["c"] for s in st)
+
+    t0 = time.perf_counter()
+    await peer.restart(down_for=0.0)
+    await wait_until(all_idle)
+    reconnect = time.perf_counter() - t0
+
+    # Baseline: as many keys SET through redis-py, pipelined 1,000 at a time.
+    value = "1 " + json.dumps({"s": "online", "c": [["d10000/1800000000.1", "in",
+                               "ringing", 1800000000.123, "+493010000", None, None]]})
+    t0 = time.perf_counter()
+    for i in range(0, events, 1000):
+        pipe = r.pipeline(transaction=False)
+        for j in range(i, min(events, i + 1000)):
+            pipe.set(f"bench:{j % n}", value)
+        pipe.execute()
+    set_rate = events / (time.perf_counter() - t0)
+    return {"burst_s": burst_time, "rate": events / burst_time, "set_rate": set_rate,
+            "published": published, "reconnect_s": reconnect,
+            "gw_cpu_us": (cpu1[0] - cpu0[0]) / events * 1e6,
+            "redis_cpu_us": (cpu1[1] - cpu0[1]) / events * 1e6}
+
+
+async def measure(n: int, rounds: int = 3) -> dict:
     """Start a gateway with `n` Asterisk devices against the test peer; the figures of the
     module docstring, plus pipelined SETs of as many keys on the gateway's Redis (the
     ingest baseline of bench/run.py)."""
@@ -147,60 +200,25 @@ async def measure(n: int) -> dict:
             await wait_until(lambda: all_status("online"))
             first_sync = time.perf_counter() - t_login
 
-            def all_ringing() -> bool:
-                st = states(r, keys)
-                return all(s is not None and len(s["c"]) == 1 and s["c"][0][2] == "ringing"
-                           for s in st)
-
-            seq0 = int(r.get("{blf}:seq") or 0)
-            helpers = children(gw.pid)
-            cpu0 = cpu_seconds(gw.pid), sum(cpu_seconds(p) for p in helpers)
-            t0 = time.perf_counter()
-            peer.send_raw(burst)
-            # Polled cheaply (one GET) until every device can have changed, then checked in
-            # full: the peer runs in this process, and reading 2,000 states every few ms
-            # would hold up its writing of the burst.
-            await wait_until(lambda: int(r.get("{blf}:seq") or 0) - seq0 >= n)
-            await wait_until(all_ringing)
-            burst_time = time.perf_counter() - t0
-            cpu1 = cpu_seconds(gw.pid), sum(cpu_seconds(p) for p in helpers)
-            published = int(r.get("{blf}:seq") or 0) - seq0
-
-            # Asterisk restarts: the connection drops, every call is gone when it is back (its
-            # own model never had the burst's calls). No lamp may stay ringing.
-            def all_idle() -> bool:
-                st = states(r, keys)
-                return all(s is not None and s["s"] == "online" and not s["c"] for s in st)
-
-            t0 = time.perf_counter()
-            await peer.restart(down_for=0.0)
-            await wait_until(all_idle)
-            reconnect = time.perf_counter() - t0
-
-            # Baseline: as many keys SET through redis-py, pipelined 1,000 at a time.
-            value = "1 " + json.dumps({"s": "online", "c": [["d10000/1800000000.1", "in",
-                                       "ringing", 1800000000.123, "+493010000", None, None]]})
-            t0 = time.perf_counter()
-            for i in range(0, events, 1000):
-                pipe = r.pipeline(transaction=False)
-                for j in range(i, min(events, i + 1000)):
-                    pipe.set(f"bench:{j % n}", value)
-                pipe.execute()
-            set_rate = events / (time.perf_counter() - t0)
+            rounds_out = []
+            for _ in range(rounds):
+                rounds_out.append(await burst_round(peer, gw, r, keys, burst, events, n))
             r.close()
         finally:
             gw.terminate()
             gw.wait(30)
             await peer.stop()
-    return {"devices": n, "events": events, "build_s": build_s, "login_s": t_login - t_start,
-            "sync_s": first_sync, "burst_s": burst_time, "rate": events / burst_time,
-            "parse_rate": baseline, "set_rate": set_rate, "published": published,
-            "reconnect_s": reconnect, "gw_cpu_us": (cpu1[0] - cpu0[0]) / events * 1e6,
-            "redis_cpu_us": (cpu1[1] - cpu0[1]) / events * 1e6}
+    # The median of each figure over the rounds (the machine moves between rounds: on a
+    # shared VM the SET baseline alone swings by 2x within a minute), and every round.
+    out = {k: statistics.median(x[k] for x in rounds_out) for k in rounds_out[0]}
+    out.update({"devices": n, "events": events, "build_s": build_s,
+                "login_s": t_login - t_start, "sync_s": first_sync, "parse_rate": baseline,
+                "rounds": rounds_out})
+    return out
 
 
-async def main_async(n: int) -> None:
-    m = await measure(n)
+async def main_async(n: int, rounds: int) -> None:
+    m = await measure(n, rounds)
     print(f"\nAMI -> Redis through the gateway ({n} devices; gateway in its own process)")
     print(f"  burst built in                      : {m['build_s'] * 1000:8.0f} ms")
     print(f"  gateway start -> AMI login          : {m['login_s']:8.2f} s")
@@ -213,14 +231,22 @@ async def main_async(n: int) -> None:
           f"({m['rate'] / m['set_rate']:.2f}x); pure parse+translate {m['parse_rate']:,.0f}/s")
     print(f"  reconnect -> all {n} lamps exact   : {m['reconnect_s'] * 1000:8.0f} ms "
           "(includes the gateway's reconnect backoff of 0.5 s)")
+    if len(m["rounds"]) > 1:
+        print(f"  (medians of {len(m['rounds'])} rounds; each round: events/s, SET/s, ratio, "
+              "gateway µs an event)")
+        for x in m["rounds"]:
+            print(f"    {x['rate']:9,.0f} {x['set_rate']:9,.0f}  {x['rate'] / x['set_rate']:.2f}x"
+                  f"  {x['gw_cpu_us']:5.1f}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hints", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="bursts (each with its restart and baseline); medians are printed")
     args = p.parse_args()
-    asyncio.run(main_async(args.hints))
+    asyncio.run(main_async(args.hints, args.rounds))
 
 
 if __name__ == "__main__":
