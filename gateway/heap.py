@@ -38,13 +38,25 @@ def full_due(now: float, last_full: float, frozen: int, frozen_after_last: int) 
             and frozen > max(frozen_after_last, 1000) * FULL_GROWTH)
 
 
+def _young_count() -> int:
+    """Objects in the collector's own generations: what the next freeze moves (they were
+    all allocated since the last freeze, so this walk is short)."""
+    return sum(len(gc.get_objects(generation=g)) for g in range(3))
+
+
+def _frozen_count() -> int:
+    """Objects frozen now. CPython counts them by walking the whole frozen list: about 6 ms
+    per 500,000 objects warm, 10 ms in a busy gateway, so this is not for every round."""
+    return gc.get_freeze_count()
+
+
 def _full_collection() -> int:
     """Unfreeze, collect everything, freeze what is left; returns the frozen count."""
     t0 = time.perf_counter()
     gc.unfreeze()
     found = gc.collect()
     gc.freeze()
-    frozen = gc.get_freeze_count()
+    frozen = _frozen_count()
     log.debug("full garbage collection: %d unreachable, %d objects kept, %.0f ms", found,
               frozen, (time.perf_counter() - t0) * 1000)
     return frozen
@@ -52,13 +64,24 @@ def _full_collection() -> int:
 
 async def keep_heap() -> None:
     """Run until cancelled: a full collection and freeze now (startup is done), then the
-    freeze and the rule of :func:`full_due`."""
-    frozen_after_last = _full_collection()
+    freeze and the rule of :func:`full_due`.
+
+    The frozen heap's size is kept as an estimate that each freeze raises by what it moves
+    (counted in the young generations, a short walk). Frozen objects that die are not taken
+    off, so the estimate is never below the truth; only when it says a full collection is
+    due is the frozen heap counted exactly (one walk of it, about 10 ms at 500,000 objects),
+    and the estimate starts again from that count. Counting it every round was a 10 ms stall
+    of every lamp every FREEZE_SECONDS (seen as the one slow event in 500 at 100 events/s).
+    """
+    frozen_after_last = estimate = _full_collection()
     last_full = time.monotonic()
     while True:
         await asyncio.sleep(FREEZE_SECONDS)
+        estimate += _young_count()
         gc.freeze()
         now = time.monotonic()
-        if full_due(now, last_full, gc.get_freeze_count(), frozen_after_last):
-            frozen_after_last = _full_collection()
-            last_full = now
+        if full_due(now, last_full, estimate, frozen_after_last):
+            estimate = _frozen_count()
+            if full_due(now, last_full, estimate, frozen_after_last):
+                frozen_after_last = estimate = _full_collection()
+                last_full = now
