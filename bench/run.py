@@ -17,7 +17,8 @@ Figures (docs/performance.md says what each one means):
   the server takes it (one event in flight per device, confirmed by the probe client);
 - latency: bridge line -> client p50/p99 at 200 x 100 events/s and 1,000 x 20 events/s, the
   gateway and the bare server in turn on fresh servers (`--latency-pairs`, 3 pairs; the
-  table takes the median of each side);
+  table takes the median of each side); scored on when the frame arrived on the client's
+  socket (the kernel's receive timestamp), shown beside when this harness read it;
 - ingest: bridge lines/s into Redis state (500 devices), against pipelined redis-py SETs;
 - memory: KiB of gateway RSS per idle, logged-in, subscribed connection;
 - reconnect: all big-N clients drop at once and come back (token login, subscribe with

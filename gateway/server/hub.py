@@ -116,29 +116,37 @@ def broadcast(connections: Iterable[Any], texts: str | Sequence[str]) -> int:
     connection with an extension negotiated, where the bytes would differ, is sent to
     through the library's own ``send_text``.
     """
-    if isinstance(texts, str):
-        texts = (texts,)
-    datas = [t.encode() for t in texts]
-    frames = b"".join(Frame(Opcode.TEXT, d).serialize(mask=False) for d in datas)
+    datas, frames = _encode((texts,) if isinstance(texts, str) else texts)
     sent = 0
     for conn in connections:
-        protocol = conn.protocol
-        # A fragmented message being sent (the attribute websockets' own broadcast checks;
-        # the gateway never fragments, so this only keeps a frame whole if that changes).
-        if protocol.state is not OPEN or getattr(conn, "send_in_progress", None) is not None:
-            continue
-        try:
-            if protocol.extensions:
-                for data in datas:
-                    protocol.send_text(data)
-                conn.send_data()
-            else:
-                conn.transport.write(frames)
-        except Exception as exc:  # noqa: BLE001 - one bad socket must not stop the others
-            log.debug("skipped lamp frames for a connection that failed to take them: %s", exc)
-            continue
-        sent += 1
+        sent += _write(conn, datas, frames)
     return sent
+
+
+def _encode(texts: Sequence[str]) -> tuple[list[bytes], bytes]:
+    """The messages' UTF-8 payloads, and their unmasked frames as one string of bytes."""
+    datas = [t.encode() for t in texts]
+    return datas, b"".join(Frame(Opcode.TEXT, d).serialize(mask=False) for d in datas)
+
+
+def _write(conn: Any, datas: list[bytes], frames: bytes) -> bool:
+    """One connection's part of :func:`broadcast`; True if it took the messages."""
+    protocol = conn.protocol
+    # A fragmented message being sent (the attribute websockets' own broadcast checks;
+    # the gateway never fragments, so this only keeps a frame whole if that changes).
+    if protocol.state is not OPEN or getattr(conn, "send_in_progress", None) is not None:
+        return False
+    try:
+        if protocol.extensions:
+            for data in datas:
+                protocol.send_text(data)
+            conn.send_data()
+        else:
+            conn.transport.write(frames)
+    except Exception as exc:  # noqa: BLE001 - one bad socket must not stop the others
+        log.debug("skipped lamp frames for a connection that failed to take them: %s", exc)
+        return False
+    return True
 
 
 class Subscriber(Protocol):
@@ -229,20 +237,40 @@ class Hub:
 
     def _send(self, subs: set[Subscriber], items: list[tuple[str, Any]]) -> None:
         # The common case writes straight into the sockets, each frame encoded once and a
-        # chunk's frames in one write per client (see broadcast); a client with frames queued or a full write buffer gets them
-        # through its outbox instead, where a newer frame for the same lamp replaces it.
-        direct, direct_batch = [], []
-        for s in subs:
-            # Inlined Session.writable (this loop runs once per subscriber per change).
-            transport = s.ws.transport
+        # chunk's frames in one write per client (see broadcast), in the same pass that
+        # looks at each client (a first pass that only sorted the clients put a loop over
+        # all of them before the first write); a client with frames queued or a full write
+        # buffer gets them through its outbox instead, where a newer frame for the same
+        # lamp replaces it. The set is copied first: a write never changes it today (uvloop
+        # and asyncio report a failed socket on a later turn), but nothing may depend on it.
+        datas: list[bytes] | None = None
+        frames = b""
+        direct_batch = []
+        for s in tuple(subs):
+            # Inlined Session.writable and the common case of _write (this loop runs once
+            # per subscriber per change: a call per subscriber was 5% of it).
+            ws = s.ws
+            transport = ws.transport
             if (not s.outbox.pending and transport is not None
                     and transport.get_write_buffer_size() < WRITE_HIGH_WATER):
-                (direct_batch if s.batch else direct).append(s.ws)
+                if s.batch:
+                    direct_batch.append(ws)
+                    continue
+                if datas is None:
+                    datas, frames = _encode([frame for frame, _ in items])
+                protocol = ws.protocol
+                if (protocol.state is OPEN and not protocol.extensions
+                        and getattr(ws, "send_in_progress", None) is None):
+                    try:
+                        transport.write(frames)
+                    except Exception as exc:  # noqa: BLE001 - see broadcast
+                        log.debug("skipped lamp frames for a connection that failed to take "
+                                  "them: %s", exc)
+                else:
+                    _write(ws, datas, frames)
             else:
                 for frame, key in items:
                     s.outbox.put(frame, key)
-        if direct:
-            broadcast(direct, [frame for frame, _ in items])
         if direct_batch:
             for i in range(0, len(items), BATCH_LIMIT):
                 broadcast(direct_batch, _batch([f for f, _ in items[i : i + BATCH_LIMIT]]))

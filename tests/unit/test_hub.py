@@ -211,3 +211,76 @@ def test_subscription_counts_follow_adds_and_removes_however_repeated():
     hub.remove(b, ("panel", "team"), full)
     hub.remove(a, ("device", "201"), none)
     assert (hub.subscriber_count(), hub.unbatched_count()) == (0, 0)
+
+
+class _Transport:
+    def __init__(self, buffered: int = 0) -> None:
+        self.buffered, self.written = buffered, []
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class _Ws:
+    """What the hub reads of a websockets ServerConnection: its transport and protocol."""
+
+    def __init__(self, buffered: int = 0) -> None:
+        from websockets.protocol import OPEN
+
+        self.transport = _Transport(buffered)
+        self.protocol = type("P", (), {"state": OPEN, "extensions": []})()
+        self.send_in_progress = None
+
+
+class LiveSub(Sub):
+    def __init__(self, batch: bool = False, buffered: int = 0) -> None:
+        super().__init__(batch)
+        self.ws = _Ws(buffered)
+
+    def written(self) -> list[dict]:
+        """The text frames written to the socket (unmasked, as a server sends them)."""
+        from websockets.frames import Frame
+        from websockets.streams import StreamReader
+
+        reader = StreamReader()
+        for chunk in self.ws.transport.written:
+            reader.feed_data(chunk)
+        reader.feed_eof()
+        out = []
+        parser = Frame.parse(reader.read_exact, mask=False)
+        while True:
+            try:
+                next(parser)
+            except StopIteration as done:
+                out.append(json.loads(done.value.data))
+                parser = Frame.parse(reader.read_exact, mask=False)
+            except EOFError:
+                return out
+
+
+def test_writable_clients_get_the_frame_in_their_socket_the_others_in_their_outbox():
+    from gateway.server.hub import WRITE_HIGH_WATER
+
+    hub = Hub(CONFIG)
+    live, live2 = LiveSub(), LiveSub()
+    congested = LiveSub(buffered=WRITE_HIGH_WATER)  # its socket buffer is full
+    queued = LiveSub()
+    queued.outbox.put(json.dumps({"type": "ok", "id": 1}))  # a reply still waiting
+    batched = LiveSub(batch=True)
+    for s in (live, live2, congested, queued, batched):
+        hub.add(s, ("panel", "team"), FULL)
+    hub.deliver(ringing(seq=7))
+
+    (f,) = live.written()
+    assert f["type"] == "lamp" and f["member"] == "alice" and f["seq"] == 7
+    assert live2.written() == [f] and live.frames() == []
+    # Behind: nothing written past what waits, the lamp joins the outbox (in order).
+    assert congested.ws.transport.written == [] and congested.frames() == [f]
+    assert queued.ws.transport.written == []
+    assert [m["type"] for m in queued.frames()] == ["ok", "lamp"]
+    (b,) = batched.written()  # a client that asked for batches: one `lamps` frame
+    assert b["type"] == "lamp" and b["seq"] == 7  # (a batch of one is the frame itself)
+    assert hub.deliveries == 5
