@@ -73,6 +73,9 @@ K_FAIL = PREFIX + "fail:"
 K_ALIVE = PREFIX + "alive:"
 K_OWNERS = PREFIX + "owners"
 K_OWNERS_VER = PREFIX + "owners:ver"  # a new random value with every change of the owners hash
+# A new random value with every password change (of any client): the sessions' password check
+# reads every client's version only when it moved (not "pw:ver": that would be a client's key).
+K_PASSWORDS_VER = PREFIX + "pwver"
 K_LEASE = PREFIX + "lease:"
 K_OP = PREFIX + "op:"
 K_PROV = PREFIX + "prov:"  # {blf}:prov:dev:ID, {blf}:prov:cli:NAME: lamp provenance lists
@@ -543,6 +546,7 @@ class Store:
         if hashed is not None:
             pipe.hset(key, "hash", hashed)
             pipe.hincrby(key, "version", 1)
+            pipe.set(K_PASSWORDS_VER, os.urandom(8).hex())
             if ha1 is not None:
                 pipe.hset(key, "ha1", ha1)
             else:
@@ -761,6 +765,11 @@ class Store:
                                   K_ADDR_CHECKING + address], args=[attempt], client=pipe)
         pipe.set(K_KNOWN + client + "|" + address, "1", ex=remember)
         await pipe.execute()
+
+    async def passwords_version(self) -> str | None:
+        """A value that changes with every password change of any client (None: none yet,
+        or Redis lost its data)."""
+        return await self.redis.get(K_PASSWORDS_VER)
 
     async def password_versions(self, clients: list[str]) -> dict[str, str]:
         """The password version of each client (a new password bumps it)."""

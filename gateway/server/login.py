@@ -50,6 +50,10 @@ BUSY_POLL_SECONDS = 0.25  # ... and about this often when the attempts in flight
 # its address's limit are on other processes (no answer here will wake it)
 KNOWN_ADDRESS_SECONDS = 30 * 86400  # an address a client logged in from stays "known"
 PASSWORD_CHECK_SECONDS = 1.0  # how often sessions are checked against password changes
+# Every session's client is checked at least this often even when no password changed (a
+# process of an older version changes passwords without marking it for the others).
+PASSWORD_RECHECK_SECONDS = 30.0
+JOINED_MAX = 10_000  # sessions remembered for the next check; more: check every session
 CLOSE_PASSWORD_CHANGED = 4001  # WebSocket close code: the password changed, log in again
 
 
@@ -103,6 +107,10 @@ class Auth:
         # scrypt is built to be costly (CPU and 16 MiB each): at most this many at once, so
         # that a burst of logins never takes the cores the lamps need; the rest queue.
         self._cpu = asyncio.Semaphore(SCRYPT_AT_ONCE)
+        # Sessions that logged in since watch_passwords last looked (and whether more came
+        # than it keeps): they are checked even in a round where no password changed.
+        self._joined: list[LoginSession] = []
+        self._joined_overflow = False
 
     async def login(self, session: LoginSession, req: Login) -> dict:
         cfg = self._config().client_by_name.get(req.client)
@@ -287,6 +295,10 @@ class Auth:
         await store.new_token(token, cfg.name, version, self._config().server.token_idle_seconds)
         session.password_version = version
         session.client = cfg.name
+        if len(self._joined) < JOINED_MAX:
+            self._joined.append(session)
+        else:
+            self._joined_overflow = True
         session.batch = req.batch
         # A computer client logs in with its computer name: that is its computer.
         session.computer = req.computer or (cfg.name if cfg.type == "computer" else None)
@@ -323,16 +335,52 @@ class Auth:
 
     async def watch_passwords(self) -> None:
         """Until cancelled: end every session opened before its client's password changed
-        (on any process: the version lives in Redis), as its token already is."""
+        (on any process: the version lives in Redis), as its token already is.
+
+        Every client's version is read (a command per client) only when some password
+        changed (`Store.passwords_version` moved), when more sessions logged in than are
+        remembered, or every PASSWORD_RECHECK_SECONDS; otherwise one `GET` a second, plus
+        the versions of the clients that logged in since the last round. Reading every
+        client's version every second was a command per client per second, and a stall of
+        the event loop that grew with the clients (about 10 ms at 1,000 of them).
+        """
+        last_version: str | None | object = object()  # nothing read yet
+        last_full = float("-inf")
         while True:
             await asyncio.sleep(PASSWORD_CHECK_SECONDS)
-            sessions = {name: list(subs) for name, subs in self.clients.sessions.items() if subs}
+            try:
+                # Read before the sessions are looked at: a change after this read moves it
+                # again, and the next round reads every client.
+                changed = await self.store.passwords_version()
+            except (RedisError, OSError):
+                continue
+            joined, overflow = self._joined, self._joined_overflow
+            self._joined, self._joined_overflow = [], False
+            now = time.monotonic()
+            full = (changed != last_version or overflow
+                    or now - last_full >= PASSWORD_RECHECK_SECONDS)
+            sessions: dict[str, list[LoginSession]] = (
+                {name: list(subs) for name, subs in self.clients.sessions.items() if subs}
+                if full else {})
+            listed = {id(x) for subs in sessions.values() for x in subs} if full else set()
+            for session in joined:
+                if session.client is not None and not session.closed and id(session) not in listed:
+                    sessions.setdefault(session.client, []).append(session)
             if not sessions:
+                if full:
+                    last_version, last_full = changed, now
                 continue
             try:
                 versions = await self.store.password_versions(list(sessions))
             except (RedisError, OSError):
+                # Not checked: the sessions that joined wait for the next round.
+                self._joined[:0] = joined
+                if len(self._joined) > JOINED_MAX:
+                    del self._joined[JOINED_MAX:]
+                    self._joined_overflow = True
                 continue
+            if full:
+                last_version, last_full = changed, now
             for name, subs in sessions.items():
                 for session in subs:
                     seen = getattr(session, "password_version", None)
