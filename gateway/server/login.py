@@ -342,7 +342,8 @@ class Auth:
         remembered, or every PASSWORD_RECHECK_SECONDS; otherwise one `GET` a second, plus
         the versions of the clients that logged in since the last round. Reading every
         client's version every second was a command per client per second, and a stall of
-        the event loop that grew with the clients (about 10 ms at 1,000 of them).
+        the event loop that grew with the clients: 27-30 ms of CPU a second at 1,000 clients
+        (redis-py's pipeline, measured), in every process.
         """
         last_version: str | None | object = object()  # nothing read yet
         last_full = float("-inf")
