@@ -178,3 +178,62 @@ def test_clock_steps_are_told_from_time_passing():
     assert c.step(1010.3, 15.1) == 0.0  # slewing: a fraction of a second
     assert c.step(87411.2, 16.0) == pytest.approx(86400.0)  # a day forward
     assert c.step(83811.2, 16.0) == pytest.approx(-3600.0)  # an hour back
+
+
+def test_the_timer_visits_only_the_devices_whose_ended_calls_are_due(monkeypatch):
+    # 10,000 lines, calls ended on three of them: a timer wake looks at those three, not at
+    # every line (walking every table took 19 ms per wake at 10,000 lines, up to 20 wakes a
+    # second in a busy office).
+    from gateway import calls
+
+    t = LineTracker([str(d) for d in range(10_000)])
+    for d, at in (("7", 10.0), ("8", 20.0), ("9", 30.0)):
+        t.call(rep(Phase.RINGING, device=d), at - 1)
+        t.call(rep(Phase.ENDED, device=d), at)
+    t.call(rep(Phase.RINGING, call="c2", device="7"), 40.0)
+    t.call(rep(Phase.ENDED, call="c2", device="7"), 41.0)  # a second ended call on line 7
+    visited: list[str] = []
+    real_expire = calls.CallTable.expire
+
+    def expire(self, now):  # noqa: ANN001, ANN202
+        visited.append(self.prefix)
+        return real_expire(self, now)
+
+    monkeypatch.setattr(calls.CallTable, "expire", expire)
+    assert t.next_deadline() == 10.0 + TOMBSTONE_SECONDS
+    t.tick(5.0)
+    assert visited == []  # nothing due
+    t.tick(20.0 + TOMBSTONE_SECONDS)
+    assert sorted(visited) == ["7", "8"]
+    # Line 7 still remembers its second call; line 9 is next.
+    assert t.next_deadline() == 30.0 + TOMBSTONE_SECONDS
+    assert t.call(rep(Phase.CONNECTED, call="c2", device="7"), 21.0 + TOMBSTONE_SECONDS) == []
+    assert t.call(rep(Phase.RINGING, device="8"), 21.0 + TOMBSTONE_SECONDS)  # forgotten: new
+    t.tick(41.0 + TOMBSTONE_SECONDS)
+    assert t.next_deadline() is None
+    assert t.call(rep(Phase.RINGING, call="c2", device="7"), 42.0 + TOMBSTONE_SECONDS)
+
+
+def test_expiries_follow_a_clock_step_and_removed_devices():
+    t = LineTracker(["201", "202"])
+    t.call(rep(Phase.RINGING), 0.0)
+    t.call(rep(Phase.ENDED), 1.0)
+    t.call(rep(Phase.RINGING, device="202"), 0.0)
+    t.call(rep(Phase.ENDED, device="202"), 2.0)
+    t.shift(100.0)
+    assert t.next_deadline() == 101.0 + TOMBSTONE_SECONDS
+    t.remove_device("201")
+    t.tick(101.0 + TOMBSTONE_SECONDS)  # the removed line's entry goes without a trace
+    assert t.next_deadline() == 102.0 + TOMBSTONE_SECONDS
+    t.tick(102.0 + TOMBSTONE_SECONDS)
+    assert t.next_deadline() is None
+
+
+def test_a_call_ended_through_decide_is_queued_too():
+    # decide() is the path of every report in the gateway (with provenance).
+    t = LineTracker(["201"])
+    t.decide(rep(Phase.RINGING), 0.0)
+    t.decide(rep(Phase.ENDED), 3.0)
+    assert t.next_deadline() == 3.0 + TOMBSTONE_SECONDS
+    t.tick(3.0 + TOMBSTONE_SECONDS)
+    assert t.next_deadline() is None and t.call(rep(Phase.RINGING), 200.0)
