@@ -771,6 +771,13 @@ class Store:
         or Redis lost its data)."""
         return await self.redis.get(K_PASSWORDS_VER)
 
+    async def ha1s(self, clients: list[str]) -> dict[str, str | None]:
+        """The SIP digest HA1 of each client (None: it has none), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for c in clients:
+            pipe.hget(K_PASSWORD + c, "ha1")
+        return dict(zip(clients, await pipe.execute()))
+
     async def password_versions(self, clients: list[str]) -> dict[str, str]:
         """The password version of each client (a new password bumps it)."""
         pipe = self.redis.pipeline(transaction=False)
