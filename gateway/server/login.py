@@ -349,6 +349,8 @@ class Auth:
         last_full = float("-inf")
         while True:
             await asyncio.sleep(PASSWORD_CHECK_SECONDS)
+            if not self._joined and not any(self.clients.sessions.values()):
+                continue  # no session here: nothing to check, no Redis command
             try:
                 # Read before the sessions are looked at: a change after this read moves it
                 # again, and the next round reads every client.
