@@ -771,19 +771,20 @@ class Store:
         or Redis lost its data)."""
         return await self.redis.get(K_PASSWORDS_VER)
 
-    async def ha1s(self, clients: list[str]) -> dict[str, str | None]:
-        """The SIP digest HA1 of each client (None: it has none), in one round trip."""
+    async def _password_field(self, clients: list[str], field: str) -> dict[str, str | None]:
+        """One field of each client's password record, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for c in clients:
-            pipe.hget(K_PASSWORD + c, "ha1")
+            pipe.hget(K_PASSWORD + c, field)
         return dict(zip(clients, await pipe.execute()))
+
+    async def ha1s(self, clients: list[str]) -> dict[str, str | None]:
+        """The SIP digest HA1 of each client (None: it has none), in one round trip."""
+        return await self._password_field(clients, "ha1")
 
     async def password_versions(self, clients: list[str]) -> dict[str, str]:
         """The password version of each client (a new password bumps it)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for c in clients:
-            pipe.hget(K_PASSWORD + c, "version")
-        return {c: v or "0" for c, v in zip(clients, await pipe.execute())}
+        return {c: v or "0" for c, v in (await self._password_field(clients, "version")).items()}
 
     # -- several processes: liveness, device owners, source leases ---------------------------
 
